@@ -1,0 +1,1 @@
+"""What procnetmon needs to know about the running kernel: struct layout, headers, features."""

@@ -1,0 +1,183 @@
+"""Plain data passed from the sampling engine to the output writers.
+
+Nothing here measures, formats or calls psutil: records are built by
+``procnetmon.engine`` and turned into text by ``procnetmon.output``.
+The JSON shape of a record is ``record_to_dict``; its key order is the
+output contract (add fields, never rename).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
+
+SCHEMA = "procnetmon/1"
+
+RECORD_INTERVAL = "interval"
+RECORD_SUMMARY = "summary"
+
+MODE_PAYLOAD = "payload"
+MODE_WIRE = "wire"
+
+
+@dataclass
+class Bytes:
+    """Bytes one way and the other for one protocol."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def to_dict(self) -> dict:
+        return {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+
+@dataclass
+class Connection:
+    """One socket of a process at the time of the record (``--details``)."""
+
+    protocol: str  # "tcp" or "udp"
+    family: str  # "ipv4" or "ipv6"
+    local: str  # "addr:port", IPv6 in brackets
+    remote: str  # "" for unconnected sockets
+    state: str  # psutil's state name, "NONE" for UDP
+    bytes_in: int = 0  # bytes attributed to this socket during the window
+    bytes_out: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "protocol": self.protocol,
+            "family": self.family,
+            "local": self.local,
+            "remote": self.remote,
+            "state": self.state,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+        }
+
+
+@dataclass
+class ProcessStats:
+    """One process (thread group) in one record.
+
+    ``bytes_in``/``bytes_out`` and the per-protocol split cover the record's
+    window: one interval for an interval record, the whole run for a summary.
+    ``total_bytes_*`` are the running totals since the start (interval records).
+    Rates are bytes per second of the window; peaks are the highest
+    one-interval rate seen so far.
+    """
+
+    pid: int
+    name: str
+    cmdline: str = ""
+    alive: bool = True
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rate_in: float = 0.0
+    rate_out: float = 0.0
+    peak_rate_in: float = 0.0
+    peak_rate_out: float = 0.0
+    tcp: Bytes = field(default_factory=Bytes)
+    udp: Bytes = field(default_factory=Bytes)
+    tcp_connections: int = 0
+    udp_connections: int = 0
+    total_bytes_in: int = 0
+    total_bytes_out: int = 0
+    connections: Optional[list[Connection]] = None  # only with --details
+
+
+@dataclass
+class Aggregate:
+    """Sums over the processes of a record (and its peak rates)."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rate_in: float = 0.0
+    rate_out: float = 0.0
+    peak_rate_in: float = 0.0
+    peak_rate_out: float = 0.0
+    tcp_connections: int = 0
+    udp_connections: int = 0
+    total_bytes_in: int = 0
+    total_bytes_out: int = 0
+
+
+@dataclass
+class Record:
+    """One output record: an interval, or the summary of the whole run."""
+
+    type: str  # RECORD_INTERVAL or RECORD_SUMMARY
+    mode: str  # MODE_PAYLOAD or MODE_WIRE
+    start: datetime  # timezone-aware
+    end: datetime
+    duration_s: float
+    interfaces: Optional[list[str]]  # None: every interface but loopback
+    processes: list[ProcessStats]
+    aggregated: Aggregate
+    include_loopback: bool = False
+    lost_updates: int = 0  # counter updates the kernel could not store (map full)
+
+
+def _round_rate(value: float) -> float:
+    return round(value, 3)
+
+
+def process_to_dict(p: ProcessStats, record_type: str) -> dict:
+    d = {
+        "pid": p.pid,
+        "name": p.name,
+        "cmdline": p.cmdline,
+        "alive": p.alive,
+        "bytes_in": p.bytes_in,
+        "bytes_out": p.bytes_out,
+        "rate_in": _round_rate(p.rate_in),
+        "rate_out": _round_rate(p.rate_out),
+        "peak_rate_in": _round_rate(p.peak_rate_in),
+        "peak_rate_out": _round_rate(p.peak_rate_out),
+        "tcp": p.tcp.to_dict(),
+        "udp": p.udp.to_dict(),
+        "tcp_connections": p.tcp_connections,
+        "udp_connections": p.udp_connections,
+    }
+    if record_type == RECORD_INTERVAL:
+        d["total_bytes_in"] = p.total_bytes_in
+        d["total_bytes_out"] = p.total_bytes_out
+    if p.connections is not None:
+        d["connections"] = [c.to_dict() for c in p.connections]
+    return d
+
+
+def aggregate_to_dict(a: Aggregate, record_type: str) -> dict:
+    d = {
+        "bytes_in": a.bytes_in,
+        "bytes_out": a.bytes_out,
+        "rate_in": _round_rate(a.rate_in),
+        "rate_out": _round_rate(a.rate_out),
+        "peak_rate_in": _round_rate(a.peak_rate_in),
+        "peak_rate_out": _round_rate(a.peak_rate_out),
+        "tcp_connections": a.tcp_connections,
+        "udp_connections": a.udp_connections,
+    }
+    if record_type == RECORD_INTERVAL:
+        d["total_bytes_in"] = a.total_bytes_in
+        d["total_bytes_out"] = a.total_bytes_out
+    return d
+
+
+def record_to_dict(r: Record) -> dict:
+    """The JSON form of a record, keys in contract order."""
+    d = {
+        "schema": SCHEMA,
+        "type": r.type,
+        "mode": r.mode,
+        "start": r.start.isoformat(timespec="seconds"),
+        "end": r.end.isoformat(timespec="seconds"),
+        "duration_s": round(r.duration_s, 3),
+        "interfaces": list(r.interfaces) if r.interfaces is not None else None,
+        "include_loopback": r.include_loopback,
+        "processes": [process_to_dict(p, r.type) for p in r.processes],
+        "aggregated": aggregate_to_dict(r.aggregated, r.type),
+    }
+    if r.lost_updates:
+        d["lost_updates"] = r.lost_updates
+    return d
