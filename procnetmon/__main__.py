@@ -1,0 +1,197 @@
+"""procnetmon's entry point: parse, validate, attach, sample, write.
+
+Everything that can be wrong with the request (a PID that does not exist,
+an unknown interface, missing privileges) is reported before any probe is
+attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
+summary of everything measured is still written.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Optional, TextIO
+
+from procnetmon import cli, engine, interfaces, procinfo
+from procnetmon.kernel import check
+from procnetmon.model import MODE_PAYLOAD
+from procnetmon.output.writer import Writer
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # measurement failed at run time
+    USAGE = 2  # bad options, nonexistent PID, unknown interface
+    UNAVAILABLE = 3  # missing privileges or a kernel feature
+
+
+class Fatal(Exception):
+    def __init__(self, status: ExitStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _say(stream: TextIO, message: str) -> None:
+    try:
+        stream.write(f"procnetmon: {message}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def run_check(out: TextIO) -> ExitStatus:
+    findings = check.run_checks()
+    width = max(len(f.name) for f in findings)
+    for f in findings:
+        mark = "ok " if f.ok else ("NO " if f.required else "-- ")
+        out.write(f"{mark} {f.name:<{width}}  {f.detail}\n")
+        if not f.ok and f.fix:
+            out.write(f"    {'':<{width}}  fix: {f.fix}\n")
+    ready, backend = check.payload_backend(findings)
+    if ready:
+        out.write(f"payload mode: available, backend {backend}\n")
+    else:
+        out.write(f"payload mode: UNAVAILABLE: {backend}\n")
+    out.write("wire mode: not implemented yet\n")
+    out.flush()
+    return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
+
+
+def _check_pids(pids: Optional[list[int]]) -> None:
+    missing = [pid for pid in pids or [] if not procinfo.pid_exists(pid)]
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        plural = "es" if len(missing) > 1 else ""
+        raise Fatal(ExitStatus.USAGE, f"error: no process{plural} with PID {names}")
+
+
+def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
+    if names is None:
+        return None
+    try:
+        return interfaces.resolve(names)
+    except interfaces.UnknownInterface as e:
+        raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
+
+
+def _make_probe(args):
+    from procnetmon.probes.payload import PayloadProbe
+
+    keys = _resolve_interfaces(args.interfaces)
+    include_loopback = args.include_loopback or (args.interfaces is not None
+                                                 and interfaces.names_include_loopback(args.interfaces))
+    return PayloadProbe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+                        details=args.details), include_loopback
+
+
+def _print_ebpf(probe, out: TextIO) -> None:
+    from procnetmon.probes import ProbeError
+
+    try:
+        source, flags, header_dir = probe.compile_plan()
+    except ProbeError as e:
+        raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
+    with open(source) as f:
+        out.write(f.read())
+    out.write(f"\n/* BCC_KERNEL_SOURCE={header_dir}\n * cflags: {' '.join(flags)}\n */\n")
+
+
+def _seconds_since_launch() -> Optional[float]:
+    try:
+        import psutil
+
+        return time.time() - psutil.Process(os.getpid()).create_time()
+    except Exception:  # only decorates a status line
+        return None
+
+
+def _describe_scope(args) -> str:
+    who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+    if args.interfaces:
+        where = ", ".join(args.interfaces)
+    else:
+        where = "all interfaces" + ("" if args.include_loopback else " but lo")
+    if args.continuous:
+        how_long = "until Ctrl-C"
+    elif args.count is not None:
+        how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
+    else:
+        how_long = f"for {args.time:g} s"
+    return f"{who}, {where}, {how_long}"
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(args, out: TextIO, err: TextIO) -> ExitStatus:
+    if args.check:
+        return run_check(out)
+    if args.mode != MODE_PAYLOAD:
+        raise Fatal(ExitStatus.UNAVAILABLE, f"error: --mode {args.mode} is not available yet; use --mode payload")
+    _check_pids(args.pids)
+    probe, include_loopback = _make_probe(args)
+    if args.ebpf:
+        _print_ebpf(probe, out)
+        return ExitStatus.OK
+    if not check.has_bpf_privileges():
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
+                                            "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
+                             interval=args.interval, duration=args.time, count=args.count,
+                             emit_intervals=cli.is_streaming(args), details=args.details)
+    from procnetmon.probes import ProbeError
+
+    writer = Writer(args.format, args.output, streaming=cli.is_streaming(args), aggregate=args.aggregate,
+                    details=args.details, units=args.units, sort=args.sort, top=args.top,
+                    no_header=args.no_header)
+    try:
+        started = time.monotonic()
+        try:
+            probe.attach()
+        except ProbeError as e:
+            raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
+        try:
+            if not args.quiet:
+                since_launch = _seconds_since_launch()
+                launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
+                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched}; "
+                          f"sampling {_describe_scope(args)}")
+            sampler = engine.Sampler(probe, options, stop=stop)
+            summary = sampler.run(writer.write)
+            if summary.lost_updates:
+                _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
+            if not writer.closed:
+                writer.write(summary)
+        finally:
+            probe.close()
+    finally:
+        writer.close()
+    return ExitStatus.OK
+
+
+def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
+         stderr: Optional[TextIO] = None) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = cli.parse_args(argv)
+    try:
+        return int(run(args, out, err))
+    except Fatal as e:
+        _say(err, str(e))
+        return int(e.status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

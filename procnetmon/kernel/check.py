@@ -1,0 +1,196 @@
+"""What the running kernel and machine offer procnetmon (``procnetmon --check``).
+
+Feature detection, never version checks: each fact is probed where the
+kernel shows it, and each missing one comes with the line that fixes it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Optional
+
+from procnetmon.kernel import cache, headers
+from procnetmon.kernel.btf import VMLINUX_BTF, BTF, BTFError
+
+TRACEFS = "/sys/kernel/tracing"
+PAYLOAD_TRACEPOINTS = ("sock_send_length", "sock_recv_length")
+HELPER_TRACEPOINTS = ("sk_data_ready", "sched_process_exit")
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+@dataclass
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""  # one line that mends it, when something does
+    required: bool = True  # whether measurement is impossible without it
+
+
+def effective_caps(status_path: str = "/proc/self/status") -> int:
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def has_bpf_privileges(caps: Optional[int] = None) -> bool:
+    caps = effective_caps() if caps is None else caps
+    if caps & (1 << CAP_SYS_ADMIN):
+        return True
+    return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
+
+
+def check_privileges() -> Finding:
+    if has_bpf_privileges():
+        return Finding("privileges", True, "can load BPF programs (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)")
+    return Finding("privileges", False, "loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
+                   "run as root: sudo procnetmon ...")
+
+
+def check_bcc() -> Finding:
+    try:
+        import bcc  # noqa: F401  (only imported to see that it is there)
+    except ImportError:
+        return Finding("bcc", False, "BCC's Python module is not importable",
+                       "apt-get install python3-bpfcc (Debian/Ubuntu) or dnf install python3-bcc (Fedora/RHEL); "
+                       "a venv needs --system-site-packages")
+    version = getattr(bcc, "__version__", "?")
+    return Finding("bcc", True, f"BCC {version} ({os.path.dirname(bcc.__file__)})")
+
+
+def check_btf() -> tuple[Finding, Optional[BTF]]:
+    if not os.path.exists(VMLINUX_BTF):
+        return Finding("btf", False, f"{VMLINUX_BTF} is missing (kernel built without CONFIG_DEBUG_INFO_BTF)",
+                       "use a kernel with BTF (every major distribution's since 2021)"), None
+    try:
+        btf = BTF.from_file()
+    except BTFError as e:
+        return Finding("btf", False, str(e)), None
+    return Finding("btf", True, f"{VMLINUX_BTF}"), btf
+
+
+def check_layout(btf: Optional[BTF]) -> Finding:
+    from procnetmon.kernel.layout import offsets_from_btf
+
+    if btf is None:
+        return Finding("struct layout", False, "needs BTF")
+    try:
+        offsets = offsets_from_btf(btf)
+    except BTFError as e:
+        return Finding("struct layout", False, str(e))
+    return Finding("struct layout", True, f"{len(offsets)} member offsets read from BTF "
+                                          f"(cached in {cache.kernel_cache_dir()})")
+
+
+def check_headers() -> Finding:
+    real = headers.real_headers_dir()
+    if real:
+        return Finding("kernel headers", True, f"installed: {real}")
+    for needed in (headers.SYSTEM_UAPI, headers.SYSTEM_ASM_GENERIC):
+        if not os.path.isdir(needed):
+            return Finding("kernel headers", False, f"none installed, and {needed} is missing to build a substitute",
+                           "apt-get install linux-libc-dev")
+    return Finding("kernel headers", True, "none installed; procnetmon builds the small tree BCC needs in "
+                                           f"{os.path.join(cache.kernel_cache_dir(), 'headers')}", required=False)
+
+
+def tracepoint_available(name: str, btf: Optional[BTF]) -> bool:
+    """Whether raw tracepoint ``name`` exists: BTF names each as btf_trace_<name>."""
+    if btf is not None:
+        return btf.has_typedef(f"btf_trace_{name}")
+    for root in (TRACEFS, "/sys/kernel/debug/tracing"):
+        if os.path.isdir(root + "/events"):
+            return any(os.path.isdir(f"{root}/events/{cat}/{name}") for cat in ("sock", "sched", "net"))
+    return False
+
+
+def check_tracepoints(btf: Optional[BTF]) -> Finding:
+    names = PAYLOAD_TRACEPOINTS + HELPER_TRACEPOINTS
+    missing = [n for n in names if not tracepoint_available(n, btf)]
+    if missing:
+        return Finding("tracepoints", False, f"missing: {', '.join(missing)} (sock_send_length and "
+                                             "sock_recv_length arrived in Linux 6.3)",
+                       "use Linux 6.3 or later")
+    return Finding("tracepoints", True, ", ".join(names))
+
+
+def mount_tracefs() -> bool:
+    """Mount tracefs where it belongs if it is not there yet; True when it is mounted afterwards."""
+    if os.path.isdir(TRACEFS + "/events"):
+        return True
+    subprocess.run(["mount", "-t", "tracefs", "tracefs", TRACEFS], capture_output=True, check=False)
+    return os.path.isdir(TRACEFS + "/events")
+
+
+def check_tracefs() -> Finding:
+    if mount_tracefs():
+        return Finding("tracefs", True, f"mounted at {TRACEFS}", required=False)
+    return Finding("tracefs", False, f"not mounted at {TRACEFS} (raw tracepoints work without it)",
+                   f"mount -t tracefs tracefs {TRACEFS}", required=False)
+
+
+def kernel_config() -> dict[str, str]:
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return dict(line.strip().split("=", 1) for line in f if line.startswith("CONFIG_") and "=" in line)
+    except OSError:
+        return {}
+
+
+def check_kprobes(config: dict[str, str]) -> Finding:
+    if config.get("CONFIG_KPROBES") == "y" or os.path.exists(TRACEFS + "/kprobe_events"):
+        return Finding("kprobes", True, "available (not used: the tracepoints are preferred)", required=False)
+    return Finding("kprobes", False, "not available (CONFIG_KPROBES is not set); not needed", required=False)
+
+
+def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
+    try:
+        with open(mounts_path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
+def check_cgroup2() -> Finding:
+    where = cgroup2_mount()
+    if where:
+        return Finding("cgroup2", True, f"mounted at {where} (needed by wire mode only)", required=False)
+    return Finding("cgroup2", False, "not mounted (needed by wire mode only)",
+                   "mount -t cgroup2 none /sys/fs/cgroup", required=False)
+
+
+def run_checks() -> list[Finding]:
+    btf_finding, btf = check_btf()
+    config = kernel_config()
+    return [
+        Finding("kernel", True, f"{os.uname().release} ({os.uname().machine})", required=False),
+        check_privileges(),
+        check_bcc(),
+        btf_finding,
+        check_layout(btf),
+        check_headers(),
+        check_tracepoints(btf),
+        check_tracefs(),
+        check_kprobes(config),
+        check_cgroup2(),
+    ]
+
+
+def payload_backend(findings: list[Finding]) -> tuple[bool, str]:
+    """Whether payload mode can run, and the backend or the reason it cannot."""
+    blockers = [f for f in findings if f.required and not f.ok]
+    if blockers:
+        return False, "; ".join(f"{f.name}: {f.detail}" for f in blockers)
+    return True, "raw tracepoints sock:sock_send_length + sock:sock_recv_length"

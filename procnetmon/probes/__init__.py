@@ -1,0 +1,65 @@
+"""Probe backends: the only modules that import bcc.
+
+Each backend attaches its BPF programs and hands the engine plain numbers:
+cumulative byte counters per (pid, protocol, direction), the names of
+processes that exited, and per-socket bytes when asked for details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+PROTOCOLS = {6: "tcp", 17: "udp"}
+DIRECTIONS = {0: "in", 1: "out"}
+
+
+class CounterKey(NamedTuple):
+    pid: int
+    protocol: str  # "tcp" | "udp"
+    direction: str  # "in" | "out"
+
+
+@dataclass(frozen=True)
+class SocketBytes:
+    """Bytes one socket moved, with its addresses as the kernel last saw them."""
+
+    pid: int
+    protocol: str
+    family: str  # "ipv4" | "ipv6"
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass
+class Snapshot:
+    """What a backend has counted since it was attached."""
+
+    counters: dict  # CounterKey -> cumulative bytes
+    lost_updates: int = 0
+
+
+class ProbeError(Exception):
+    """The probes could not be built or attached; the message names the missing piece."""
+
+
+def bpf_source(name: str) -> str:
+    """Path of a BPF C file: the repo's bpf/ in a checkout, share/procnetmon/bpf when installed."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(here, "..", "..", "bpf", name),
+        os.path.join(sys.prefix, "share", "procnetmon", "bpf", name),
+        os.path.join("/usr/local/share/procnetmon/bpf", name),
+        os.path.join("/usr/share/procnetmon/bpf", name),
+    ]
+    for path in candidates:
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    raise ProbeError(f"BPF source {name} not found (looked in {', '.join(candidates)})")
