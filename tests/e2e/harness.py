@@ -1,0 +1,200 @@
+"""Peer hosts, traffic processes and procnetmon runs for the end-to-end tests.
+
+A peer is a network namespace joined to this host by a veth pair, with
+addresses from the benchmarking range 198.18.0.0/15 and the ULA prefix
+fd42:6e6d::/48, checked to be unused before they are assigned. Everything
+created is removed again, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAFFIC = os.path.join(HERE, "traffic.py")
+V4_POOL = ipaddress.ip_network("198.18.0.0/15")
+V6_PREFIX = "fd42:6e6d"
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _used_v4_networks() -> list:
+    nets = []
+    for line in sh("ip", "-o", "-4", "addr", "show").splitlines():
+        parts = line.split()
+        nets.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
+    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first and first[0].isdigit():
+            try:
+                nets.append(ipaddress.ip_network(first, strict=False))
+            except ValueError:
+                pass
+    return nets
+
+
+def free_subnet(index: int) -> ipaddress.IPv4Network:
+    """A /30 of 198.18.0.0/15 that no address or route of this host touches."""
+    used = _used_v4_networks()
+    for candidate in list(V4_POOL.subnets(new_prefix=30))[index * 7 + os.getpid() % 4000:]:
+        if any(candidate.overlaps(n) for n in used if n.prefixlen > 0):
+            continue
+        # The route lookup must not find the address local or directly attached.
+        route = sh("ip", "route", "get", str(candidate[2]), check=False)
+        if " dev lo " in route or route.startswith("local"):
+            continue
+        return candidate
+    raise RuntimeError("no free /30 in 198.18.0.0/15")
+
+
+@dataclass
+class Peer:
+    """A namespace host reachable over a veth pair."""
+
+    index: int
+    netns: str
+    host_if: str
+    peer_if: str
+    host_v4: str
+    peer_v4: str
+    host_v6: str
+    peer_v6: str
+
+    @classmethod
+    def create(cls, index: int) -> "Peer":
+        tag = f"{os.getpid() % 100000}x{index}"
+        netns, host_if, peer_if = f"pnm{tag}", f"pnmh{tag}", f"pnmp{tag}"
+        net = free_subnet(index)
+        v6 = f"{V6_PREFIX}:{os.getpid() % 0xffff:x}:{index:x}"
+        peer = cls(index, netns, host_if, peer_if, str(net[1]), str(net[2]), f"{v6}::1", f"{v6}::2")
+        try:
+            sh("ip", "netns", "add", netns)
+            sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
+            sh("ip", "link", "set", peer_if, "netns", netns)
+            sh("ip", "addr", "add", f"{peer.host_v4}/30", "dev", host_if)
+            sh("ip", "-6", "addr", "add", f"{peer.host_v6}/64", "dev", host_if, "nodad")
+            sh("ip", "link", "set", host_if, "up")
+            ns = ("ip", "netns", "exec", netns)
+            sh(*ns, "ip", "addr", "add", f"{peer.peer_v4}/30", "dev", peer_if)
+            sh(*ns, "ip", "-6", "addr", "add", f"{peer.peer_v6}/64", "dev", peer_if, "nodad")
+            sh(*ns, "ip", "link", "set", peer_if, "up")
+            sh(*ns, "ip", "link", "set", "lo", "up")
+        except Exception:
+            peer.destroy()
+            raise
+        return peer
+
+    def destroy(self) -> None:
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.netns, check=False)
+
+
+class TrafficProcess:
+    """One traffic.py process, optionally inside a peer's namespace."""
+
+    def __init__(self, role: str, addr: str, port: int = 0, *, netns: Optional[str] = None, **opts):
+        cmd = [sys.executable, TRAFFIC, role, addr, str(port)]
+        for key, value in opts.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                cmd.append(flag)
+            elif value not in (None, False):
+                cmd += [flag, str(value)]
+        if netns:
+            # ip netns exec execs the command: the PID stays the traffic process's.
+            cmd = ["ip", "netns", "exec", netns] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self._readline(10)
+        if not line.startswith("ready"):
+            raise RuntimeError(f"{role} did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.pid = self.proc.pid
+
+    def _readline(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError("traffic process did not answer in time")
+        return self.proc.stdout.readline()
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float = 15) -> dict:
+        return json.loads(self._readline(timeout))
+
+    def finish(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("exit\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def procnetmon_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "procnetmon", *args]
+
+
+def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, timeout: float = 60,
+                   after_start: Optional[Callable[[subprocess.Popen], None]] = None) -> Run:
+    """Run procnetmon; once its probes are attached, call ``during`` (drive the traffic)."""
+    proc = subprocess.Popen(procnetmon_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines = []
+    deadline = time.monotonic() + 30
+    attached = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            err_lines.append(line)
+            if "probes attached" in line:
+                attached = True
+                break
+    if not attached:
+        proc.kill()
+        out, err = proc.communicate()
+        return Run(proc.returncode, out, "".join(err_lines) + err)
+    if during is not None:
+        during()
+    if after_start is not None:
+        after_start(proc)
+    out, err = proc.communicate(timeout=timeout)
+    return Run(proc.returncode, out, "".join(err_lines) + err)
+
+
+def by_pid(document: dict) -> dict:
+    return {p["pid"]: p for p in document["processes"]}
