@@ -1,0 +1,416 @@
+"""Command line of procnetmon: the argparse parser, its argument types and
+the rules that join options together.
+
+Only the standard library is imported here, so that argparse-manpage can load
+this file on its own (``pyfile=procnetmon/cli.py:function=build_parser``) and
+the unit tests run without BCC or root.  ``validate`` must be called after
+``parse_args``; the rest of the program reads the namespace it leaves behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from typing import Optional
+
+try:
+    from procnetmon import __version__
+except ImportError:  # loaded as a lone file by argparse-manpage, package not importable
+    __version__ = "unknown"
+
+PROG = "procnetmon"
+
+DEFAULT_INTERVAL = 1.0  # seconds
+MIN_INTERVAL = 0.1  # seconds; shorter intervals cost more than they tell
+
+# The kernel's IFNAMSIZ is 16 including the terminating NUL.
+IFNAME_MAX = 15
+# The highest PID Linux can hand out (PID_MAX_LIMIT on 64-bit).
+PID_MAX = 4194304
+
+FORMATS = ("text", "json", "csv")
+SORT_KEYS = ("pid", "name", "in", "out", "total")
+UNITS = ("bits", "bytes")
+MODES = ("payload", "wire")
+
+DESCRIPTION = """\
+Measure how many bytes each process sends and receives over the network.
+eBPF probes (loaded through BCC) count the payload bytes of every socket call
+in the kernel, filtered there by PID and interface, and procnetmon prints
+per-process totals, rates, peaks and TCP/UDP connection counts as a table,
+JSON or CSV. Needs root, or CAP_BPF and CAP_PERFMON."""
+
+EXAMPLES = """\
+examples:
+  sudo procnetmon -p 1234,5678 -t 60s --json          # one JSON document after 60 s
+  sudo procnetmon -t 10s                               # every process, a table after 10 s
+  sudo procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
+  sudo procnetmon -t 60s --csv -o /var/log/net.csv     # cron: appends rows, header only once
+  sudo procnetmon -p "$(pgrep -d, nginx)" -t 5s --json | jq '.processes[] | select(.bytes_out > 1e6)'
+  sudo procnetmon --check                              # what this kernel offers"""
+
+MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
+
+DURATION_EXAMPLES = "e.g. 500ms, 10s, 1.5s, 5m, 1h, 1m30s, or bare seconds like 10"
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+# Units in decreasing order, each at most once: "1h30m", "1m30s", "2s500ms".
+_DURATION_RE = re.compile(
+    rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m(?!s))?"
+    rf"(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?"
+)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+# --------------------------------------------------------------------------
+# Argument types: each turns one command-line string into a value or raises
+# ArgumentTypeError with a message that shows what to write instead.
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a duration such as ``500ms``, ``60s``, ``1m30s``
+    or a bare number of seconds.  Zero, negative and malformed values fail."""
+    compact = "".join(text.split()).lower()
+    seconds = _duration_seconds(compact)
+    if seconds is None and compact.startswith("-"):
+        seconds = -1.0  # reported as "not more than zero" below
+    if seconds is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: write a number with a unit, {DURATION_EXAMPLES}"
+        )
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: it must be more than zero, {DURATION_EXAMPLES}"
+        )
+    return seconds
+
+
+def _duration_seconds(compact: str) -> Optional[float]:
+    """Seconds in a whitespace-free, lower-case duration, or None if malformed."""
+    if re.fullmatch(_NUMBER, compact):
+        return float(compact)
+    match = _DURATION_RE.fullmatch(compact)
+    if not compact or match is None:
+        return None
+    seconds = sum(
+        float(value) * _UNIT_SECONDS[unit]
+        for unit, value in match.groupdict().items()
+        if value is not None
+    )
+    return seconds if math.isfinite(seconds) else None
+
+
+def parse_interval(text: str) -> float:
+    """A duration of at least ``MIN_INTERVAL`` seconds (for ``--interval``)."""
+    seconds = parse_duration(text)
+    if seconds < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"interval {text!r} is too short: the shortest is 100ms, e.g. --interval 1s"
+        )
+    return seconds
+
+
+def parse_pids(text: str) -> list[int]:
+    """A comma-separated list of PIDs; spaces and empty items are tolerated,
+    duplicates dropped, order kept."""
+    pids: list[int] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue  # "1,2," and the like: harmless
+        if not item.isdigit() or not item.isascii() or int(item) == 0:
+            raise argparse.ArgumentTypeError(
+                f"invalid PID {item!r} in {text!r}: PIDs are positive integers, e.g. -p 1234,5678"
+            )
+        pid = int(item)
+        if pid > PID_MAX:
+            raise argparse.ArgumentTypeError(
+                f"invalid PID {item!r} in {text!r}: Linux PIDs are at most {PID_MAX}"
+            )
+        if pid not in pids:
+            pids.append(pid)
+    if not pids:
+        # Typically $(pgrep ...) that matched nothing.
+        raise argparse.ArgumentTypeError(
+            f"no PID in {text!r}: give at least one, e.g. -p 1234,5678 "
+            "(if it came from pgrep, nothing matched)"
+        )
+    return pids
+
+
+def parse_interfaces(text: str) -> list[str]:
+    """A comma-separated list of interface names, checked for syntax only
+    (whether they exist is the engine's business)."""
+    names: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        problem = _ifname_problem(item)
+        if problem:
+            raise argparse.ArgumentTypeError(
+                f"invalid interface name {item!r} in {text!r}: {problem}, e.g. -i eth0,wlan0"
+            )
+        if item not in names:
+            names.append(item)
+    return names
+
+
+def _ifname_problem(name: str) -> Optional[str]:
+    """Why the kernel would refuse ``name`` as an interface name (dev_valid_name)."""
+    if not name:
+        return "names cannot be empty"
+    if len(name) > IFNAME_MAX:
+        return f"names have at most {IFNAME_MAX} characters"
+    if name in (".", ".."):
+        return "'.' and '..' are not interface names"
+    if any(c == "/" or c == ":" or c.isspace() for c in name):
+        return "names contain no '/', ':' or whitespace"
+    return None
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (for ``--count`` and ``--top``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid number {text!r}: give a whole number of 1 or more, e.g. 5"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------
+# Actions that remember which option was written, for validate().
+
+
+class _FormatAction(argparse.Action):
+    """Store the output format and remember every option that chose one,
+    so that ``--json --csv`` can be refused with a useful message."""
+
+    def __init__(self, option_strings, dest, const=None, nargs=None, **kwargs):
+        if const is not None:  # -j/--json, --csv: a flag with a fixed format
+            nargs = 0
+        super().__init__(option_strings, dest, nargs=nargs, const=const, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        fmt = self.const if self.const is not None else values
+        chosen = list(getattr(namespace, "format_options", None) or [])
+        chosen.append((option_string, fmt))
+        namespace.format_options = chosen
+        setattr(namespace, self.dest, fmt)
+
+
+class _StoreGiven(argparse.Action):
+    """Store the value and set ``<dest>_given`` so validate() can tell an
+    explicit ``--interval 1s`` from the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
+# --------------------------------------------------------------------------
+# The parser.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of procnetmon (also read by argparse-manpage)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Read by argparse-manpage for the NAME line of the man page.
+    parser.man_short_description = MAN_SHORT_DESCRIPTION
+    parser.set_defaults(format_options=[], interval_given=False)
+    _add_selection_options(parser)
+    _add_timing_options(parser)
+    _add_output_options(parser)
+    _add_other_options(parser)
+    return parser
+
+
+def _add_selection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what to measure")
+    group.add_argument(
+        "-p", "--pids", metavar="PIDS", type=parse_pids, default=None,
+        help="comma-separated PIDs to measure, e.g. 1234,5678 (default: every process); "
+        "a PID that does not exist is an error, one that exits during the run is "
+        "reported as not alive",
+    )
+    group.add_argument(
+        "-i", "--interface", metavar="IFACES", dest="interfaces",
+        type=parse_interfaces, default=None,
+        help="comma-separated interfaces to count, e.g. eth0,wlan0 "
+        "(default: every interface but loopback); naming lo counts loopback",
+    )
+    group.add_argument(
+        "--include-loopback", action="store_true", dest="include_loopback",
+        help="also count loopback traffic, which is left out by default because "
+        "it is not bandwidth on any wire",
+    )
+    group.add_argument(
+        "--mode", choices=MODES, default="payload",
+        help="payload: bytes the process's socket calls sent and received; "
+        "wire: bytes of its IP packets, headers included (default: %(default)s)",
+    )
+
+
+def _add_timing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "how long",
+        "Give one of -t, -c or -n. -t alone prints one summary at the end;\n"
+        "-c, -n, or -t with --interval also print a record every interval.",
+    )
+    group.add_argument(
+        "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
+        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES})",
+    )
+    group.add_argument(
+        "-c", "--continuous", action="store_true",
+        help="print a record every interval until Ctrl-C or SIGTERM, then the summary",
+    )
+    group.add_argument(
+        "-n", "--count", metavar="N", type=positive_int, default=None,
+        help="print N interval records, then the summary",
+    )
+    group.add_argument(
+        "--interval", metavar="DURATION", type=parse_interval,
+        default=DEFAULT_INTERVAL, action=_StoreGiven,
+        help="length of one interval, which is also the window of the peak rates "
+        "(default: 1s, at least 100ms)",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-j", "--json", dest="format", action=_FormatAction, const="json",
+        default="text",
+        help="JSON: one document at the end, or one line per record when streaming",
+    )
+    group.add_argument(
+        "--csv", dest="format", action=_FormatAction, const="csv", default="text",
+        help="CSV: one row per process per record, columns in a fixed order "
+        "starting timestamp,type,pid,name",
+    )
+    group.add_argument(
+        "--format", dest="format", action=_FormatAction, choices=FORMATS, default="text",
+        help="output format: text, json or csv (default: text)",
+    )
+    group.add_argument(
+        "-o", "--output", metavar="FILE", default=None,
+        help="append to FILE instead of writing to standard output ('-' is standard output)",
+    )
+    group.add_argument(
+        "--no-header", action="store_true", dest="no_header",
+        help="leave out the CSV header row and the column headings of the table",
+    )
+    group.add_argument(
+        "-a", "--aggregate", action="store_true",
+        help="add a TOTAL row over all processes (JSON always carries \"aggregated\")",
+    )
+    group.add_argument(
+        "-d", "--details", action="store_true",
+        help="list every connection of each process: protocol, addresses, state, bytes",
+    )
+    group.add_argument(
+        "--units", choices=UNITS, default="bits",
+        help="rates in the table as Kbps/Mbps (bits) or KB/s, MB/s (bytes); "
+        "KB, MB and GB are powers of 1000 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sort", choices=SORT_KEYS, default="total",
+        help="order of the table rows: pid and name ascending, in, out and total "
+        "bytes descending (default: %(default)s)",
+    )
+    group.add_argument(
+        "--top", metavar="N", type=positive_int, default=None,
+        help="show only the first N rows of the table",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="no progress or status messages on standard error",
+    )
+
+
+def _add_other_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check", action="store_true",
+        help="report what the running kernel offers and which probes would be used, then exit",
+    )
+    parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}",
+    )
+
+
+# --------------------------------------------------------------------------
+# Rules between options.
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Enforce the rules that join options; on a violation call
+    ``parser.error`` (exit status 2) with a message that says what to write."""
+    if args.time is not None and not args.interval_given and args.interval > args.time:
+        # The default interval only sets the peak resolution: a short -t
+        # (say -t 500ms) narrows it rather than being refused.
+        args.interval = args.time
+    for message in _violations(args):
+        parser.error(message)
+    return args
+
+
+def _violations(args: argparse.Namespace):
+    """Yield the message of each broken rule, the most basic first."""
+    formats = {fmt for _, fmt in args.format_options}
+    if len(formats) > 1:
+        written = " ".join(opt for opt, _ in args.format_options)
+        yield f"choose one output format: --json, --csv or --format (got {written})"
+    if args.check and args.ebpf:
+        yield "choose one of --check or --ebpf"
+    if args.check or args.ebpf:
+        return  # they print and exit: nothing else matters
+    yield from _duration_violations(args)
+    if args.top is not None and args.format != "text":
+        yield f"--top limits the text table; drop --top, or drop --{args.format}"
+
+
+def _duration_violations(args: argparse.Namespace):
+    if args.continuous and args.count is not None:
+        yield "-c runs until stopped and -n stops after N intervals; use one of them"
+    if args.continuous and args.time is not None:
+        yield "-c runs until stopped; drop -t, or use -t alone"
+    if args.count is not None and args.time is not None:
+        yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
+    if args.time is None and not args.continuous and args.count is None:
+        yield (
+            "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
+            "or -n 5 (five intervals)"
+        )
+    if args.time is not None and args.interval > args.time:
+        yield (
+            f"--interval ({_seconds(args.interval)}) is longer than -t ({_seconds(args.time)}); "
+            "use a shorter --interval or a longer -t"
+        )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def is_streaming(args: argparse.Namespace) -> bool:
+    """Whether a record is printed every interval (before the final summary):
+    with -c, with -n, or with -t and an explicit --interval."""
+    return bool(
+        args.continuous
+        or args.count is not None
+        or (args.time is not None and args.interval_given)
+    )
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """Parse and validate ``argv`` (default: ``sys.argv[1:]``)."""
+    parser = build_parser()
+    return validate(parser.parse_args(argv), parser)

@@ -1,0 +1,125 @@
+"""CSV output: one row per process per record, columns in the fixed order of
+``CSV_COLUMNS`` (documented in the man page; add columns at the end, never
+rename or reorder).
+
+Numbers are those of the JSON form (plain bytes and bytes per second, rates
+rounded as in ``record_to_dict``); booleans are ``true``/``false``.  With
+``aggregate`` a record also gets a ``TOTAL`` row whose pid is empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict
+
+CSV_COLUMNS = (
+    "timestamp",  # end of the record's window, ISO 8601
+    "type",  # interval or summary
+    "pid",
+    "name",
+    "cmdline",
+    "alive",
+    "mode",  # payload or wire
+    "duration_s",
+    "bytes_in",
+    "bytes_out",
+    "rate_in",
+    "rate_out",
+    "peak_rate_in",
+    "peak_rate_out",
+    "tcp_bytes_in",
+    "tcp_bytes_out",
+    "udp_bytes_in",
+    "udp_bytes_out",
+    "tcp_connections",
+    "udp_connections",
+    "total_bytes_in",  # since the start; equals bytes_in in a summary
+    "total_bytes_out",
+    "interfaces",  # "all" or names joined by ";"
+)
+
+TOTAL_NAME = "TOTAL"
+
+
+def format_csv(record: Record, header: bool, aggregate: bool) -> str:
+    """The rows of one record (and the header row first if ``header``)."""
+    buf = io.StringIO()
+    # "\n" rather than the csv default "\r\n": the rows go to Unix tools and logs.
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    common = _record_fields(record)
+    for process in record.processes:
+        writer.writerow({**common, **_process_fields(process, record.type)})
+    if aggregate:
+        writer.writerow({**common, **_total_fields(record)})
+    return buf.getvalue()
+
+
+def _record_fields(record: Record) -> dict:
+    interfaces = "all" if record.interfaces is None else ";".join(record.interfaces)
+    return {
+        "timestamp": record.end.isoformat(timespec="seconds"),
+        "type": record.type,
+        "mode": record.mode,
+        "duration_s": round(record.duration_s, 3),
+        "interfaces": interfaces,
+    }
+
+
+def _process_fields(process, record_type: str) -> dict:
+    d = process_to_dict(process, record_type)
+    in_total, out_total = _totals(d, record_type)
+    return {
+        "pid": d["pid"],
+        "name": d["name"],
+        "cmdline": d["cmdline"],
+        "alive": _bool(d["alive"]),
+        **_rate_fields(d),
+        "tcp_bytes_in": d["tcp"]["bytes_in"],
+        "tcp_bytes_out": d["tcp"]["bytes_out"],
+        "udp_bytes_in": d["udp"]["bytes_in"],
+        "udp_bytes_out": d["udp"]["bytes_out"],
+        "total_bytes_in": in_total,
+        "total_bytes_out": out_total,
+    }
+
+
+def _total_fields(record: Record) -> dict:
+    d = aggregate_to_dict(record.aggregated, record.type)
+    in_total, out_total = _totals(d, record.type)
+    # The aggregate has no protocol split; the sum over the rows is exact.
+    procs = record.processes
+    return {
+        "pid": "",
+        "name": TOTAL_NAME,
+        "cmdline": "",
+        "alive": "",
+        **_rate_fields(d),
+        "tcp_bytes_in": sum(p.tcp.bytes_in for p in procs),
+        "tcp_bytes_out": sum(p.tcp.bytes_out for p in procs),
+        "udp_bytes_in": sum(p.udp.bytes_in for p in procs),
+        "udp_bytes_out": sum(p.udp.bytes_out for p in procs),
+        "total_bytes_in": in_total,
+        "total_bytes_out": out_total,
+    }
+
+
+def _rate_fields(d: dict) -> dict:
+    keys = ("bytes_in", "bytes_out", "rate_in", "rate_out", "peak_rate_in",
+            "peak_rate_out", "tcp_connections", "udp_connections")
+    return {key: d[key] for key in keys}
+
+
+def _totals(d: dict, record_type: str) -> tuple:
+    """Bytes since the start: carried by interval records, and simply the
+    window's bytes in a summary (its window is the whole run)."""
+    if record_type == RECORD_INTERVAL:
+        return d["total_bytes_in"], d["total_bytes_out"]
+    return d["bytes_in"], d["bytes_out"]
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"

@@ -1,0 +1,194 @@
+"""The Writer: owns where output goes (standard output, or a file appended
+to with ``-o``), picks the formatter for each record and writes its text.
+
+Rules it keeps, and why:
+
+* Each record is written with one ``write(2)`` of whole lines and nothing is
+  left in a buffer, so a process killed between records never leaves half a
+  line in a log, and appends from cron runs do not interleave mid-line.
+* The CSV header goes out once: on standard output, or when the ``-o`` file
+  is new or empty; never when appending to a file that already has rows, and
+  never with ``--no-header``.
+* A closed standard output (``procnetmon ... | head``) is not an error: the
+  Writer sets ``closed``, points the stdout descriptor at /dev/null so that
+  Python's own flush at exit cannot fail again, and the caller stops quietly.
+* Without streaming only the summary is written (one JSON document, one
+  table); when streaming every record is (JSON lines, interval lines).  CSV
+  writes rows for every record it is given.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+from typing import IO, Optional, Union
+
+from procnetmon.model import RECORD_SUMMARY, Record
+from procnetmon.output.csvout import format_csv
+from procnetmon.output.jsonout import format_json, format_json_line
+from procnetmon.output.text import format_text
+
+STDOUT_NAMES = (None, "-")
+
+
+class Writer:
+    """Formats records and writes them to a stream or appends them to a file.
+
+    ``target`` is a path (opened for appending; ``None`` or ``"-"`` mean
+    standard output) or an open text stream.  ``write`` returns False once
+    the output is closed; the caller should then stop measuring.
+    """
+
+    def __init__(
+        self,
+        fmt: str,
+        target: Union[str, os.PathLike, IO[str], None] = None,
+        *,
+        streaming: bool = False,
+        aggregate: bool = False,
+        details: bool = False,
+        units: str = "bits",
+        sort: str = "total",
+        top: Optional[int] = None,
+        no_header: bool = False,
+    ):
+        if fmt not in ("text", "json", "csv"):
+            raise ValueError(f"unknown output format {fmt!r}")
+        self.fmt = fmt
+        self.streaming = streaming
+        self.aggregate = aggregate
+        self.details = details
+        self.units = units
+        self.sort = sort
+        self.top = top
+        self.no_header = no_header
+        self.closed = False
+        self._owned = False  # whether close() closes the stream
+        self._stream = self._open(target)
+        # CSV: the header row only if nothing is there yet.  Text: the column
+        # headings of the streaming lines, once per run.
+        self._header_due = not no_header and (fmt != "csv" or self._is_empty(self._stream))
+
+    # ------------------------------------------------------------------
+    def _open(self, target) -> IO[str]:
+        if target in STDOUT_NAMES:
+            return sys.stdout
+        if isinstance(target, (str, os.PathLike)):
+            self._owned = True
+            # newline="": the formatters already end their lines with "\n".
+            return open(target, "a", encoding="utf-8", errors="surrogateescape", newline="")
+        return target
+
+    @staticmethod
+    def _is_empty(stream: IO[str]) -> bool:
+        """Whether ``stream`` is a regular file with nothing in it, or is not
+        a regular file at all (terminal, pipe, in-memory stream)."""
+        fd = _fileno(stream)
+        if fd is None:
+            return True
+        st = os.fstat(fd)
+        return not stat.S_ISREG(st.st_mode) or st.st_size == 0
+
+    # ------------------------------------------------------------------
+    def render(self, record: Record) -> str:
+        """The text this writer would write for ``record`` ("" for none).
+        Advances the header-once state."""
+        if not self.streaming and self.fmt != "csv" and record.type != RECORD_SUMMARY:
+            return ""  # without streaming only the summary is shown
+        if self.fmt == "json":
+            return format_json_line(record) if self.streaming else format_json(record)
+        if self.fmt == "csv":
+            text = format_csv(record, header=self._header_due, aggregate=self.aggregate)
+            self._header_due = False
+            return text
+        return self._render_text(record)
+
+    def _render_text(self, record: Record) -> str:
+        is_summary = record.type == RECORD_SUMMARY
+        # Interval lines get their column headings once; a summary table
+        # always has them (unless --no-header).
+        header = (not self.no_header) if is_summary else self._header_due
+        if not is_summary:
+            self._header_due = False
+        text = format_text(
+            record,
+            units=self.units,
+            sort=self.sort,
+            top=self.top,
+            aggregate=self.aggregate,
+            details=self.details,
+            header=header,
+        )
+        if is_summary and self.streaming:
+            text = "\n" + text  # set the summary apart from the interval lines
+        return text
+
+    def write(self, record: Record) -> bool:
+        """Format ``record`` and write it whole.  False once output is closed."""
+        if self.closed:
+            return False
+        text = self.render(record)
+        if text:
+            self._write_all(text)
+        return not self.closed
+
+    def _write_all(self, text: str) -> None:
+        try:
+            fd = _fileno(self._stream)
+            if fd is None:
+                self._stream.write(text)
+                self._stream.flush()
+            else:
+                # Flush anything written through the stream object first, then
+                # one write(2) straight to the descriptor, so nothing is left
+                # half-written in a userspace buffer.
+                self._stream.flush()
+                _write_fd(fd, text.encode("utf-8", "surrogateescape"))
+        except BrokenPipeError:
+            self._on_broken_pipe()
+
+    def _on_broken_pipe(self) -> None:
+        self.closed = True
+        fd = _fileno(self._stream)
+        if fd is not None and fd == _fileno(sys.stdout):
+            # The recipe of the Python docs (signal module, "Note on SIGPIPE"):
+            # later flushes of sys.stdout, including the one at exit, must not
+            # raise BrokenPipeError again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+    def close(self) -> None:
+        """Flush, and close the file if this writer opened it."""
+        try:
+            if self._owned:
+                self._stream.close()
+            elif not self.closed:
+                self._stream.flush()
+        except BrokenPipeError:
+            self._on_broken_pipe()
+        self.closed = True
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fileno(stream) -> Optional[int]:
+    """The descriptor under ``stream``, or None for in-memory streams."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data``; a pipe may take less than asked per call."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

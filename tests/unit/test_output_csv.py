@@ -1,0 +1,74 @@
+"""CSV output: the documented column order, exact rows, quoting, TOTAL row."""
+
+import csv
+import io
+
+from procnetmon.output.csvout import CSV_COLUMNS, format_csv
+
+HEADER = (
+    "timestamp,type,pid,name,cmdline,alive,mode,duration_s,bytes_in,bytes_out,"
+    "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
+    "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
+    "total_bytes_in,total_bytes_out,interfaces\n"
+)
+
+SUMMARY_ROWS = (
+    "2026-11-22T10:01:00+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all\n"
+    "2026-11-22T10:01:00+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all\n"
+)
+
+SUMMARY_TOTAL = (
+    "2026-11-22T10:01:00+00:00,summary,,TOTAL,,,payload,60.0,"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all\n"
+)
+
+
+def test_columns_start_as_documented():
+    assert CSV_COLUMNS[:4] == ("timestamp", "type", "pid", "name")
+    assert ",".join(CSV_COLUMNS) + "\n" == HEADER
+    assert len(set(CSV_COLUMNS)) == len(CSV_COLUMNS)
+
+
+def test_summary_exact(records):
+    assert format_csv(records.summary(), header=True, aggregate=False) == HEADER + SUMMARY_ROWS
+
+
+def test_summary_with_total_row(records):
+    assert format_csv(records.summary(), header=False, aggregate=True) == SUMMARY_ROWS + SUMMARY_TOTAL
+
+
+def test_interval_rows_carry_running_totals_and_interfaces(records):
+    rows = list(csv.DictReader(io.StringIO(format_csv(records.interval(), header=True, aggregate=True))))
+    assert [r["pid"] for r in rows] == ["1234", "99", ""]
+    assert rows[0]["type"] == "interval"
+    assert (rows[0]["total_bytes_in"], rows[0]["total_bytes_out"]) == ("15000", "2000")
+    assert (rows[2]["name"], rows[2]["total_bytes_in"]) == ("TOTAL", "5015000")
+    assert {r["interfaces"] for r in rows} == {"eth0"}
+
+
+def test_several_interfaces_are_joined_with_semicolons(records):
+    text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
+    assert text.rstrip("\n").endswith(",eth0;wlan0")
+
+
+def test_quoting_of_commas_quotes_and_newlines(records):
+    proc = records.nginx(name='we,"ird', cmdline="a,b\nc")
+    text = format_csv(records.summary([proc]), header=False, aggregate=False)
+    assert ',"we,""ird","a,b\nc",' in text
+    (row,) = list(csv.reader(io.StringIO(text)))
+    assert (row[3], row[4]) == ('we,"ird', "a,b\nc")
+    assert len(row) == len(CSV_COLUMNS)
+
+
+def test_empty_record(records):
+    assert format_csv(records.summary([]), header=False, aggregate=False) == ""
+    assert format_csv(records.summary([]), header=True, aggregate=False) == HEADER
+    total = format_csv(records.summary([]), header=False, aggregate=True)
+    assert total.split(",")[2:4] == ["", "TOTAL"]
+
+
+def test_every_row_has_every_column(records):
+    text = format_csv(records.interval(), header=True, aggregate=True)
+    assert {len(row) for row in csv.reader(io.StringIO(text))} == {len(CSV_COLUMNS)}
