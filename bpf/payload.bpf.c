@@ -4,73 +4,21 @@
  * Counts the return value of every sendmsg/recvmsg on a TCP or UDP socket
  * (IPv4 and IPv6) at the sock:sock_send_length / sock:sock_recv_length
  * tracepoints (Linux 6.3+). They fire at the end of sock_sendmsg() and
- * sock_recvmsg(), which read(), write(), the send and recv calls, sendfile(), splice() and io_uring
- * all end in, in the calling task's context: attribution to its thread
+ * sock_recvmsg(), which read(), write(), the send and recv calls,
+ * sendfile(), splice() and io_uring all end in, in the calling task's context: attribution to its thread
  * group is exact. Counters are aggregated here per (process, interface,
  * protocol, direction); user space reads them once per interval.
  *
- * Compiled by BCC with no kernel headers: struct fields are read at offsets
- * taken from BTF and passed as -DOFF_<NAME>=<bytes> (procnetmon/kernel/layout.py).
- *
- * Options (-D):
- *   FILTER_PIDS       count only thread groups in target_pids
- *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
- *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
+ * Options (-D), besides those of common.h:
  *   DETAILS           also keep bytes per socket with its addresses
- *   MAX_COUNTERS, MAX_PIDS, MAX_SOCKETS, MAX_EXITED   map sizes
  */
 
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
+#include "common.h"
+
 #define MSG_PEEK 2
-#define LOOPBACK_IFINDEX 1 /* loopback has ifindex 1 in every network namespace */
-#define UNKNOWN_IFINDEX 0
 
-#define DIR_IN 0
-#define DIR_OUT 1
-
-#ifndef MAX_COUNTERS
-#define MAX_COUNTERS 65536
-#endif
-#ifndef MAX_PIDS
-#define MAX_PIDS 4096
-#endif
-#ifndef MAX_SOCKETS
-#define MAX_SOCKETS 65536
-#endif
-#ifndef MAX_EXITED
-#define MAX_EXITED 16384
-#endif
-
-struct counter_key {
-    u32 tgid;
-    u32 ifindex; /* 0: the kernel could not tell (see rx_ifindex/tx_ifindex) */
-    u16 protocol;
-    u16 dir;
-    u32 pad;
-};
-
-struct iface_key {
-    u32 netns; /* inode number of the network namespace */
-    u32 ifindex;
-};
-
-struct exit_info {
-    char comm[16];
-    u64 exit_ns;
-};
-
-BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
-BPF_HASH(target_pids, u32, u8, MAX_PIDS);
-BPF_HASH(target_ifaces, struct iface_key, u8, 256);
 /* Interface of the datagram last queued on each UDP socket, noted in softirq. */
 BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
-/* Name of each counted process that exited, since /proc forgets it. */
-BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
-/* Counter updates lost because a map was full: never silently. */
-BPF_ARRAY(lost, u64, 1);
 
 #ifdef DETAILS
 struct sock_info {
@@ -87,44 +35,6 @@ struct sock_info {
 };
 BPF_TABLE("lru_hash", u64, struct sock_info, sockets, MAX_SOCKETS);
 #endif
-
-static __always_inline void *read_ptr(const void *base, long off)
-{
-    void *v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u32 read_u32(const void *base, long off)
-{
-    u32 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline u16 read_u16(const void *base, long off)
-{
-    u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
-    return v;
-}
-
-static __always_inline void note_lost(void)
-{
-    int zero = 0;
-    u64 *n = lost.lookup(&zero);
-    if (n)
-        __sync_fetch_and_add(n, 1);
-}
-
-static __always_inline int is_target(u32 tgid)
-{
-#ifdef FILTER_PIDS
-    return target_pids.lookup(&tgid) != 0;
-#else
-    return 1;
-#endif
-}
 
 /* The device of the socket's cached route: where its packets leave. Unset
  * for unconnected UDP sockets, whose route is looked up per datagram. */
@@ -150,37 +60,6 @@ static __always_inline u32 rx_ifindex(const void *sk, u16 protocol)
     u64 key = (u64)sk;
     u32 *ifindex = udp_rx_ifindex.lookup(&key);
     return ifindex ? *ifindex : UNKNOWN_IFINDEX;
-}
-
-static __always_inline int iface_wanted(const void *sk, u32 ifindex)
-{
-#ifdef FILTER_IFACES
-    if (ifindex == UNKNOWN_IFINDEX)
-        return 0;
-    void *net = read_ptr(sk, OFF_SK_NET);
-    struct iface_key k = {.netns = read_u32(net, OFF_NET_NS_INUM), .ifindex = ifindex};
-    return target_ifaces.lookup(&k) != 0;
-#elif defined(EXCLUDE_LOOPBACK)
-    return ifindex != LOOPBACK_IFINDEX;
-#else
-    return 1;
-#endif
-}
-
-static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u64 bytes)
-{
-    struct counter_key key = {.tgid = tgid, .ifindex = ifindex, .protocol = protocol, .dir = dir};
-    u64 *val = counters.lookup(&key);
-    if (!val) {
-        u64 zero = 0;
-        counters.insert(&key, &zero);
-        val = counters.lookup(&key);
-        if (!val) {
-            note_lost();
-            return;
-        }
-    }
-    __sync_fetch_and_add(val, bytes);
 }
 
 #ifdef DETAILS
@@ -238,7 +117,11 @@ static __always_inline int on_socket_call(struct bpf_raw_tracepoint_args *ctx, u
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return 0;
     u32 ifindex = dir == DIR_OUT ? tx_ifindex(sk) : rx_ifindex(sk, protocol);
-    if (!iface_wanted(sk, ifindex))
+#ifdef FILTER_IFACES
+    if (!iface_ok(netns_of(sk), ifindex))
+#else
+    if (!iface_ok(0, ifindex)) /* the namespace only matters to a filter */
+#endif
         return 0;
     add(tgid, ifindex, protocol, dir, (u64)ret);
 #ifdef DETAILS
@@ -277,23 +160,5 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     if (known && *known == ifindex)
         return 0;
     udp_rx_ifindex.update(&key, &ifindex);
-    return 0;
-}
-
-/* args: struct task_struct *p, bool group_dead. Keeps the name of a process
- * whose last thread exits, so its totals are still named in the summary. */
-RAW_TRACEPOINT_PROBE(sched_process_exit)
-{
-    if (!(ctx->args[1] & 1))
-        return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!is_target(tgid))
-        return 0;
-    struct exit_info info = {};
-    void *task = (void *)bpf_get_current_task();
-    void *leader = read_ptr(task, OFF_TASK_GROUP_LEADER);
-    bpf_probe_read_kernel(info.comm, sizeof(info.comm), (const char *)(leader ? leader : task) + OFF_TASK_COMM);
-    info.exit_ns = bpf_ktime_get_ns();
-    exited.update(&tgid, &info);
     return 0;
 }

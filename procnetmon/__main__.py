@@ -95,8 +95,9 @@ def _print_ebpf(probe, out: TextIO) -> None:
         source, flags, header_dir = probe.compile_plan()
     except ProbeError as e:
         raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
-    with open(source) as f:
-        out.write(f.read())
+    from procnetmon.probes import expand_includes
+
+    out.write(expand_includes(source))
     out.write(f"\n/* BCC_KERNEL_SOURCE={header_dir}\n * cflags: {' '.join(flags)}\n */\n")
 
 

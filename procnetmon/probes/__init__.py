@@ -63,3 +63,27 @@ def bpf_source(name: str) -> str:
         if os.path.isfile(path):
             return os.path.normpath(path)
     raise ProbeError(f"BPF source {name} not found (looked in {', '.join(candidates)})")
+
+
+def expand_includes(path: str) -> str:
+    """The C of ``path`` with its ``#include "local.h"`` lines replaced by the files.
+
+    BCC rewrites its map syntax (``counters.lookup(&key)``) only in the main
+    file it compiles, so the shared header must become part of that file.
+    """
+    import os
+    import re
+
+    directory = os.path.dirname(path)
+    seen: set = set()
+
+    def expand(file: str) -> str:
+        if file in seen:
+            return ""
+        seen.add(file)
+        with open(file) as f:
+            text = f.read()
+        return re.sub(r'^#include "([\w./-]+)"[ \t]*$',
+                      lambda m: expand(os.path.join(directory, m.group(1))), text, flags=re.M)
+
+    return expand(path)

@@ -16,7 +16,8 @@ from typing import Optional
 from procnetmon.interfaces import InterfaceKey
 from procnetmon.kernel import headers, layout
 from procnetmon.kernel.btf import BTFError
-from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes, bpf_source
+from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
+                               bpf_source, expand_includes)
 
 SOURCE = "payload.bpf.c"
 TRACEPOINTS = ("sock_send_length", "sock_recv_length", "sk_data_ready", "sched_process_exit")
@@ -47,6 +48,7 @@ class PayloadProbe:
     """Attached payload probes for one run. Use as a context manager."""
 
     mode = "payload"
+    source = SOURCE
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
                  include_loopback: bool = False, details: bool = False):
@@ -68,7 +70,7 @@ class PayloadProbe:
             raise ProbeError(str(e)) from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details)
-        return bpf_source(SOURCE), flags, header_dir
+        return bpf_source(self.source), flags, header_dir
 
     def attach(self) -> None:
         source, flags, header_dir = self.compile_plan()
@@ -82,7 +84,7 @@ class PayloadProbe:
             # Programs are attached before the filter maps are filled, but
             # with FILTER_* every lookup misses until then: nothing is
             # counted that should not be.
-            self._bpf = BPF(src_file=source.encode(), cflags=flags)
+            self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
             raise ProbeError(f"loading the payload probes failed: {e} "
                              "(the kernel needs raw tracepoints sock:sock_send_length and "

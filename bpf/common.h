@@ -1,0 +1,161 @@
+/*
+ * What procnetmon's BPF programs share: the counter and filter maps, reads
+ * of kernel memory at BTF offsets (-DOFF_<NAME>=<bytes>, from
+ * procnetmon/kernel/layout.py), and the names of processes that exit.
+ * Included by payload.bpf.c and wire.bpf.c.
+ *
+ * Options (-D):
+ *   FILTER_PIDS       count only thread groups in target_pids
+ *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
+ *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
+ *   MAX_COUNTERS, MAX_PIDS, MAX_SOCKETS, MAX_EXITED   map sizes
+ */
+
+#ifndef PROCNETMON_COMMON_H
+#define PROCNETMON_COMMON_H
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define LOOPBACK_IFINDEX 1 /* loopback has ifindex 1 in every network namespace */
+#define UNKNOWN_IFINDEX 0
+
+#define DIR_IN 0
+#define DIR_OUT 1
+
+#ifndef MAX_COUNTERS
+#define MAX_COUNTERS 65536
+#endif
+#ifndef MAX_PIDS
+#define MAX_PIDS 4096
+#endif
+#ifndef MAX_SOCKETS
+#define MAX_SOCKETS 65536
+#endif
+#ifndef MAX_EXITED
+#define MAX_EXITED 16384
+#endif
+
+struct counter_key {
+    u32 tgid;
+    u32 ifindex; /* 0: the kernel could not tell */
+    u16 protocol;
+    u16 dir;
+    u32 pad;
+};
+
+struct iface_key {
+    u32 netns; /* inode number of the network namespace */
+    u32 ifindex;
+};
+
+struct exit_info {
+    char comm[16];
+    u64 exit_ns;
+};
+
+BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
+BPF_HASH(target_pids, u32, u8, MAX_PIDS);
+BPF_HASH(target_ifaces, struct iface_key, u8, 256);
+/* Name of each counted process that exited, since /proc forgets it. */
+BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
+/* Counter updates lost because a map was full: never silently. */
+BPF_ARRAY(lost, u64, 1);
+
+static __always_inline void *read_ptr(const void *base, long off)
+{
+    void *v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+static __always_inline u32 read_u32(const void *base, long off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+static __always_inline u16 read_u16(const void *base, long off)
+{
+    u16 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+static __always_inline void note_lost(void)
+{
+    int zero = 0;
+    u64 *n = lost.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+}
+
+static __always_inline int is_target(u32 tgid)
+{
+#ifdef FILTER_PIDS
+    return target_pids.lookup(&tgid) != 0;
+#else
+    return 1;
+#endif
+}
+
+/* The inode number of a socket's network namespace (tracing programs only). */
+static __always_inline u32 netns_of(const void *sk)
+{
+    void *net = read_ptr(sk, OFF_SK_NET);
+    return read_u32(net, OFF_NET_NS_INUM);
+}
+
+/* Whether traffic on ifindex of namespace netns is counted. The unknown
+ * interface (0) is counted unless an interface filter is set. */
+static __always_inline int iface_ok(u32 netns, u32 ifindex)
+{
+#ifdef FILTER_IFACES
+    if (ifindex == UNKNOWN_IFINDEX)
+        return 0;
+    struct iface_key k = {.netns = netns, .ifindex = ifindex};
+    return target_ifaces.lookup(&k) != 0;
+#elif defined(EXCLUDE_LOOPBACK)
+    return ifindex != LOOPBACK_IFINDEX;
+#else
+    return 1;
+#endif
+}
+
+static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u64 bytes)
+{
+    struct counter_key key = {.tgid = tgid, .ifindex = ifindex, .protocol = protocol, .dir = dir};
+    u64 *val = counters.lookup(&key);
+    if (!val) {
+        u64 zero = 0;
+        counters.insert(&key, &zero);
+        val = counters.lookup(&key);
+        if (!val) {
+            note_lost();
+            return;
+        }
+    }
+    __sync_fetch_and_add(val, bytes);
+}
+
+/* args: struct task_struct *p, bool group_dead. Keeps the name of a process
+ * whose last thread exits, so its totals are still named in the summary. */
+RAW_TRACEPOINT_PROBE(sched_process_exit)
+{
+    if (!(ctx->args[1] & 1))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_target(tgid))
+        return 0;
+    struct exit_info info = {};
+    void *task = (void *)bpf_get_current_task();
+    void *leader = read_ptr(task, OFF_TASK_GROUP_LEADER);
+    bpf_probe_read_kernel(info.comm, sizeof(info.comm), (const char *)(leader ? leader : task) + OFF_TASK_COMM);
+    info.exit_ns = bpf_ktime_get_ns();
+    exited.update(&tgid, &info);
+    return 0;
+}
+
+#endif /* PROCNETMON_COMMON_H */
