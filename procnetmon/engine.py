@@ -163,10 +163,14 @@ class Sampler:
         self.start = self.monotonic()
         last = self.start
         deadline = self.start + opts.duration if opts.duration else None
-        n = 0
+        tick_index = records = 0
         while True:
-            n += 1
-            tick = self.start + n * opts.interval
+            records += 1
+            # Ticks stay on the start + k * interval grid; after a stall
+            # (Ctrl-Z, suspend) the missed ones are skipped, not fired at once.
+            behind = int((self.monotonic() - self.start) / opts.interval)
+            tick_index = max(tick_index + 1, behind + 1)
+            tick = self.start + tick_index * opts.interval
             if deadline is not None:
                 tick = min(tick, deadline)
             stopped = self.stop.wait(max(0.0, tick - self.monotonic()))
@@ -181,7 +185,7 @@ class Sampler:
                 break
             if deadline is not None and now >= deadline:
                 break
-            if opts.count is not None and n >= opts.count:
+            if opts.count is not None and records >= opts.count:
                 break
         return self._record(RECORD_SUMMARY, self.start, last)
 

@@ -93,7 +93,10 @@ class BTF:
         self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self._types: list[Optional[BtfType]] = [None]  # type id 0 is void
         self._by_name: dict[str, list[int]] = {}
-        self._parse_types(data, hdr_len + type_off, type_len, endian)
+        try:
+            self._parse_types(data, hdr_len + type_off, type_len, endian)
+        except struct.error as e:
+            raise BTFError(f"BTF data is truncated or corrupt: {e}") from None
 
     @classmethod
     def from_file(cls, path: str = VMLINUX_BTF) -> "BTF":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
@@ -157,7 +158,8 @@ def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
             for line in f:
                 parts = line.split()
                 if len(parts) > 2 and parts[2] == "cgroup2":
-                    return parts[1]
+                    # /proc/mounts writes spaces and the like as octal escapes.
+                    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
     except OSError:
         pass
     return None

@@ -56,7 +56,7 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
     try:
         with open(path) as f:
             cached = json.load(f)
-        if set(cached) == set(FIELDS):
+        if isinstance(cached, dict) and set(cached) == set(FIELDS):
             return cached
     except (OSError, ValueError):
         pass

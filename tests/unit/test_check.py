@@ -1,0 +1,172 @@
+"""--check's parsers and verdicts, fed canned /proc text and hand-made findings."""
+
+from __future__ import annotations
+
+import pytest
+
+from procnetmon.kernel import check
+from procnetmon.kernel.btf import BTF
+from procnetmon.kernel.check import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, Finding
+
+from btfblob import BtfBuilder
+
+STATUS = """\
+Name:\tprocnetmon
+Umask:\t0022
+State:\tR (running)
+Uid:\t0\t0\t0\t0
+CapInh:\t0000000000000000
+CapPrm:\t000001ffffffffff
+CapEff:\t{eff}
+CapBnd:\t000001ffffffffff
+CapAmb:\t0000000000000000
+"""
+
+
+@pytest.mark.parametrize("eff, caps", [
+    ("000001ffffffffff", (1 << 41) - 1),
+    ("0000000000000000", 0),
+    ("000000c000200000", (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_ADMIN)),
+])
+def test_effective_caps(tmp_path, eff, caps):
+    status = tmp_path / "status"
+    status.write_text(STATUS.format(eff=eff))
+    assert check.effective_caps(str(status)) == caps
+
+
+def test_effective_caps_without_the_line_or_the_file(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapPrm:\t000001ffffffffff\n")
+    assert check.effective_caps(str(status)) == 0
+    assert check.effective_caps(str(tmp_path / "absent")) == 0
+
+
+@pytest.mark.parametrize("caps, allowed", [
+    (1 << CAP_SYS_ADMIN, True),
+    ((1 << CAP_BPF) | (1 << CAP_PERFMON), True),
+    ((1 << 41) - 1, True),
+    (1 << CAP_BPF, False),
+    (1 << CAP_PERFMON, False),
+    ((1 << CAP_SYS_ADMIN) - 1, False),  # every capability below CAP_SYS_ADMIN (e.g. NET_ADMIN)
+    (0, False),
+])
+def test_has_bpf_privileges(caps, allowed):
+    assert check.has_bpf_privileges(caps) is allowed
+
+
+def test_capability_numbers_are_the_kernels():
+    assert (CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF) == (21, 38, 39)
+
+
+MOUNTS = """\
+sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,nosuid,nodev,noexec,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
+none /other cgroup2 rw 0 0
+"""
+
+
+def test_cgroup2_mount(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(MOUNTS)
+    assert check.cgroup2_mount(str(mounts)) == "/sys/fs/cgroup/unified"
+
+
+def test_cgroup2_mount_absent(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("\n".join(MOUNTS.splitlines()[:3]) + "\nshort line\n")
+    assert check.cgroup2_mount(str(mounts)) is None
+    assert check.cgroup2_mount(str(tmp_path / "absent")) is None
+
+
+def test_cgroup2_mount_with_a_space_in_the_path(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("none /mnt/my\\040cgroup cgroup2 rw 0 0\n")
+    assert check.cgroup2_mount(str(mounts)) == "/mnt/my cgroup"
+
+
+# -- verdicts ------------------------------------------------------------------------
+
+
+def test_payload_backend_when_all_is_well():
+    ok, backend = check.payload_backend([
+        Finding("privileges", True, "fine"),
+        Finding("tracepoints", True, "fine"),
+    ])
+    assert ok
+    assert "sock_send_length" in backend and "sock_recv_length" in backend
+
+
+def test_required_failure_blocks_and_is_named():
+    ok, reason = check.payload_backend([
+        Finding("privileges", True, "fine"),
+        Finding("tracepoints", False, "missing: sock_send_length"),
+        Finding("cgroup2", False, "not mounted", required=False),
+    ])
+    assert not ok
+    assert reason == "tracepoints: missing: sock_send_length"
+
+
+def test_every_required_failure_is_named():
+    ok, reason = check.payload_backend([
+        Finding("bcc", False, "not importable"),
+        Finding("btf", False, "missing"),
+    ])
+    assert not ok
+    assert reason == "bcc: not importable; btf: missing"
+
+
+def test_optional_failure_does_not_block():
+    ok, backend = check.payload_backend([
+        Finding("privileges", True, "fine"),
+        Finding("tracefs", False, "not mounted", required=False),
+        Finding("kprobes", False, "not available", required=False),
+    ])
+    assert ok
+    assert "tracefs" not in backend
+
+
+def test_no_findings_do_not_block():
+    assert check.payload_backend([])[0]
+
+
+# -- BTF-based findings on a built blob ----------------------------------------------
+
+
+def btf_with_tracepoints(*names) -> BTF:
+    b = BtfBuilder()
+    void_ptr = b.add_ptr(0)
+    proto = b.add_func_proto(0, [("", void_ptr)])
+    for name in names:
+        b.add_typedef(f"btf_trace_{name}", b.add_ptr(proto))
+    return BTF(b.to_bytes())
+
+
+def test_tracepoints_found_in_btf():
+    names = check.PAYLOAD_TRACEPOINTS + check.HELPER_TRACEPOINTS
+    finding = check.check_tracepoints(btf_with_tracepoints(*names))
+    assert finding.ok
+    assert finding.required
+
+
+def test_missing_tracepoint_is_named_with_the_fix():
+    t = btf_with_tracepoints("sk_data_ready", "sched_process_exit", "sock_recv_length")
+    assert not check.tracepoint_available("sock_send_length", t)
+    assert check.tracepoint_available("sock_recv_length", t)
+    finding = check.check_tracepoints(t)
+    assert not finding.ok
+    assert finding.detail.startswith("missing: sock_send_length (")
+    assert "sock_recv_length," not in finding.detail
+    assert "6.3" in finding.fix
+
+
+def test_layout_without_btf():
+    finding = check.check_layout(None)
+    assert not finding.ok and finding.detail == "needs BTF"
+
+
+def test_layout_names_the_missing_struct():
+    finding = check.check_layout(btf_with_tracepoints())
+    assert not finding.ok
+    assert "no struct sock" in finding.detail

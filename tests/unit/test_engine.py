@@ -1,0 +1,589 @@
+"""The sampling engine: counters folded per process, windows, rates and peaks,
+and whole runs of ``Sampler`` over a scripted fake probe and a fake clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
+
+import pytest
+
+from procnetmon.engine import Options, Peaks, Sampler, Tally, Usage, usage_by_pid
+from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY
+from procnetmon.probes import CounterKey, Snapshot, SocketBytes
+from procnetmon.procinfo import Identity, Socket
+
+START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
+
+
+def counters(**per_pid) -> dict:
+    """counters(p10=dict(tcp_in=5)) -> {CounterKey(10, "tcp", "in"): 5}."""
+    out = {}
+    for pid_name, usage in per_pid.items():
+        pid = int(pid_name[1:])
+        for attr, value in usage.items():
+            protocol, direction = attr.split("_")
+            out[CounterKey(pid, protocol, direction)] = value
+    return out
+
+
+# -- Usage and usage_by_pid ------------------------------------------------------
+
+
+def test_usage_by_pid_folds_protocols_and_directions():
+    got = usage_by_pid({
+        CounterKey(10, "tcp", "in"): 100,
+        CounterKey(10, "tcp", "out"): 20,
+        CounterKey(10, "udp", "in"): 3,
+        CounterKey(20, "udp", "out"): 7,
+    })
+    assert got == {10: Usage(100, 20, 3, 0), 20: Usage(0, 0, 0, 7)}
+    assert (got[10].bytes_in, got[10].bytes_out) == (103, 20)
+    assert usage_by_pid({}) == {}
+
+
+def test_usage_by_pid_adds_keys_that_differ_only_in_other_fields():
+    # A backend that also keys by interface hands over several counters for
+    # the same (pid, protocol, direction): they add up.
+    class WireKey(NamedTuple):
+        pid: int
+        protocol: str
+        direction: str
+        ifindex: int
+
+    got = usage_by_pid({WireKey(10, "tcp", "in", 1): 5, WireKey(10, "tcp", "in", 2): 6,
+                        WireKey(10, "udp", "out", 2): 1})
+    assert got == {10: Usage(tcp_in=11, udp_out=1)}
+
+
+def test_usage_minus():
+    assert Usage(10, 20, 30, 40).minus(Usage(1, 2, 3, 4)) == Usage(9, 18, 27, 36)
+    assert Usage(5, 5, 5, 5).minus(Usage()) == Usage(5, 5, 5, 5)
+
+
+# -- Tally -----------------------------------------------------------------------
+
+
+def test_tally_windows_totals_and_peaks():
+    t = Tally(interval=1.0)
+    t.advance({1: Usage(tcp_in=100, udp_out=10)}, 1.0)
+    assert t.window == {1: Usage(tcp_in=100, udp_out=10)}
+    t.advance({1: Usage(tcp_in=400, udp_out=12), 2: Usage(udp_in=50)}, 1.0)
+    assert t.window == {1: Usage(tcp_in=300, udp_out=2), 2: Usage(udp_in=50)}
+    assert t.totals == {1: Usage(tcp_in=400, udp_out=12), 2: Usage(udp_in=50)}
+    t.advance({1: Usage(tcp_in=450, udp_out=12), 2: Usage(udp_in=50)}, 2.0)
+    assert t.window[1] == Usage(tcp_in=50)
+    assert t.intervals == 3
+    assert t.peaks[1] == Peaks(rate_in=300.0, rate_out=10.0)
+    assert t.peaks[2] == Peaks(rate_in=50.0, rate_out=0.0)
+    # Aggregate: the best interval of the sum, not the sum of the bests.
+    assert t.aggregate_peaks == Peaks(rate_in=350.0, rate_out=10.0)
+
+
+def test_peak_is_a_rate_over_the_interval_length():
+    t = Tally(interval=2.0)
+    t.advance({1: Usage(tcp_out=1000)}, 2.0)
+    assert t.peaks[1].rate_out == 500.0
+
+
+def test_short_last_interval_counts_in_totals_but_sets_no_peak():
+    t = Tally(interval=1.0)
+    t.advance({1: Usage(tcp_in=100)}, 1.0)
+    t.advance({1: Usage(tcp_in=150)}, 0.1)  # 50 bytes in 0.1 s would read as 500 B/s
+    assert t.totals[1].tcp_in == 150
+    assert t.window[1].tcp_in == 50
+    assert t.peaks[1].rate_in == 100.0
+    assert t.aggregate_peaks.rate_in == 100.0
+
+
+def test_half_an_interval_is_long_enough_for_a_peak():
+    t = Tally(interval=1.0)
+    t.advance({1: Usage(tcp_in=100)}, 1.0)
+    t.advance({1: Usage(tcp_in=400)}, 0.5)
+    assert t.peaks[1].rate_in == 600.0
+
+
+def test_a_short_first_and_only_interval_still_sets_peaks():
+    # -t shorter than --interval: the one window is all there is.
+    t = Tally(interval=1.0)
+    t.advance({1: Usage(udp_out=30)}, 0.3)
+    assert t.peaks[1].rate_out == pytest.approx(100.0)
+
+
+def test_zero_second_interval_rates_are_zero():
+    t = Tally(interval=1.0)
+    t.advance({1: Usage(tcp_in=10)}, 0.0)
+    assert t.peaks[1] == Peaks()
+
+
+# -- fakes for Sampler -------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeStop:
+    """A stop event whose wait() moves the fake clock instead of sleeping.
+
+    ``set_at``: the fake time at which a signal arrives (ends that wait early).
+    """
+
+    def __init__(self, clock: FakeClock, set_at: float | None = None):
+        self.clock = clock
+        self.set_at = set_at
+        self._set = False
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        if self._set:
+            return True
+        if self.set_at is not None and self.clock.t + timeout >= self.set_at:
+            self.clock.t = max(self.clock.t, self.set_at)
+            self._set = True
+            return True
+        self.clock.t += timeout
+        return False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+
+class FakeProbe:
+    """Scripted cumulative counters, one snapshot per read (the last repeats)."""
+
+    mode = "payload"
+
+    def __init__(self, snapshots, exited=None, sockets=None, lost=0):
+        self.snapshots = list(snapshots)
+        self.exited_names = exited or {}
+        self.socket_script = list(sockets or [[]])
+        self.lost = lost
+        self.reads = 0
+        self.socket_reads = 0
+
+    def read(self) -> Snapshot:
+        snap = self.snapshots[min(self.reads, len(self.snapshots) - 1)]
+        self.reads += 1
+        return Snapshot(counters=dict(snap), lost_updates=self.lost)
+
+    def exited(self) -> dict:
+        return dict(self.exited_names)
+
+    def sockets(self) -> list:
+        s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]
+        self.socket_reads += 1
+        return list(s)
+
+
+class FakeProcesses:
+    """Stands in for procnetmon.procinfo: who each pid is, who still runs, their sockets."""
+
+    def __init__(self, identities=None, alive=None, sockets=None):
+        self.identities = identities or {}
+        self.alive = set(self.identities) if alive is None else set(alive)
+        self.socks = sockets or {}
+        self.identify_calls: list[int] = []
+
+    def identify(self, pid):
+        self.identify_calls.append(pid)
+        return self.identities.get(pid)
+
+    def still_alive(self, identity):
+        return identity.pid in self.alive
+
+    def sockets(self, pid):
+        return list(self.socks.get(pid, []))
+
+
+def ident(pid: int, name: str) -> Identity:
+    return Identity(pid, name, f"{name} --flag", 123.0)
+
+
+def make(probe, processes=None, clock=None, stop=None, **options):
+    clock = clock or FakeClock()
+    stop = stop if stop is not None else FakeStop(clock)
+    processes = processes or FakeProcesses({10: ident(10, "nginx"), 20: ident(20, "curl")})
+    return Sampler(probe, Options(**options), stop=stop, monotonic=clock,
+                   wallclock=lambda: START, processes=processes)
+
+
+def collect(sampler):
+    records = []
+
+    def on_interval(record):
+        records.append(record)
+        return True
+
+    return sampler.run(on_interval), records
+
+
+def by_pid(record):
+    return {p.pid: p for p in record.processes}
+
+
+# -- Sampler: when to stop -----------------------------------------------------------
+
+
+def test_duration_stops_and_cuts_the_last_interval():
+    probe = FakeProbe([counters(p10=dict(tcp_in=100 * n)) for n in range(1, 10)])
+    summary, records = collect(make(probe, interval=1.0, duration=2.5, emit_intervals=True))
+    assert probe.reads == 3
+    assert [r.duration_s for r in records] == [1.0, 1.0, 0.5]
+    assert summary.type == RECORD_SUMMARY
+    assert summary.duration_s == 2.5
+    assert (summary.start, summary.end) == (START, START + timedelta(seconds=2.5))
+    assert records[-1].start == START + timedelta(seconds=2)
+    assert by_pid(summary)[10].bytes_in == 300
+
+
+def test_duration_not_a_multiple_of_the_interval_sets_no_peak_from_the_tail():
+    probe = FakeProbe([counters(p10=dict(tcp_in=100)), counters(p10=dict(tcp_in=200)),
+                       counters(p10=dict(tcp_in=300))])
+    summary, _ = collect(make(probe, interval=1.0, duration=2.25))
+    row = by_pid(summary)[10]
+    assert probe.reads == 3
+    assert row.bytes_in == 300
+    assert row.peak_rate_in == 100.0  # not 100 B / 0.25 s
+    assert summary.aggregated.peak_rate_in == 100.0
+
+
+def test_duration_shorter_than_the_interval():
+    probe = FakeProbe([counters(p10=dict(udp_out=30))])
+    summary, _ = collect(make(probe, interval=1.0, duration=0.3))
+    assert probe.reads == 1
+    assert summary.duration_s == pytest.approx(0.3)
+    assert by_pid(summary)[10].rate_out == pytest.approx(100.0)
+
+
+def test_count_stops_after_n_intervals():
+    clock = FakeClock()
+    probe = FakeProbe([counters(p10=dict(tcp_in=10 * n)) for n in range(1, 10)])
+    summary, records = collect(make(probe, clock=clock, interval=0.5, count=4, emit_intervals=True))
+    assert probe.reads == 4
+    assert len(records) == 4
+    assert all(r.type == RECORD_INTERVAL for r in records)
+    assert summary.duration_s == 2.0
+    assert by_pid(summary)[10].bytes_in == 40
+
+
+def test_ticks_do_not_drift_with_slow_reads():
+    """Each wait aims at start + n * interval, so time spent reading is absorbed."""
+    clock = FakeClock(0.0)
+    stop = FakeStop(clock)
+
+    class SlowProbe(FakeProbe):
+        def read(self):
+            clock.t += 0.2  # reading takes 0.2 s
+            return super().read()
+
+    probe = SlowProbe([counters(p10=dict(tcp_in=1))])
+    collect(make(probe, clock=clock, stop=stop, interval=1.0, count=3))
+    assert stop.waits == [1.0, pytest.approx(0.8), pytest.approx(0.8)]
+
+
+def test_a_stall_does_not_produce_a_burst_of_tiny_intervals():
+    clock = FakeClock(0.0)
+
+    class StallingProbe(FakeProbe):
+        def read(self):
+            if self.reads == 0:
+                clock.t += 4.0  # the process was stopped for 4 s after the first read
+            clock.t += 0.001
+            return super().read()
+
+    probe = StallingProbe([counters(p10=dict(tcp_in=100 * n)) for n in range(1, 10)])
+    _, records = collect(make(probe, clock=clock, interval=1.0, count=5, emit_intervals=True))
+    assert [r.duration_s for r in records if r.duration_s < 0.5] == []
+
+
+def test_no_interval_records_unless_asked():
+    probe = FakeProbe([counters(p10=dict(tcp_in=1))])
+    summary, records = collect(make(probe, interval=1.0, count=3))
+    assert records == []
+    assert probe.reads == 3
+    assert summary.duration_s == 3.0
+
+
+def test_on_interval_returning_false_ends_the_run():
+    probe = FakeProbe([counters(p10=dict(tcp_in=10 * n)) for n in range(1, 10)])
+    seen = []
+    summary = make(probe, interval=1.0, count=5, emit_intervals=True).run(
+        lambda r: seen.append(r) or False)
+    assert len(seen) == 1
+    assert probe.reads == 1
+    assert summary.type == RECORD_SUMMARY
+    assert by_pid(summary)[10].bytes_in == 10
+
+
+def test_stop_mid_interval_ends_the_run_and_keeps_what_was_counted():
+    clock = FakeClock(0.0)
+    stop = FakeStop(clock, set_at=2.3)
+    probe = FakeProbe([counters(p10=dict(tcp_in=100)), counters(p10=dict(tcp_in=200)),
+                       counters(p10=dict(tcp_in=260, udp_out=4))])
+    summary, records = collect(make(probe, clock=clock, stop=stop, interval=1.0, emit_intervals=True))
+    assert probe.reads == 3  # one more read at the moment of the stop
+    assert summary.duration_s == pytest.approx(2.3)
+    row = by_pid(summary)[10]
+    assert (row.bytes_in, row.bytes_out) == (260, 4)
+    # The 0.3 s tail counts but sets no peak.
+    assert row.peak_rate_in == 100.0
+    assert records[-1].duration_s == pytest.approx(0.3)
+    assert by_pid(records[-1])[10].bytes_in == 60
+    assert by_pid(records[-1])[10].rate_in == pytest.approx(200.0)  # its own window's rate
+
+
+def test_real_stop_event_set_from_another_thread():
+    stop = threading.Event()
+    probe = FakeProbe([counters(p10=dict(tcp_in=5))])
+    sampler = Sampler(probe, Options(interval=30.0), stop=stop,
+                      processes=FakeProcesses({10: ident(10, "nginx")}))
+    timer = threading.Timer(0.02, stop.set)
+    began = time.monotonic()
+    timer.start()
+    try:
+        summary = sampler.run(lambda r: True)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - began < 5.0  # not the 30 s interval
+    assert probe.reads == 1
+    assert by_pid(summary)[10].bytes_in == 5
+    assert 0 < summary.duration_s < 5.0
+
+
+def test_real_stop_event_already_set():
+    stop = threading.Event()
+    stop.set()
+    probe = FakeProbe([counters(p10=dict(tcp_out=7))])
+    summary = Sampler(probe, Options(interval=0.01, count=100), stop=stop,
+                      processes=FakeProcesses({10: ident(10, "nginx")})).run(lambda r: True)
+    assert probe.reads == 1
+    assert by_pid(summary)[10].bytes_out == 7
+
+
+def test_real_clock_tiny_interval_count():
+    probe = FakeProbe([counters(p10=dict(tcp_in=n)) for n in range(1, 10)])
+    summary = Sampler(probe, Options(interval=0.01, count=3),
+                      processes=FakeProcesses({10: ident(10, "nginx")})).run(lambda r: True)
+    assert probe.reads == 3
+    assert by_pid(summary)[10].bytes_in == 3
+    assert summary.duration_s >= 0.03 - 1e-3
+
+
+# -- Sampler: what the records say ---------------------------------------------------
+
+
+def test_interval_records_have_window_bytes_and_running_totals():
+    probe = FakeProbe([
+        counters(p10=dict(tcp_in=1000, tcp_out=100), p20=dict(udp_in=10)),
+        counters(p10=dict(tcp_in=1500, tcp_out=100), p20=dict(udp_in=10, udp_out=40)),
+        counters(p10=dict(tcp_in=1500, tcp_out=100), p20=dict(udp_in=10, udp_out=40)),
+    ])
+    summary, records = collect(make(probe, interval=2.0, count=3, emit_intervals=True))
+    first, second, third = records
+    assert [p.pid for p in first.processes] == [10, 20]
+
+    nginx = by_pid(second)[10]
+    assert (nginx.bytes_in, nginx.bytes_out) == (500, 0)
+    assert (nginx.total_bytes_in, nginx.total_bytes_out) == (1500, 100)
+    assert (nginx.rate_in, nginx.rate_out) == (250.0, 0.0)
+    assert (nginx.tcp.bytes_in, nginx.udp.bytes_in) == (500, 0)
+    assert nginx.peak_rate_in == 500.0  # the first interval's 1000 B / 2 s
+
+    curl = by_pid(second)[20]
+    assert (curl.bytes_in, curl.bytes_out, curl.udp.bytes_out) == (0, 40, 40)
+    assert curl.total_bytes_in == 10
+
+    agg = second.aggregated
+    assert (agg.bytes_in, agg.bytes_out) == (500, 40)
+    assert (agg.total_bytes_in, agg.total_bytes_out) == (1510, 140)
+    assert agg.rate_in == 250.0
+
+    # An interval with no traffic lists no process.
+    assert third.processes == []
+    assert third.aggregated.bytes_in == 0
+    assert third.aggregated.peak_rate_in == 505.0  # kept from the first interval
+
+
+def test_summary_covers_the_whole_run_with_rates_and_peaks():
+    probe = FakeProbe([
+        counters(p10=dict(tcp_in=1000, udp_in=200)),
+        counters(p10=dict(tcp_in=4000, udp_in=200, tcp_out=50)),
+        counters(p10=dict(tcp_in=5000, udp_in=200, tcp_out=50), p20=dict(udp_out=300)),
+        counters(p10=dict(tcp_in=5000, udp_in=200, tcp_out=50), p20=dict(udp_out=300)),
+    ])
+    summary, _ = collect(make(probe, interval=1.0, count=4))
+    assert summary.mode == "payload"
+    assert summary.duration_s == 4.0
+    nginx, curl = summary.processes
+    assert nginx.pid == 10 and curl.pid == 20
+    assert (nginx.bytes_in, nginx.bytes_out) == (5200, 50)
+    assert (nginx.tcp.bytes_in, nginx.udp.bytes_in, nginx.tcp.bytes_out) == (5000, 200, 50)
+    assert (nginx.rate_in, nginx.rate_out) == (1300.0, 12.5)
+    assert (nginx.peak_rate_in, nginx.peak_rate_out) == (3000.0, 50.0)
+    assert (curl.bytes_out, curl.rate_out, curl.peak_rate_out) == (300, 75.0, 300.0)
+    assert (nginx.name, nginx.cmdline, nginx.alive) == ("nginx", "nginx --flag", True)
+    agg = summary.aggregated
+    assert (agg.bytes_in, agg.bytes_out) == (5200, 350)
+    assert (agg.rate_in, agg.rate_out) == (1300.0, 87.5)
+    assert (agg.peak_rate_in, agg.peak_rate_out) == (3000.0, 300.0)
+
+
+def test_records_carry_the_options_and_lost_updates():
+    probe = FakeProbe([counters(p10=dict(tcp_in=1))], lost=3)
+    summary, _ = collect(make(probe, interval=1.0, count=1, interfaces=["eth0"], include_loopback=True))
+    assert summary.interfaces == ["eth0"]
+    assert summary.include_loopback is True
+    assert summary.lost_updates == 3
+
+
+def test_process_seen_then_gone_keeps_its_identity_and_is_not_alive():
+    processes = FakeProcesses({10: ident(10, "nginx"), 20: ident(20, "curl")}, alive={10})
+    probe = FakeProbe([counters(p10=dict(tcp_in=1), p20=dict(tcp_in=2))], exited={20: "curl-kernel"})
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
+    rows = by_pid(summary)
+    assert rows[10].alive is True
+    assert (rows[20].alive, rows[20].name, rows[20].cmdline) == (False, "curl", "curl --flag")
+
+
+def test_process_gone_before_it_was_seen_takes_its_name_from_the_kernel():
+    processes = FakeProcesses({})  # /proc no longer knows pid 30 nor 40
+    probe = FakeProbe([counters(p30=dict(tcp_out=9), p40=dict(udp_in=1))], exited={30: "wget"})
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
+    rows = by_pid(summary)
+    assert (rows[30].alive, rows[30].name, rows[30].cmdline, rows[30].bytes_out) == (False, "wget", "", 9)
+    assert (rows[40].alive, rows[40].name) == (False, "?")
+
+
+def test_dead_processes_get_no_socket_lookup():
+    class Strict(FakeProcesses):
+        def sockets(self, pid):
+            assert pid in self.alive, f"asked for the sockets of dead pid {pid}"
+            return super().sockets(pid)
+
+    processes = Strict({10: ident(10, "nginx")}, alive=set())
+    probe = FakeProbe([counters(p10=dict(tcp_in=1))])
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1, details=True))
+    assert by_pid(summary)[10].connections == []
+
+
+def test_each_pid_is_identified_once():
+    processes = FakeProcesses({10: ident(10, "nginx")})
+    probe = FakeProbe([counters(p10=dict(tcp_in=n)) for n in range(1, 5)])
+    collect(make(probe, processes=processes, interval=1.0, count=4))
+    assert processes.identify_calls == [10]
+
+
+def test_given_pids_appear_even_without_traffic_in_their_order():
+    processes = FakeProcesses({10: ident(10, "nginx"), 20: ident(20, "curl")})
+    probe = FakeProbe([counters(p10=dict(tcp_in=100), p99=dict(tcp_in=5))])
+    summary, records = collect(make(probe, processes=processes, pids=[20, 10], interval=1.0,
+                                    count=1, emit_intervals=True))
+    assert processes.identify_calls[:2] == [20, 10]  # identified before sampling
+    for record in (records[0], summary):
+        assert [p.pid for p in record.processes] == [20, 10]
+        idle = record.processes[0]
+        assert (idle.name, idle.alive, idle.bytes_in, idle.bytes_out, idle.rate_in,
+                idle.peak_rate_in, idle.total_bytes_in) == ("curl", True, 0, 0, 0.0, 0.0, 0)
+        assert record.processes[1].bytes_in == 100
+        assert record.aggregated.bytes_in == 100  # pid 99 was not asked for
+
+
+def test_connection_counts_come_from_live_sockets():
+    socks = {10: [Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED"),
+                  Socket("tcp", "ipv6", "::", 80, "", 0, "LISTEN"),
+                  Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE")]}
+    processes = FakeProcesses({10: ident(10, "nginx")}, sockets=socks)
+    probe = FakeProbe([counters(p10=dict(tcp_in=1))])
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
+    row = by_pid(summary)[10]
+    assert (row.tcp_connections, row.udp_connections) == (2, 1)
+    assert (summary.aggregated.tcp_connections, summary.aggregated.udp_connections) == (2, 1)
+    assert row.connections is None  # only with details
+    assert probe.socket_reads == 0
+
+
+# -- Sampler: --details ---------------------------------------------------------------
+
+
+LIVE = [
+    Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED"),
+    Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE"),
+    Socket("tcp", "ipv6", "::1", 8080, "::1", 40000, "ESTABLISHED"),
+    Socket("tcp", "ipv4", "0.0.0.0", 22, "", 0, "LISTEN"),
+]
+
+
+def kernel_sockets(scale: int = 1) -> list:
+    return [
+        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 1000 * scale, 200 * scale),
+        # The kernel shows an unconnected UDP socket's remote as 0.0.0.0:0.
+        SocketBytes(10, "udp", "ipv4", "0.0.0.0", 53, "0.0.0.0", 0, 64 * scale, 0),
+        SocketBytes(10, "tcp", "ipv6", "::1", 8080, "::1", 40000, 7 * scale, 9 * scale),
+        # Same ports and peer as the live TCP socket, other protocol / family: no match.
+        SocketBytes(10, "udp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 11 * scale, 0),
+        SocketBytes(10, "tcp", "ipv6", "::", 443, "10.0.0.2", 5555, 0, 13 * scale),
+        # Gone from psutil: a finished connection.
+        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5 * scale, 6 * scale),
+        # No bytes: not worth a row.
+        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41001, "10.0.0.3", 80, 0, 0),
+        # Another process's socket.
+        SocketBytes(20, "tcp", "ipv4", "10.0.0.9", 9999, "10.0.0.8", 1, 77, 77),
+    ]
+
+
+def test_details_match_live_sockets_to_kernel_bytes():
+    processes = FakeProcesses({10: ident(10, "nginx")}, sockets={10: LIVE})
+    probe = FakeProbe([counters(p10=dict(tcp_in=1))], sockets=[kernel_sockets()])
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1, details=True))
+    conns = [(c.protocol, c.family, c.local, c.remote, c.state, c.bytes_in, c.bytes_out)
+             for c in by_pid(summary)[10].connections]
+    assert conns[:4] == [
+        ("tcp", "ipv4", "10.0.0.1:443", "10.0.0.2:5555", "ESTABLISHED", 1000, 200),
+        ("udp", "ipv4", "0.0.0.0:53", "", "NONE", 64, 0),
+        ("tcp", "ipv6", "[::1]:8080", "[::1]:40000", "ESTABLISHED", 7, 9),
+        ("tcp", "ipv4", "0.0.0.0:22", "", "LISTEN", 0, 0),
+    ]
+    assert sorted(conns[4:]) == sorted([
+        ("tcp", "ipv4", "10.0.0.1:41000", "10.0.0.3:80", "CLOSED", 5, 6),
+        ("tcp", "ipv6", "[::]:443", "10.0.0.2:5555", "CLOSED", 0, 13),
+        ("udp", "ipv4", "10.0.0.1:443", "10.0.0.2:5555", "CLOSED", 11, 0),
+    ])
+
+
+def test_details_in_interval_records_are_per_window():
+    processes = FakeProcesses({10: ident(10, "nginx")}, sockets={10: LIVE[:1]})
+    probe = FakeProbe([counters(p10=dict(tcp_in=1)), counters(p10=dict(tcp_in=2))],
+                      sockets=[kernel_sockets(1), kernel_sockets(3)])
+    summary, records = collect(make(probe, processes=processes, interval=1.0, count=2,
+                                    emit_intervals=True, details=True))
+    def table(record):
+        return {(c.local, c.state): (c.bytes_in, c.bytes_out) for c in by_pid(record)[10].connections}
+
+    assert table(records[0])[("10.0.0.1:443", "ESTABLISHED")] == (1000, 200)
+    assert table(records[1])[("10.0.0.1:443", "ESTABLISHED")] == (2000, 400)
+    assert table(records[1])[("10.0.0.1:41000", "CLOSED")] == (10, 12)
+    # The summary shows what each socket moved over the whole run.
+    assert table(summary)[("10.0.0.1:443", "ESTABLISHED")] == (3000, 600)
+
+
+def test_closed_socket_without_new_bytes_leaves_the_interval_record():
+    processes = FakeProcesses({10: ident(10, "nginx")}, sockets={10: []})
+    closed = [SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5, 6)]
+    probe = FakeProbe([counters(p10=dict(tcp_in=5)), counters(p10=dict(tcp_in=6))],
+                      sockets=[closed, closed])
+    summary, records = collect(make(probe, processes=processes, interval=1.0, count=2,
+                                    emit_intervals=True, details=True))
+    assert [c.state for c in by_pid(records[0])[10].connections] == ["CLOSED"]
+    assert by_pid(records[1])[10].connections == []
+    assert [(c.bytes_in, c.bytes_out) for c in by_pid(summary)[10].connections] == [(5, 6)]

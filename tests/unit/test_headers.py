@@ -1,0 +1,194 @@
+"""The synthetic kernel header tree, built from fake uapi directories in tmp_path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from procnetmon.kernel import headers
+from procnetmon.kernel.headers import HeadersError
+
+
+# -- autoconf.h ------------------------------------------------------------------
+
+
+def test_autoconf_from_config():
+    config = "\n".join([
+        "#",
+        "# Automatically generated file; DO NOT EDIT.",
+        "CONFIG_BPF=y",
+        "CONFIG_NET_SCH_FQ=m",
+        'CONFIG_LOCALVERSION="-foo"',
+        "CONFIG_NR_CPUS=64",
+        "CONFIG_PHYSICAL_START=0x1000000",
+        "# CONFIG_KPROBES is not set",
+        "",
+        "NOT_CONFIG=y",
+        "  CONFIG_INDENTED=y",
+    ])
+    lines = headers.autoconf_from_config(config).splitlines()
+    assert lines[0].startswith("/*")
+    assert lines[1:] == [
+        "#define CONFIG_BPF 1",
+        "#define CONFIG_NET_SCH_FQ_MODULE 1",
+        '#define CONFIG_LOCALVERSION "-foo"',
+        "#define CONFIG_NR_CPUS 64",
+        "#define CONFIG_PHYSICAL_START 0x1000000",
+    ]
+
+
+def test_autoconf_from_empty_config_is_only_the_comment():
+    text = headers.autoconf_from_config("")
+    assert text.endswith("\n")
+    assert "#define" not in text
+
+
+# -- the tree ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def system(tmp_path):
+    """Fake /usr/include/{linux,asm-generic,<triplet>/asm}."""
+    uapi = tmp_path / "usr/include/linux"
+    asm_generic = tmp_path / "usr/include/asm-generic"
+    asm = tmp_path / "usr/include/arch/asm"
+    for d in (uapi, asm_generic, asm):
+        d.mkdir(parents=True)
+    (uapi / "bpf.h").write_text("#define LIBC_BPF_H 1\n")
+    (uapi / "types.h").write_text("/* uapi types */\n")
+    (uapi / "if_ether.h").write_text("/* ether */\n")
+    (uapi / "netfilter").mkdir()
+    (asm_generic / "int-ll64.h").write_text("/* ll64 */\n")
+    (asm / "types.h").write_text("/* asm types */\n")
+    return dict(uapi_dir=str(uapi), asm_generic_dir=str(asm_generic), asm_dir=str(asm))
+
+
+def build(tmp_path, system, release="6.18.44-foo", config_text="CONFIG_BPF=y\n") -> str:
+    return headers.build_tree(str(tmp_path / "tree"), release=release, config_text=config_text, **system)
+
+
+def test_build_tree_layout(tmp_path, system):
+    root = build(tmp_path, system)
+    assert root == str(tmp_path / "tree")
+    inc = tmp_path / "tree/include"
+    arch = headers._arch_name()
+
+    # BCC brings its own bpf.h: the C library's must be an empty real file.
+    bpf_h = inc / "uapi/linux/bpf.h"
+    assert not bpf_h.is_symlink() and bpf_h.read_text() == ""
+
+    for name in ("types.h", "if_ether.h", "netfilter"):
+        link = inc / "uapi/linux" / name
+        assert link.is_symlink()
+        assert os.readlink(link) == os.path.join(system["uapi_dir"], name)
+    assert os.readlink(inc / "uapi/asm-generic") == system["asm_generic_dir"]
+    assert os.readlink(tmp_path / f"tree/arch/{arch}/include/uapi/asm") == system["asm_dir"]
+    assert (tmp_path / f"tree/arch/{arch}/include/uapi/asm/types.h").read_text() == "/* asm types */\n"
+    assert "#define PAGE_SIZE" in (tmp_path / f"tree/arch/{arch}/include/asm/page.h").read_text()
+
+    assert (inc / "generated/autoconf.h").read_text().splitlines()[1:] == ["#define CONFIG_BPF 1"]
+    assert (inc / "linux/log2.h").read_text() == ""
+    assert (tmp_path / "tree" / headers.STAMP).read_text() == "6.18.44-foo\n"
+    # No temporary directory left next to the tree.
+    assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]
+
+
+def test_types_h_defines_the_kernel_names(tmp_path, system):
+    build(tmp_path, system)
+    text = (tmp_path / "tree/include/linux/types.h").read_text()
+    assert "#include <uapi/linux/types.h>" in text
+    for name, base in [("u8", "__u8"), ("u16", "__u16"), ("u32", "__u32"), ("u64", "__u64"),
+                       ("s32", "__s32"), ("s64", "__s64")]:
+        assert f"typedef {base} {name};" in text
+
+
+def test_kconfig_h_includes_autoconf(tmp_path, system):
+    build(tmp_path, system)
+    text = (tmp_path / "tree/include/linux/kconfig.h").read_text()
+    assert "#include <generated/autoconf.h>" in text
+
+
+@pytest.mark.parametrize("release, code", [
+    ("6.18.44-foo", (6 << 16) + (18 << 8) + 44),
+    ("5.10.0-28-amd64", (5 << 16) + (10 << 8)),
+    ("6.1", (6 << 16) + (1 << 8)),
+    ("4.9.337", (4 << 16) + (9 << 8) + 255),  # the sublevel saturates at 255 as in the kernel
+    ("weird", 0),
+])
+def test_version_h(tmp_path, system, release, code):
+    build(tmp_path, system, release=release)
+    text = (tmp_path / "tree/include/linux/version.h").read_text()
+    assert f"#define LINUX_VERSION_CODE {code}\n" in text
+    assert "#define KERNEL_VERSION(a, b, c)" in text
+
+
+def test_rebuilding_replaces_the_tree(tmp_path, system):
+    build(tmp_path, system, release="6.1.0", config_text="CONFIG_OLD=y\n")
+    (tmp_path / "tree/leftover").write_text("x")
+    os.unlink(os.path.join(system["uapi_dir"], "if_ether.h"))
+    (tmp_path / "usr/include/linux/new.h").write_text("")
+
+    build(tmp_path, system, release="6.18.44-foo", config_text="CONFIG_NEW=m\n")
+    tree = tmp_path / "tree"
+    assert not (tree / "leftover").exists()
+    assert not os.path.lexists(tree / "include/uapi/linux/if_ether.h")
+    assert (tree / "include/uapi/linux/new.h").is_symlink()
+    assert (tree / "include/generated/autoconf.h").read_text().splitlines()[1:] == [
+        "#define CONFIG_NEW_MODULE 1"]
+    assert (tree / headers.STAMP).read_text() == "6.18.44-foo\n"
+
+
+@pytest.mark.parametrize("missing", ["uapi_dir", "asm_generic_dir", "asm_dir"])
+def test_missing_system_dir_is_a_headers_error(tmp_path, system, missing):
+    system[missing] = str(tmp_path / "absent")
+    with pytest.raises(HeadersError) as e:
+        build(tmp_path, system)
+    assert str(tmp_path / "absent") in str(e.value)
+    assert "apt-get install linux-libc-dev" in str(e.value)
+    assert not (tmp_path / "tree").exists()
+
+
+# -- ensure_headers ----------------------------------------------------------------
+
+
+def test_real_headers_dir_of_an_absent_release():
+    assert headers.real_headers_dir("0.0.0-procnetmon-no-such-release") is None
+
+
+def test_ensure_headers_prefers_real_headers(monkeypatch, tmp_path):
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: "/lib/modules/x/build")
+    monkeypatch.setattr(headers, "build_tree", lambda *a, **k: pytest.fail("built a tree"))
+    assert headers.ensure_headers(str(tmp_path)) == ("/lib/modules/x/build", False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_ensure_headers_builds_once_and_reuses(monkeypatch, tmp_path, system):
+    real_build = headers.build_tree
+    calls = []
+
+    def counting_build(root, *args, **kwargs):
+        calls.append(root)
+        return real_build(root, release="6.18.44-foo", config_text="", **system)
+
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "build_tree", counting_build)
+    cache_dir = tmp_path / "cache"
+
+    first = headers.ensure_headers(str(cache_dir))
+    assert first == (str(cache_dir / "headers"), True)
+    assert calls == [str(cache_dir / "headers")]
+    assert (cache_dir / "headers" / headers.STAMP).is_file()
+
+    assert headers.ensure_headers(str(cache_dir)) == first
+    assert len(calls) == 1
+
+
+def test_ensure_headers_rebuilds_a_tree_without_stamp(monkeypatch, tmp_path, system):
+    """A tree left half-made (no stamp) is not trusted."""
+    calls = []
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "build_tree", lambda root, *a, **k: calls.append(root))
+    (tmp_path / "headers/include").mkdir(parents=True)
+    assert headers.ensure_headers(str(tmp_path)) == (str(tmp_path / "headers"), True)
+    assert calls == [str(tmp_path / "headers")]
