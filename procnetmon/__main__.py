@@ -18,7 +18,7 @@ from typing import Optional, TextIO
 
 from procnetmon import cli, engine, interfaces, procinfo
 from procnetmon.kernel import check
-from procnetmon.model import MODE_PAYLOAD
+from procnetmon.model import MODE_WIRE
 from procnetmon.output.writer import Writer
 
 
@@ -52,11 +52,9 @@ def run_check(out: TextIO) -> ExitStatus:
         if not f.ok and f.fix:
             out.write(f"    {'':<{width}}  fix: {f.fix}\n")
     ready, backend = check.payload_backend(findings)
-    if ready:
-        out.write(f"payload mode: available, backend {backend}\n")
-    else:
-        out.write(f"payload mode: UNAVAILABLE: {backend}\n")
-    out.write("wire mode: not implemented yet\n")
+    out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
+    wire_ready, wire_backend = check.wire_backend(findings)
+    out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
 
@@ -79,12 +77,15 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
 
 
 def _make_probe(args):
-    from procnetmon.probes.payload import PayloadProbe
+    if args.mode == MODE_WIRE:
+        from procnetmon.probes.wire import WireProbe as Probe
+    else:
+        from procnetmon.probes.payload import PayloadProbe as Probe
 
     keys = _resolve_interfaces(args.interfaces)
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
-    return PayloadProbe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+    return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
                         details=args.details), include_loopback
 
 
@@ -140,8 +141,6 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 def run(args, out: TextIO, err: TextIO) -> ExitStatus:
     if args.check:
         return run_check(out)
-    if args.mode != MODE_PAYLOAD:
-        raise Fatal(ExitStatus.UNAVAILABLE, f"error: --mode {args.mode} is not available yet; use --mode payload")
     _check_pids(args.pids)
     probe, include_loopback = _make_probe(args)
     if args.ebpf:

@@ -253,7 +253,8 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
-        "wire: bytes of its IP packets, headers included (default: %(default)s)",
+        "wire: bytes of its sockets' IP packets on the interface, IP and TCP/UDP headers, "
+        "retransmissions and ACKs included (default: %(default)s)",
     )
 
 
@@ -373,6 +374,8 @@ def _violations(args: argparse.Namespace):
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
     yield from _duration_violations(args)
+    if args.details and args.mode == "wire":
+        yield "-d (bytes per connection) works in payload mode only; drop -d, or drop --mode wire"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 

@@ -19,6 +19,7 @@ from procnetmon.kernel.btf import VMLINUX_BTF, BTF, BTFError
 TRACEFS = "/sys/kernel/tracing"
 PAYLOAD_TRACEPOINTS = ("sock_send_length", "sock_recv_length")
 HELPER_TRACEPOINTS = ("sk_data_ready", "sched_process_exit")
+WIRE_TRACEPOINTS = ("inet_sock_set_state",)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
@@ -123,6 +124,15 @@ def check_tracepoints(btf: Optional[BTF]) -> Finding:
     return Finding("tracepoints", True, ", ".join(names))
 
 
+def check_wire_tracepoints(btf: Optional[BTF]) -> Finding:
+    missing = [n for n in WIRE_TRACEPOINTS if not tracepoint_available(n, btf)]
+    if missing:
+        return Finding("wire tracepoints", False, f"missing: {', '.join(missing)} (needed by wire mode only)",
+                       required=False)
+    return Finding("wire tracepoints", True, ", ".join(WIRE_TRACEPOINTS) + " (needed by wire mode only)",
+                   required=False)
+
+
 def mount_tracefs() -> bool:
     """Mount tracefs where it belongs if it is not there yet; True when it is mounted afterwards."""
     if os.path.isdir(TRACEFS + "/events"):
@@ -173,6 +183,14 @@ def check_cgroup2() -> Finding:
                    "mount -t cgroup2 none /sys/fs/cgroup", required=False)
 
 
+def check_cgroup_bpf(config: dict[str, str]) -> Finding:
+    if not config or config.get("CONFIG_CGROUP_BPF") == "y":
+        detail = "CONFIG_CGROUP_BPF=y" if config else "kernel config unreadable; assumed"
+        return Finding("cgroup_skb", True, f"{detail} (needed by wire mode only)", required=False)
+    return Finding("cgroup_skb", False, "CONFIG_CGROUP_BPF is not set (needed by wire mode only)",
+                   "use a kernel built with CONFIG_CGROUP_BPF=y", required=False)
+
+
 def run_checks() -> list[Finding]:
     btf_finding, btf = check_btf()
     config = kernel_config()
@@ -184,9 +202,11 @@ def run_checks() -> list[Finding]:
         check_layout(btf),
         check_headers(),
         check_tracepoints(btf),
+        check_wire_tracepoints(btf),
         check_tracefs(),
         check_kprobes(config),
         check_cgroup2(),
+        check_cgroup_bpf(config),
     ]
 
 
@@ -196,3 +216,15 @@ def payload_backend(findings: list[Finding]) -> tuple[bool, str]:
     if blockers:
         return False, "; ".join(f"{f.name}: {f.detail}" for f in blockers)
     return True, "raw tracepoints sock:sock_send_length + sock:sock_recv_length"
+
+
+def wire_backend(findings: list[Finding]) -> tuple[bool, str]:
+    """Whether wire mode can run: what payload mode needs, plus cgroup v2 and cgroup_skb."""
+    ready, reason = payload_backend(findings)
+    if not ready:
+        return False, reason
+    blockers = [f for f in findings if f.name in ("cgroup2", "cgroup_skb", "wire tracepoints") and not f.ok]
+    if blockers:
+        return False, "; ".join(f"{f.name}: {f.detail}" for f in blockers)
+    return True, ("cgroup_skb ingress/egress on the cgroup v2 root, owners from raw tracepoints "
+                  "sock:sock_send_length, sock:sock_recv_length, sock:inet_sock_set_state")

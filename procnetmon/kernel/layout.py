@@ -21,6 +21,7 @@ FIELDS = {
     "SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
     "SK_DPORT": ("sock", "__sk_common.skc_dport"),
     "SK_NUM": ("sock", "__sk_common.skc_num"),
+    "SK_COOKIE": ("sock", "__sk_common.skc_cookie"),
     "SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
     "SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
     "SK_PROTOCOL": ("sock", "sk_protocol"),

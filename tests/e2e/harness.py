@@ -198,3 +198,23 @@ def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, time
 
 def by_pid(document: dict) -> dict:
     return {p["pid"]: p for p in document["processes"]}
+
+
+def link_stats(dev: str, netns: Optional[str] = None) -> dict:
+    """The interface's own counters: {"tx_bytes", "tx_packets", "rx_bytes", "rx_packets"}."""
+    where = ["-n", netns] if netns else []
+    link = json.loads(sh("ip", *where, "-j", "-s", "link", "show", "dev", dev))[0]
+    stats = link["stats64"]
+    return {"tx_bytes": stats["tx"]["bytes"], "tx_packets": stats["tx"]["packets"],
+            "rx_bytes": stats["rx"]["bytes"], "rx_packets": stats["rx"]["packets"]}
+
+
+ETHERNET_HEADER = 14
+
+
+def ip_bytes(before: dict, after: dict, direction: str) -> int:
+    """IP-layer bytes an interface counted between two snapshots: its byte
+    counter less the Ethernet header of every packet it counted."""
+    nbytes = after[f"{direction}_bytes"] - before[f"{direction}_bytes"]
+    packets = after[f"{direction}_packets"] - before[f"{direction}_packets"]
+    return nbytes - ETHERNET_HEADER * packets

@@ -170,3 +170,13 @@ def test_layout_names_the_missing_struct():
     finding = check.check_layout(btf_with_tracepoints())
     assert not finding.ok
     assert "no struct sock" in finding.detail
+
+
+def test_wire_mode_is_blocked_by_its_own_needs_only():
+    ok = [check.Finding("bcc", True, "x")]
+    no_cgroup = ok + [check.Finding("cgroup2", False, "not mounted", required=False)]
+    assert check.payload_backend(no_cgroup)[0] is True
+    ready, reason = check.wire_backend(no_cgroup)
+    assert ready is False and "cgroup2: not mounted" in reason
+    assert check.wire_backend(ok)[0] is True
+    assert check.wire_backend([check.Finding("bcc", False, "missing")])[0] is False

@@ -98,11 +98,11 @@ def test_every_option_reaches_its_dest(capsys):
     args = parse(
         capsys, "-p", "1,2", "-i", "eth0", "-n", "3", "--interval", "500ms", "-a", "-d",
         "-o", "/tmp/x", "--no-header", "--include-loopback", "--units", "bytes",
-        "--sort", "name", "--top", "5", "-q", "--mode", "wire",
+        "--sort", "name", "--top", "5", "-q", "--mode", "payload",
     )
     assert (args.pids, args.interfaces, args.count, args.interval) == ([1, 2], ["eth0"], 3, 0.5)
     assert args.aggregate and args.details and args.no_header and args.include_loopback
-    assert (args.output, args.units, args.sort, args.top, args.mode) == ("/tmp/x", "bytes", "name", 5, "wire")
+    assert (args.output, args.units, args.sort, args.top, args.mode) == ("/tmp/x", "bytes", "name", 5, "payload")
     assert args.quiet
 
 
@@ -244,3 +244,10 @@ def test_short_time_keeps_an_explicit_interval_error(capsys):
         cli.parse_args(["-t", "500ms", "--interval", "1s"])
     assert e.value.code == 2
     assert "longer than -t" in capsys.readouterr().err
+
+
+def test_details_are_refused_in_wire_mode(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(["-t", "5s", "--mode", "wire", "-d"])
+    assert e.value.code == 2
+    assert "payload mode only" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+/*
+ * procnetmon wire backend: the bytes of the IP packets of each process's sockets.
+ *
+ * Two cgroup_skb programs on the root of the cgroup v2 hierarchy see every
+ * IP packet that a local TCP or UDP socket sends (egress, before GSO
+ * segmentation, as software interface counters see it) or that is
+ * delivered to one (ingress, after GRO), with its length from the IP
+ * header on and its interface.
+ *
+ * A packet cannot tell which process it belongs to, and many are sent or
+ * received in softirq, where "current" is unrelated. Its socket can. The
+ * socket-call tracepoints, in process context, note each socket's owner
+ * under the socket's cookie, a number the kernel never gives two sockets.
+ * connect() and listen() (TCP state changes into SYN_SENT and LISTEN) run
+ * in the owner's context too, but before the socket has a cookie: they
+ * note the owner under the socket's address, and the socket's first packet
+ * moves it under the cookie. A packet of a socket whose owner is not known
+ * yet (a connection accepted but not read from yet, a UDP socket before its
+ * first call returns) is counted per cookie in `pending`, and user space
+ * gives those bytes to the owner once it is known, even after the process
+ * has exited: a socket's first packets are never lost for want of an owner.
+ *
+ * Options (-D): those of common.h; MAX_PENDING sizes `pending`.
+ */
+
+#include "common.h"
+
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_LISTEN 10
+
+#ifndef MAX_PENDING
+#define MAX_PENDING 16384
+#endif
+
+struct owner {
+    u32 tgid;
+    u32 netns;
+};
+
+struct pending_key {
+    u64 cookie;
+    u32 ifindex;
+    u16 protocol;
+    u16 dir;
+};
+
+/* Owners by socket cookie: unique per socket, so never stale. */
+BPF_TABLE("lru_hash", u64, struct owner, owners, MAX_SOCKETS);
+/* Owners of sockets with no cookie yet, by socket address (see above). */
+BPF_TABLE("lru_hash", u64, struct owner, early_owners, MAX_PENDING);
+BPF_TABLE("lru_hash", struct pending_key, u64, pending, MAX_PENDING);
+
+/* Process context only: the caller's thread group owns sk from now on. */
+static __always_inline void note_owner(const void *sk)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_target(tgid))
+        return;
+    u16 family = read_u16(sk, OFF_SK_FAMILY);
+    if (family != AF_INET && family != AF_INET6)
+        return;
+    u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+        return;
+    u64 cookie = 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)sk + OFF_SK_COOKIE);
+    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk)};
+    if (cookie) {
+        struct owner *known = owners.lookup(&cookie);
+        if (!known || known->tgid != tgid)
+            owners.update(&cookie, &fresh);
+    } else {
+        u64 addr = (u64)sk;
+        early_owners.update(&addr, &fresh);
+    }
+}
+
+/* args: struct sock *sk, int ret, int flags */
+RAW_TRACEPOINT_PROBE(sock_send_length)
+{
+    note_owner((const void *)ctx->args[0]);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    note_owner((const void *)ctx->args[0]);
+    return 0;
+}
+
+/* args: const struct sock *sk, int oldstate, int newstate */
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    const void *sk = (const void *)ctx->args[0];
+    int newstate = (int)ctx->args[2];
+    if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) {
+        note_owner(sk);
+    } else if (newstate == TCP_SYN_RECV) {
+        /* A child socket, made in softirq at an address that an earlier
+         * socket may have left an early owner under. */
+        u64 addr = (u64)sk;
+        early_owners.delete(&addr);
+    }
+    return 0;
+}
+
+static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return;
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return;
+    if (sk->family != AF_INET && sk->family != AF_INET6)
+        return;
+    u16 protocol = sk->protocol;
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+        return;
+    u32 ifindex = skb->ifindex;
+    u64 bytes = skb->len;
+    u64 cookie = bpf_get_socket_cookie(skb); /* made on first use */
+    struct owner *owner = owners.lookup(&cookie);
+    if (!owner) {
+        /* The address as a number: the key connect() and listen() used. */
+        u64 addr = (u64)sk;
+        struct owner *early = early_owners.lookup(&addr);
+        if (early) {
+            struct owner moved = *early;
+            owners.update(&cookie, &moved);
+            early_owners.delete(&addr);
+            owner = owners.lookup(&cookie);
+        }
+    }
+    if (owner) {
+        if (iface_ok(owner->netns, ifindex))
+            add(owner->tgid, ifindex, protocol, dir, bytes);
+        return;
+    }
+#ifndef FILTER_IFACES
+    if (!iface_ok(0, ifindex))
+        return;
+#endif
+    struct pending_key pk = {.cookie = cookie, .ifindex = ifindex, .protocol = protocol, .dir = dir};
+    u64 *val = pending.lookup(&pk);
+    if (!val) {
+        u64 zero = 0;
+        pending.insert(&pk, &zero);
+        val = pending.lookup(&pk);
+        if (!val) {
+            note_lost();
+            return;
+        }
+    }
+    __sync_fetch_and_add(val, bytes);
+}
+
+/* Both return 1: procnetmon only counts, it never drops a packet. */
+int wire_egress(struct __sk_buff *skb)
+{
+    count_packet(skb, DIR_OUT);
+    return 1;
+}
+
+int wire_ingress(struct __sk_buff *skb)
+{
+    count_packet(skb, DIR_IN);
+    return 1;
+}

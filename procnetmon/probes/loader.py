@@ -1,0 +1,134 @@
+"""What every BCC backend does the same way: compile, fill the filter maps, read counters.
+
+A backend names its BPF source and its mode, and may add programs to
+attach (``_attach_more``) or counters to fold in (``_extra_counters``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+from procnetmon.interfaces import InterfaceKey
+from procnetmon.kernel import headers, layout
+from procnetmon.kernel.btf import BTFError
+from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
+                               bpf_source, expand_includes)
+
+
+def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
+                 include_loopback: bool, details: bool) -> list[str]:
+    """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
+    flags = layout.offset_cflags(offsets)
+    if pids is not None:
+        flags.append("-DFILTER_PIDS")
+    if interfaces is not None:
+        flags.append("-DFILTER_IFACES")
+    elif not include_loopback:
+        flags.append("-DEXCLUDE_LOOPBACK")
+    if details:
+        flags.append("-DDETAILS")
+    return flags
+
+
+class BccProbe:
+    """Probes of one backend, attached for one run. Use as a context manager."""
+
+    mode = ""
+    source = ""
+    requirement = ""  # what the kernel must offer, for the error message
+
+    def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
+                 include_loopback: bool = False, details: bool = False):
+        self.pids = pids
+        self.interfaces = interfaces
+        self.include_loopback = include_loopback
+        self.details = details
+        self._bpf = None
+
+    def compile_plan(self) -> tuple[str, list[str], str]:
+        """Source path, compiler flags and header directory, without loading anything."""
+        try:
+            offsets = layout.kernel_offsets()
+        except BTFError as e:
+            raise ProbeError(f"kernel struct layout unavailable: {e}") from e
+        try:
+            header_dir, _synthetic = headers.ensure_headers()
+        except headers.HeadersError as e:
+            raise ProbeError(str(e)) from e
+        flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
+                             include_loopback=self.include_loopback, details=self.details)
+        return bpf_source(self.source), flags, header_dir
+
+    def attach(self) -> None:
+        source, flags, header_dir = self.compile_plan()
+        os.environ["BCC_KERNEL_SOURCE"] = header_dir
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("BCC's Python module is missing: install python3-bpfcc "
+                             "(Debian/Ubuntu) or python3-bcc (Fedora/RHEL)") from e
+        try:
+            # The raw tracepoints attach before the filter maps are filled,
+            # but with FILTER_* every lookup misses until then: nothing is
+            # counted that should not be.
+            self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
+        except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            raise ProbeError(f"loading the {self.mode} probes failed: {e} ({self.requirement}; "
+                             "run procnetmon --check to see what this kernel offers)") from e
+        self._fill_filters()
+        try:
+            self._attach_more()
+        except ProbeError:
+            self.close()
+            raise
+
+    def _fill_filters(self) -> None:
+        if self.pids is not None:
+            table = self._bpf["target_pids"]
+            for pid in self.pids:
+                table[table.Key(int(pid))] = table.Leaf(1)
+        if self.interfaces is not None:
+            table = self._bpf["target_ifaces"]
+            for key in self.interfaces:
+                k = table.Key()
+                k.netns, k.ifindex = int(key.netns), int(key.ifindex)
+                table[k] = table.Leaf(1)
+
+    def _attach_more(self) -> None:
+        """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
+
+    def _extra_counters(self, counters: dict) -> None:
+        """Fold counts kept outside the counters map into ``counters``."""
+
+    def read(self) -> Snapshot:
+        counters: dict[CounterKey, int] = {}
+        for k, v in self._bpf["counters"].items():
+            protocol = PROTOCOLS.get(k.protocol)
+            if protocol is None:
+                continue
+            key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
+            counters[key] = counters.get(key, 0) + v.value
+        self._extra_counters(counters)
+        lost = self._bpf["lost"][ctypes.c_int(0)].value
+        return Snapshot(counters=counters, lost_updates=lost)
+
+    def exited(self) -> dict[int, str]:
+        """Names of counted processes whose last thread has exited."""
+        return {k.value: v.comm.decode("utf-8", "replace") for k, v in self._bpf["exited"].items()}
+
+    def sockets(self) -> list[SocketBytes]:
+        return []
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "BccProbe":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,105 @@
+"""The wire backend: bpf/wire.bpf.c, cgroup_skb programs joined to socket owners.
+
+Attaches the two cgroup_skb programs to the root of the cgroup v2
+hierarchy through BPF links, which the kernel detaches when procnetmon's
+file descriptors close, even if it is killed. Each read gives the bytes of
+sockets whose owner became known since (the ``pending`` map) to that owner.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Optional
+
+from procnetmon.interfaces import LOOPBACK_IFINDEX
+from procnetmon.kernel.check import cgroup2_mount
+from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, ProbeError
+from procnetmon.probes.loader import BccProbe
+
+# enum bpf_attach_type
+BPF_CGROUP_INET_INGRESS = 0
+BPF_CGROUP_INET_EGRESS = 1
+
+
+def _libbpf():
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    lib = ctypes.CDLL(name, use_errno=True)
+    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_link_create.restype = ctypes.c_int
+    return lib
+
+
+class WireProbe(BccProbe):
+    """Attached wire probes for one run."""
+
+    mode = "wire"
+    source = "wire.bpf.c"
+    requirement = ("wire mode needs cgroup v2, BPF_PROG_TYPE_CGROUP_SKB and the raw tracepoints "
+                   "sock:sock_send_length, sock:sock_recv_length and sock:inet_sock_set_state")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._links: list[int] = []
+        self._cgroup_fd: Optional[int] = None
+        self._claimed: dict[CounterKey, int] = {}
+        self._wanted_ifaces = {(k.netns, k.ifindex) for k in self.interfaces} if self.interfaces else None
+
+    def _attach_more(self) -> None:
+        from bcc import BPF
+
+        root = cgroup2_mount()
+        if root is None:
+            raise ProbeError("wire mode needs the cgroup v2 hierarchy mounted "
+                             "(mount -t cgroup2 none /sys/fs/cgroup)")
+        try:
+            lib = _libbpf()
+        except OSError as e:
+            raise ProbeError(f"wire mode needs libbpf (libbpf1): {e}") from e
+        self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        for name, attach_type in (("wire_egress", BPF_CGROUP_INET_EGRESS),
+                                  ("wire_ingress", BPF_CGROUP_INET_INGRESS)):
+            try:
+                fn = self._bpf.load_func(name, BPF.CGROUP_SKB)
+            except Exception as e:  # BCC raises bare Exception when the verifier refuses
+                raise ProbeError(f"loading {name} (cgroup_skb) failed: {e}") from e
+            link = lib.bpf_link_create(fn.fd, self._cgroup_fd, attach_type, None)
+            if link < 0:
+                err = ctypes.get_errno() or -link
+                raise ProbeError(f"attaching {name} to the cgroup v2 root {root} failed: {os.strerror(err)}")
+            self._links.append(link)
+
+    def _wanted(self, netns: int, ifindex: int) -> bool:
+        """The in-kernel interface filter, for bytes whose owner was learnt late."""
+        if self._wanted_ifaces is not None:
+            return (netns, ifindex) in self._wanted_ifaces
+        return self.include_loopback or ifindex != LOOPBACK_IFINDEX
+
+    def _extra_counters(self, counters: dict) -> None:
+        owners = self._bpf["owners"]
+        pending = self._bpf["pending"]
+        for k, v in list(pending.items()):
+            try:
+                owner = owners[owners.Key(k.cookie)]
+            except KeyError:
+                continue  # not known yet, or a socket of a process not sampled
+            protocol = PROTOCOLS.get(k.protocol)
+            if protocol is not None and self._wanted(owner.netns, k.ifindex):
+                key = CounterKey(owner.tgid, protocol, DIRECTIONS[k.dir])
+                self._claimed[key] = self._claimed.get(key, 0) + v.value
+            try:
+                del pending[k]
+            except KeyError:
+                pass
+        for key, value in self._claimed.items():
+            counters[key] = counters.get(key, 0) + value
+
+    def close(self) -> None:
+        for fd in self._links:
+            os.close(fd)
+        self._links = []
+        if self._cgroup_fd is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+        super().close()
