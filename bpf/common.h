@@ -58,7 +58,10 @@ struct exit_info {
 BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
 BPF_HASH(target_pids, u32, u8, MAX_PIDS);
 BPF_HASH(target_ifaces, struct iface_key, u8, 256);
-/* Name of each counted process that exited, since /proc forgets it. */
+/* Thread groups with counters: only their exits are worth noting. */
+BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
+/* Name of each counted process that exited, since /proc forgets it. User
+ * space takes the entries out as it reads them. */
 BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
 /* Counter updates lost because a map was full: never silently. */
 BPF_ARRAY(lost, u64, 1);
@@ -130,7 +133,9 @@ static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u6
     u64 *val = counters.lookup(&key);
     if (!val) {
         u64 zero = 0;
+        u8 one = 1;
         counters.insert(&key, &zero);
+        counted.update(&tgid, &one); /* once per new key, not per call */
         val = counters.lookup(&key);
         if (!val) {
             note_lost();
@@ -147,8 +152,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (!(ctx->args[1] & 1))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!is_target(tgid))
+    if (!counted.lookup(&tgid))
         return 0;
+    counted.delete(&tgid);
     struct exit_info info = {};
     void *task = (void *)bpf_get_current_task();
     void *leader = read_ptr(task, OFF_TASK_GROUP_LEADER);

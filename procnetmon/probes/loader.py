@@ -46,6 +46,10 @@ class BccProbe:
         self.include_loopback = include_loopback
         self.details = details
         self._bpf = None
+        # Counters and names of exited processes, taken out of the kernel's
+        # maps so that they stay small however long procnetmon runs.
+        self._retired: dict[CounterKey, int] = {}
+        self._exited_names: dict[int, str] = {}
 
     def compile_plan(self) -> tuple[str, list[str], str]:
         """Source path, compiler flags and header directory, without loading anything."""
@@ -103,20 +107,42 @@ class BccProbe:
         """Fold counts kept outside the counters map into ``counters``."""
 
     def read(self) -> Snapshot:
-        counters: dict[CounterKey, int] = {}
-        for k, v in self._bpf["counters"].items():
+        # Exits first: a process gone before its counters are read can add
+        # nothing more, so its counters move to user space for good.
+        newly_exited = self._collect_exits()
+        table = self._bpf["counters"]
+        counters: dict[CounterKey, int] = dict(self._retired)
+        for k, v in table.items():
             protocol = PROTOCOLS.get(k.protocol)
             if protocol is None:
                 continue
             key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
             counters[key] = counters.get(key, 0) + v.value
+            if k.tgid in newly_exited:
+                self._retired[key] = self._retired.get(key, 0) + v.value
+                try:
+                    del table[k]
+                except KeyError:
+                    pass
         self._extra_counters(counters)
         lost = self._bpf["lost"][ctypes.c_int(0)].value
         return Snapshot(counters=counters, lost_updates=lost)
 
+    def _collect_exits(self) -> set[int]:
+        table = self._bpf["exited"]
+        fresh = set()
+        for k, v in list(table.items()):
+            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            fresh.add(k.value)
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return fresh
+
     def exited(self) -> dict[int, str]:
         """Names of counted processes whose last thread has exited."""
-        return {k.value: v.comm.decode("utf-8", "replace") for k, v in self._bpf["exited"].items()}
+        return dict(self._exited_names)
 
     def sockets(self) -> list[SocketBytes]:
         return []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from harness import TrafficProcess, by_pid, run_procnetmon
 
@@ -188,3 +190,49 @@ def test_every_process_mode_finds_the_test_processes(peer):
     rows = by_pid(run.json())
     assert_exact(rows[client.pid], truth["client"])
     assert_exact(rows[server.pid], truth["server"])
+
+
+def kernel_counter_pids() -> set:
+    """Thread groups in the running procnetmon's counters map, read with bpftool."""
+    import json
+    import struct
+    import subprocess
+
+    maps = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True).stdout)
+    pids = set()
+    for m in maps:
+        if m.get("name") != "counters":
+            continue
+        dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(m["id"])],
+                                         capture_output=True, text=True).stdout)
+        for entry in dump:
+            key = bytes(int(b, 16) for b in entry["key"])
+            pids.add(struct.unpack_from("<I", key)[0])
+    return pids
+
+
+def test_exited_process_leaves_the_kernel_maps_but_keeps_its_totals(peer):
+    server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=77_000)
+    client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=77_000, exit=True)
+    seen = {}
+    try:
+        def during():
+            for p in (server, client):
+                p.go()
+            server.result()
+            client.result()
+            client.proc.wait(5)
+            time.sleep(1.5)  # a few intervals after the exit
+            seen["pids"] = kernel_counter_pids()
+
+        run = run_procnetmon("-p", f"{server.pid},{client.pid}", "--interval", "0.5s", "-n", "8", "--json",
+                             during=during)
+    finally:
+        server.finish()
+        client.finish()
+    assert run.returncode == 0, run.stderr
+    assert server.pid in seen["pids"]
+    assert client.pid not in seen["pids"]
+    records = run.json_lines()
+    assert by_pid(records[-2])[client.pid]["total_bytes_out"] == 77_000
+    assert by_pid(records[-1])[client.pid]["bytes_out"] == 77_000
