@@ -36,8 +36,9 @@ MODES = ("payload", "wire")
 
 DESCRIPTION = """\
 Measure how many bytes each process sends and receives over the network.
-eBPF probes (loaded through BCC) count the payload bytes of every socket call
-in the kernel, filtered there by PID and interface, and procnetmon prints
+eBPF probes (loaded through BCC) count, in the kernel and filtered there by
+PID and interface, the bytes of every socket call (payload mode) or of every
+IP packet of each process's sockets (wire mode), and procnetmon prints
 per-process totals, rates, peaks and TCP/UDP connection counts as a table,
 JSON or CSV. Needs root, or CAP_BPF and CAP_PERFMON."""
 
@@ -314,7 +315,8 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-d", "--details", action="store_true",
-        help="list every connection of each process: protocol, addresses, state, bytes",
+        help="list every connection of each process: protocol, addresses, state, "
+        "bytes (payload mode only)",
     )
     group.add_argument(
         "--units", choices=UNITS, default="bits",
