@@ -55,7 +55,7 @@ def test_manpage_is_up_to_date(monkeypatch):
     committed = PAGE.read_text()
     fresh = regenerate(monkeypatch, committed_date(committed))
     assert fresh == committed, (
-        "man/procnetmon.1 is stale; regenerate it (see this test's docstring)"
+        "man/procnetmon.1 is stale; regenerate it with scripts/manpage"
     )
 
 
