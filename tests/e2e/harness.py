@@ -168,8 +168,10 @@ def procnetmon_cmd(*args: str) -> list[str]:
 
 
 def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, timeout: float = 60,
-                   after_start: Optional[Callable[[subprocess.Popen], None]] = None) -> Run:
-    """Run procnetmon; once its probes are attached, call ``during`` (drive the traffic)."""
+                   after_start: Optional[Callable[[subprocess.Popen], None]] = None,
+                   while_running: Optional[Callable[[subprocess.Popen], None]] = None) -> Run:
+    """Run procnetmon; once its probes are attached, call ``during`` (drive the
+    traffic), or ``while_running`` with the procnetmon process."""
     proc = subprocess.Popen(procnetmon_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines = []
     deadline = time.monotonic() + 30
@@ -190,6 +192,8 @@ def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, time
         return Run(proc.returncode, out, "".join(err_lines) + err)
     if during is not None:
         during()
+    if while_running is not None:
+        while_running(proc)
     if after_start is not None:
         after_start(proc)
     out, err = proc.communicate(timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -192,22 +193,31 @@ def test_every_process_mode_finds_the_test_processes(peer):
     assert_exact(rows[server.pid], truth["server"])
 
 
-def kernel_counter_pids() -> set:
-    """Thread groups in the running procnetmon's counters map, read with bpftool."""
+def kernel_counter_pids(procnetmon_pid: int) -> set:
+    """Thread groups in the counters map of one procnetmon process, read with bpftool."""
     import json
     import struct
     import subprocess
 
+    held = set()  # ids of the BPF maps whose file descriptors procnetmon holds
+    fd_dir = f"/proc/{procnetmon_pid}/fd"
+    for fd in os.listdir(fd_dir):
+        if os.readlink(os.path.join(fd_dir, fd)) == "anon_inode:bpf-map":
+            with open(f"/proc/{procnetmon_pid}/fdinfo/{fd}") as f:
+                held.update(int(line.split()[1]) for line in f if line.startswith("map_id:"))
     maps = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True).stdout)
     pids = set()
+    found = False
     for m in maps:
-        if m.get("name") != "counters":
+        if m.get("name") != "counters" or m["id"] not in held:
             continue
+        found = True
         dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(m["id"])],
                                          capture_output=True, text=True).stdout)
         for entry in dump:
             key = bytes(int(b, 16) for b in entry["key"])
             pids.add(struct.unpack_from("<I", key)[0])
+    assert found, f"no counters map held by procnetmon {procnetmon_pid}"
     return pids
 
 
@@ -216,17 +226,17 @@ def test_exited_process_leaves_the_kernel_maps_but_keeps_its_totals(peer):
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=77_000, exit=True)
     seen = {}
     try:
-        def during():
+        def while_running(procnetmon):
             for p in (server, client):
                 p.go()
             server.result()
             client.result()
             client.proc.wait(5)
             time.sleep(1.5)  # a few intervals after the exit
-            seen["pids"] = kernel_counter_pids()
+            seen["pids"] = kernel_counter_pids(procnetmon.pid)
 
         run = run_procnetmon("-p", f"{server.pid},{client.pid}", "--interval", "0.5s", "-n", "8", "--json",
-                             during=during)
+                             while_running=while_running)
     finally:
         server.finish()
         client.finish()
