@@ -157,9 +157,12 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                              emit_intervals=cli.is_streaming(args), details=args.details)
     from procnetmon.probes import ProbeError
 
-    writer = Writer(args.format, args.output, streaming=cli.is_streaming(args), aggregate=args.aggregate,
-                    details=args.details, units=args.units, sort=args.sort, top=args.top,
-                    no_header=args.no_header)
+    try:
+        writer = Writer(args.format, args.output, streaming=cli.is_streaming(args), aggregate=args.aggregate,
+                        details=args.details, units=args.units, sort=args.sort, top=args.top,
+                        no_header=args.no_header)
+    except OSError as e:
+        raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
     try:
         started = time.monotonic()
         try:

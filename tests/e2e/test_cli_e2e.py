@@ -170,3 +170,12 @@ def test_details_attribute_bytes_to_the_connection(peer):
     assert tcp[0]["bytes_out"] == truth["server"]["tcp_out"] == 900
     assert tcp[0]["local"].startswith(peer.peer_v4 + ":")
     assert tcp[0]["remote"].startswith(peer.host_v4 + ":")
+
+
+def test_unwritable_output_is_a_usage_error_before_attaching(tmp_path):
+    target = tmp_path / "missing-dir" / "net.csv"
+    done = subprocess.run(procnetmon_cmd("-t", "1s", "--csv", "-o", str(target)), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert str(target) in done.stderr and "No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr and "probes attached" not in done.stderr
