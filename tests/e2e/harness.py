@@ -222,3 +222,30 @@ def ip_bytes(before: dict, after: dict, direction: str) -> int:
     nbytes = after[f"{direction}_bytes"] - before[f"{direction}_bytes"]
     packets = after[f"{direction}_packets"] - before[f"{direction}_packets"]
     return nbytes - ETHERNET_HEADER * packets
+
+
+def measure_exchange(procs: dict, *args: str, pids: Optional[list] = None, wait_exit: tuple = ()):
+    """Run procnetmon on the processes' PIDs (or ``pids``) while they move their bytes.
+
+    ``procs`` maps a name to a TrafficProcess; ``args`` are procnetmon's
+    options besides -p. Returns procnetmon's Run and the truth each process
+    reported, by name. The processes are finished whatever happens.
+    """
+    truth: dict = {}
+
+    def during():
+        for p in procs.values():
+            p.go()
+        for name, p in procs.items():
+            truth[name] = p.result()
+        for name in wait_exit:
+            procs[name].proc.wait(5)
+
+    pids = pids if pids is not None else [p.pid for p in procs.values()]
+    try:
+        run = run_procnetmon("-p", ",".join(str(p) for p in pids), *args, during=during)
+    finally:
+        for p in procs.values():
+            p.finish()
+    assert run.returncode == 0, run.stderr
+    return run, truth

@@ -6,10 +6,10 @@ import os
 import time
 
 import pytest
-from harness import TrafficProcess, by_pid, run_procnetmon
+from harness import TrafficProcess, by_pid, measure_exchange, run_procnetmon
 
 
-def exchange(*procs, exit_after=()):
+def exchange(*procs):
     """Let every process go, and collect the truth each one reports."""
     for p in procs:
         p.go()
@@ -25,24 +25,18 @@ def assert_exact(row, truth):
     assert row["bytes_in"] == truth["tcp_in"] + truth["udp_in"]
 
 
-def sample(pids, *extra, during):
-    run = run_procnetmon("-p", ",".join(str(p) for p in pids), "-t", "3s", "--json", *extra, during=during)
-    assert run.returncode == 0, run.stderr
-    return run.json()
+def sample(procs, *extra, pids=None, wait_exit=()):
+    """A 3 s JSON summary of the processes' exchange, and the truth they reported."""
+    run, truth = measure_exchange(procs, "-t", "3s", "--json", *extra, pids=pids, wait_exit=wait_exit)
+    return run.json(), truth
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_tcp_bytes_exact(peer, family):
-    server_addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
-    server = TrafficProcess("tcp-server", server_addr, netns=peer.netns, expect=1_000_000, reply=250_000)
-    client = TrafficProcess("tcp-client", server_addr, server.port, send=1_000_000, expect=250_000)
-    truth = {}
-    try:
-        doc = sample([server.pid, client.pid],
-                     during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-    finally:
-        server.finish()
-        client.finish()
+    addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
+    server = TrafficProcess("tcp-server", addr, netns=peer.netns, expect=1_000_000, reply=250_000)
+    client = TrafficProcess("tcp-client", addr, server.port, send=1_000_000, expect=250_000)
+    doc, truth = sample({"server": server, "client": client})
     rows = by_pid(doc)
     assert truth["client"]["tcp_out"] == 1_000_000
     assert_exact(rows[client.pid], truth["client"])
@@ -53,16 +47,10 @@ def test_tcp_bytes_exact(peer, family):
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_udp_bytes_exact(peer, family):
-    server_addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
-    server = TrafficProcess("udp-server", server_addr, netns=peer.netns, count=200, reply=300)
-    client = TrafficProcess("udp-client", server_addr, server.port, count=200, size=1200, reply=300)
-    truth = {}
-    try:
-        doc = sample([server.pid, client.pid],
-                     during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-    finally:
-        server.finish()
-        client.finish()
+    addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
+    server = TrafficProcess("udp-server", addr, netns=peer.netns, count=200, reply=300)
+    client = TrafficProcess("udp-client", addr, server.port, count=200, size=1200, reply=300)
+    doc, truth = sample({"server": server, "client": client})
     rows = by_pid(doc)
     assert truth["client"]["udp_out"] == 200 * 1200
     assert truth["server"]["udp_in"] > 0
@@ -73,16 +61,7 @@ def test_udp_bytes_exact(peer, family):
 def test_client_that_exits_keeps_its_bytes_and_name(peer):
     server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=300_000)
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=300_000, name="pnmgone", exit=True)
-    truth = {}
-    try:
-        def during():
-            truth.update(zip(("server", "client"), exchange(server, client)))
-            client.proc.wait(5)  # gone well before the sample ends
-
-        doc = sample([server.pid, client.pid], during=during)
-    finally:
-        server.finish()
-        client.finish()
+    doc, truth = sample({"server": server, "client": client}, wait_exit=("client",))
     row = by_pid(doc)[client.pid]
     assert row["alive"] is False
     assert row["name"] == "pnmgone"
@@ -94,13 +73,7 @@ def test_server_receiving_before_accept(peer):
     server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=60_000, reply=1000,
                             accept_delay=1.0)
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=60_000, expect=1000)
-    truth = {}
-    try:
-        doc = sample([server.pid, client.pid],
-                     during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-    finally:
-        server.finish()
-        client.finish()
+    doc, truth = sample({"server": server, "client": client})
     rows = by_pid(doc)
     assert truth["server"]["tcp_in"] == 60_000
     assert_exact(rows[server.pid], truth["server"])
@@ -110,37 +83,25 @@ def test_server_receiving_before_accept(peer):
 def test_threads_are_one_process(peer):
     server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=200_000, connections=4)
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=200_000, threads=4)
-    truth = {}
-    try:
-        doc = sample([client.pid, server.pid],
-                     during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-    finally:
-        server.finish()
-        client.finish()
+    doc, truth = sample({"server": server, "client": client})
     assert [p["pid"] for p in doc["processes"]].count(client.pid) == 1
     assert truth["client"]["tcp_out"] == 800_000
     assert_exact(by_pid(doc)[client.pid], truth["client"])
 
 
-def test_loopback_absent_by_default_present_with_i_lo():
-    for extra, counted in (((), False), (("-i", "lo"), True), (("--include-loopback",), True)):
-        server = TrafficProcess("tcp-server", "127.0.0.1", expect=123_456, reply=789)
-        client = TrafficProcess("tcp-client", "127.0.0.1", server.port, send=123_456, expect=789)
-        truth = {}
-        try:
-            doc = sample([server.pid, client.pid], *extra,
-                         during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-        finally:
-            server.finish()
-            client.finish()
-        rows = by_pid(doc)
+@pytest.mark.parametrize("extra, counted", [((), False), (("-i", "lo"), True), (("--include-loopback",), True)])
+def test_loopback_absent_by_default_present_when_asked(extra, counted):
+    server = TrafficProcess("tcp-server", "127.0.0.1", expect=123_456, reply=789)
+    client = TrafficProcess("tcp-client", "127.0.0.1", server.port, send=123_456, expect=789)
+    doc, truth = sample({"server": server, "client": client}, *extra)
+    rows = by_pid(doc)
+    for name, proc in (("client", client), ("server", server)):
         if counted:
-            assert_exact(rows[client.pid], truth["client"])
-            assert_exact(rows[server.pid], truth["server"])
+            assert_exact(rows[proc.pid], truth[name])
         else:
-            assert rows[client.pid]["bytes_out"] == 0 and rows[client.pid]["bytes_in"] == 0
-            assert rows[server.pid]["bytes_out"] == 0 and rows[server.pid]["bytes_in"] == 0
-        assert doc["include_loopback"] is counted
+            assert rows[proc.pid]["bytes_out"] == 0 and rows[proc.pid]["bytes_in"] == 0
+    assert truth["client"]["tcp_out"] == 123_456
+    assert doc["include_loopback"] is counted
 
 
 def test_interface_filter_counts_only_that_veth(peer, second_peer):
@@ -148,31 +109,18 @@ def test_interface_filter_counts_only_that_veth(peer, second_peer):
     s2 = TrafficProcess("tcp-server", second_peer.peer_v4, netns=second_peer.netns, expect=222_000, reply=22_000)
     c1 = TrafficProcess("tcp-client", peer.peer_v4, s1.port, send=111_000, expect=11_000)
     c2 = TrafficProcess("tcp-client", second_peer.peer_v4, s2.port, send=222_000, expect=22_000)
-    # One process, two interfaces: the clients are separate processes, so
-    # sum them into one row by filtering one veth and checking both rows.
-    truth = {}
-    try:
-        doc = sample([c1.pid, c2.pid], "-i", peer.host_if,
-                     during=lambda: truth.update(zip(("s1", "s2", "c1", "c2"), exchange(s1, s2, c1, c2))))
-    finally:
-        for p in (s1, s2, c1, c2):
-            p.finish()
+    doc, truth = sample({"s1": s1, "s2": s2, "c1": c1, "c2": c2}, "-i", peer.host_if, pids=[c1.pid, c2.pid])
     rows = by_pid(doc)
     assert doc["interfaces"] == [peer.host_if]
     assert_exact(rows[c1.pid], truth["c1"])
+    assert truth["c2"]["tcp_out"] == 222_000
     assert rows[c2.pid]["bytes_in"] == 0 and rows[c2.pid]["bytes_out"] == 0
 
 
 def test_process_not_in_pids_is_absent(peer):
     server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=50_000)
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=50_000)
-    truth = {}
-    try:
-        doc = sample([server.pid],
-                     during=lambda: truth.update(zip(("server", "client"), exchange(server, client))))
-    finally:
-        server.finish()
-        client.finish()
+    doc, truth = sample({"server": server, "client": client}, pids=[server.pid])
     assert set(by_pid(doc)) == {server.pid}
     assert_exact(by_pid(doc)[server.pid], truth["server"])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, link_stats, run_procnetmon
+from harness import TrafficProcess, by_pid, ip_bytes, link_stats, measure_exchange, run_procnetmon
 
 TOLERANCE = 0.01
 
@@ -100,21 +100,8 @@ def test_udp_flood_reconciles_with_the_veth_counters(peer, family):
 def test_wire_mode_keeps_a_client_that_exited(peer):
     server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=500_000)
     client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=500_000, name="pnmwire", exit=True)
-    truth = {}
-    try:
-        def during():
-            for p in (server, client):
-                p.go()
-            truth["server"] = server.result()
-            truth["client"] = client.result()
-            client.proc.wait(5)
-
-        run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", "-t", "3s", "--json",
-                             during=during)
-    finally:
-        server.finish()
-        client.finish()
-    assert run.returncode == 0, run.stderr
+    run, _ = measure_exchange({"server": server, "client": client}, "--mode", "wire", "-t", "3s", "--json",
+                              wait_exit=("client",))
     row = by_pid(run.json())[client.pid]
     assert row["alive"] is False and row["name"] == "pnmwire"
     assert row["bytes_out"] > 500_000  # payload plus headers
@@ -125,20 +112,8 @@ def test_wire_mode_keeps_a_client_that_exited(peer):
 def test_wire_mode_loopback_only_when_asked(with_lo):
     server = TrafficProcess("tcp-server", "127.0.0.1", expect=300_000)
     client = TrafficProcess("tcp-client", "127.0.0.1", server.port, send=300_000)
-    truth = {}
-    try:
-        def during():
-            for p in (server, client):
-                p.go()
-            truth["server"] = server.result()
-            truth["client"] = client.result()
-
-        run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", *(["-i", "lo"] if with_lo else []),
-                             "-t", "3s", "--json", during=during)
-    finally:
-        server.finish()
-        client.finish()
-    assert run.returncode == 0, run.stderr
+    run, _ = measure_exchange({"server": server, "client": client}, "--mode", "wire",
+                              *(["-i", "lo"] if with_lo else []), "-t", "3s", "--json")
     rows = by_pid(run.json())
     total_out = rows[client.pid]["bytes_out"] + rows[server.pid]["bytes_out"]
     total_in = rows[client.pid]["bytes_in"] + rows[server.pid]["bytes_in"]
