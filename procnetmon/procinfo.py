@@ -1,4 +1,4 @@
-"""What psutil knows about processes: names, command lines, liveness, sockets.
+"""Who processes are (psutil: names, command lines, liveness) and the sockets they hold.
 
 Processes vanish at any moment; every psutil call here treats NoSuchProcess,
 AccessDenied and zombies as ordinary answers, never as errors.
@@ -6,11 +6,12 @@ AccessDenied and zombies as ordinary answers, never as errors.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Optional
 
 import psutil
+
+from procnetmon import sockettable
 
 
 @dataclass(frozen=True)
@@ -64,22 +65,11 @@ class Socket:
     state: str
 
 
-def _family(f) -> str:
-    return "ipv6" if f == socket.AF_INET6 else "ipv4"
-
-
 def sockets(pid: int) -> list[Socket]:
-    """The TCP and UDP sockets a process holds now (in its own network namespace)."""
+    """The TCP and UDP sockets a process holds now, seen in its own network namespace."""
     try:
-        p = psutil.Process(pid)
-        conns = p.net_connections(kind="inet") if hasattr(p, "net_connections") else p.connections(kind="inet")
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return []
-    out = []
-    for c in conns:
-        protocol = "tcp" if c.type == socket.SOCK_STREAM else "udp"
-        laddr = c.laddr if c.laddr else ("", 0)
-        raddr = c.raddr if c.raddr else ("", 0)
-        out.append(Socket(protocol, _family(c.family), laddr[0], laddr[1], raddr[0], raddr[1],
-                          c.status if c.status else "NONE"))
-    return out
+        entries = sockettable.process_sockets(pid)
+    except OSError:
+        return []  # gone, or not ours to look at
+    return [Socket(e.protocol, e.family, e.local_addr, e.local_port, e.remote_addr, e.remote_port, e.state)
+            for e in entries]

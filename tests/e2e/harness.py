@@ -79,7 +79,8 @@ class Peer:
         netns, host_if, peer_if = f"pnm{tag}", f"pnmh{tag}", f"pnmp{tag}"
         net = free_subnet(index)
         v6 = f"{V6_PREFIX}:{os.getpid() % 0xffff:x}:{index:x}"
-        peer = cls(index, netns, host_if, peer_if, str(net[1]), str(net[2]), f"{v6}::1", f"{v6}::2")
+        host_v6, peer_v6 = (str(ipaddress.ip_address(f"{v6}::{n}")) for n in (1, 2))
+        peer = cls(index, netns, host_if, peer_if, str(net[1]), str(net[2]), host_v6, peer_v6)
         try:
             sh("ip", "netns", "add", netns)
             sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)

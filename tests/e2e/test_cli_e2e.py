@@ -12,7 +12,7 @@ import time
 
 import jsonschema
 import pytest
-from harness import TrafficProcess, by_pid, procnetmon_cmd, run_procnetmon
+from harness import TrafficProcess, by_pid, measure_exchange, procnetmon_cmd, run_procnetmon
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "procnetmon", "schema", "record.schema.json")
 
@@ -179,3 +179,19 @@ def test_unwritable_output_is_a_usage_error_before_attaching(tmp_path):
     assert done.returncode == 2
     assert str(target) in done.stderr and "No such file or directory" in done.stderr
     assert "Traceback" not in done.stderr and "probes attached" not in done.stderr
+
+
+def test_live_connections_are_counted_and_carry_their_bytes(peer):
+    server = TrafficProcess("tcp-server", peer.peer_v6, netns=peer.netns, expect=33_000, reply=3300, hold=True)
+    client = TrafficProcess("tcp-client", peer.peer_v6, server.port, send=33_000, expect=3300, hold=True)
+    run, truth = measure_exchange({"server": server, "client": client}, "-t", "2s", "--json", "-d")
+    rows = by_pid(run.json())
+    assert rows[server.pid]["tcp_connections"] == 2  # the listener and the accepted connection
+    assert rows[client.pid]["tcp_connections"] == 1
+    live = [c for c in rows[client.pid]["connections"] if c["state"] == "ESTABLISHED"]
+    assert len(live) == 1
+    assert live[0]["family"] == "ipv6"
+    assert live[0]["remote"] == f"[{peer.peer_v6}]:{server.port}"
+    assert (live[0]["bytes_out"], live[0]["bytes_in"]) == (truth["client"]["tcp_out"], truth["client"]["tcp_in"])
+    listening = [c for c in rows[server.pid]["connections"] if c["state"] == "LISTEN"]
+    assert len(listening) == 1 and listening[0]["bytes_in"] == 0

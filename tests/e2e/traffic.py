@@ -11,6 +11,9 @@ Roles:
   tcp-client ADDR PORT     connect; send --send bytes, read --expect bytes
   udp-server ADDR          recvfrom --count datagrams, answer each with --reply bytes (sendto)
   udp-client ADDR PORT     connect; send --count datagrams of --size bytes, read the answers
+
+With --hold, TCP sockets stay open until ``exit``, so that they are live
+connections when procnetmon looks.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def send_all(sock: socket.socket, n: int) -> int:
     return sent
 
 
-def tcp_server(args, result: dict) -> None:
+def tcp_server(args, result: dict, held: list) -> None:
     fam = family_of(args.addr)
     srv = socket.socket(fam, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,11 +89,14 @@ def tcp_server(args, result: dict) -> None:
     for t in threads:
         t.join()
     result.update(totals)
+    if args.hold:
+        held.extend([srv] + conns)
+        return
     for conn in conns:
         conn.close()
 
 
-def tcp_client(args, result: dict) -> None:
+def tcp_client(args, result: dict, held: list) -> None:
     fam = family_of(args.addr)
     wait_for("go", announce_first=True)
     totals = {"tcp_in": 0, "tcp_out": 0}
@@ -104,7 +110,10 @@ def tcp_client(args, result: dict) -> None:
         with lock:
             totals["tcp_out"] += sent
             totals["tcp_in"] += got
-        s.close()
+        if args.hold:
+            held.append(s)
+        else:
+            s.close()
 
     threads = [threading.Thread(target=one_connection) for _ in range(args.threads)]
     for t in threads:
@@ -114,7 +123,7 @@ def tcp_client(args, result: dict) -> None:
     result.update(totals)
 
 
-def udp_server(args, result: dict) -> None:
+def udp_server(args, result: dict, held: list) -> None:
     fam = family_of(args.addr)
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.bind((args.addr, 0))
@@ -133,7 +142,7 @@ def udp_server(args, result: dict) -> None:
     result.update({"udp_in": got, "udp_out": sent})
 
 
-def udp_client(args, result: dict) -> None:
+def udp_client(args, result: dict, held: list) -> None:
     fam = family_of(args.addr)
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.connect((args.addr, args.port))
@@ -181,11 +190,13 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--accept-delay", type=float, default=0.0)
     p.add_argument("--exit", action="store_true", help="exit right after reporting")
+    p.add_argument("--hold", action="store_true", help="keep the TCP sockets open until told to exit")
     args = p.parse_args()
     if args.name:
         set_name(args.name)
     result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0}
-    ROLES[args.role](args, result)
+    held: list = []  # sockets kept open with --hold
+    ROLES[args.role](args, result, held)
     print(json.dumps(result), flush=True)
     if not args.exit:
         sys.stdin.readline()

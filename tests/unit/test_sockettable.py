@@ -1,0 +1,62 @@
+"""The /proc/PID/net socket tables, parsed from canned text taken from a real kernel."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from procnetmon import sockettable
+
+HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
+          "inode\n")
+TCP = HEADER + (
+    "   0: 0100007F:8FE1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 40958 1 "
+    "000000008f542bf0 100 0 0 10 0\n"
+    "   1: 0A00000A:01BB 0200000A:15B3 01 00000000:00000000 00:00000000 00000000     0        0 777 1 "
+    "0000000000000000 20 4 30 10 -1\n"
+)
+TCP6 = HEADER + (
+    "   0: 00000000000000000000000001000000:BA25 00000000000000000000000000000000:0000 0A "
+    "00000000:00000000 00:00000000 00000000     0        0 40957 1 00000000c0e16c6d 100 0 0 10 0\n"
+)
+UDP = HEADER + (
+    "  1234: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 555 2 "
+    "0000000000000000 0\n"
+)
+
+
+def test_ipv4_listener_and_connection():
+    rows = list(sockettable.parse_table(TCP, "tcp", "ipv4"))
+    assert rows[0] == sockettable.SocketEntry("tcp", "ipv4", "127.0.0.1", 36833, "", 0, "LISTEN", 40958)
+    assert rows[1] == sockettable.SocketEntry("tcp", "ipv4", "10.0.0.10", 443, "10.0.0.2", 5555,
+                                              "ESTABLISHED", 777)
+
+
+def test_ipv6_words_are_in_host_order():
+    (row,) = sockettable.parse_table(TCP6, "tcp", "ipv6")
+    assert (row.local_addr, row.local_port, row.remote_addr, row.state) == ("::1", 47653, "", "LISTEN")
+
+
+def test_udp_rows_have_no_state():
+    (row,) = sockettable.parse_table(UDP, "udp", "ipv4")
+    assert (row.local_addr, row.local_port, row.state, row.inode) == ("0.0.0.0", 53, "NONE", 555)
+
+
+def test_short_lines_are_skipped():
+    assert list(sockettable.parse_table(HEADER + "garbage\n", "tcp", "ipv4")) == []
+
+
+def test_this_process_sockets_are_found():
+    listener = socket.socket(socket.AF_INET6)
+    listener.bind(("::1", 0))
+    listener.listen()
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dgram.bind(("127.0.0.1", 0))
+    try:
+        found = sockettable.process_sockets(os.getpid())
+        mine = {(e.protocol, e.family, e.local_addr, e.local_port, e.state) for e in found}
+        assert ("tcp", "ipv6", "::1", listener.getsockname()[1], "LISTEN") in mine
+        assert ("udp", "ipv4", "127.0.0.1", dgram.getsockname()[1], "NONE") in mine
+    finally:
+        listener.close()
+        dgram.close()
