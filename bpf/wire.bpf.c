@@ -20,7 +20,8 @@
  * gives those bytes to the owner once it is known, even after the process
  * has exited: a socket's first packets are never lost for want of an owner.
  *
- * Options (-D): those of common.h; MAX_PENDING sizes `pending`.
+ * Options (-D): those of common.h; MAX_PENDING sizes `pending`;
+ *   DETAILS   also keep bytes per socket (by cookie) with its addresses
  */
 
 #include "common.h"
@@ -50,6 +51,63 @@ BPF_TABLE("lru_hash", u64, struct owner, owners, MAX_SOCKETS);
 /* Owners of sockets with no cookie yet, by socket address (see above). */
 BPF_TABLE("lru_hash", u64, struct owner, early_owners, MAX_PENDING);
 BPF_TABLE("lru_hash", struct pending_key, u64, pending, MAX_PENDING);
+
+#ifdef DETAILS
+/* Same layout as payload.bpf.c's; tgid is filled in by user space from
+ * `owners`, since the owner may be learnt after the packets. */
+struct sock_info {
+    u32 tgid;
+    u16 family;
+    u16 protocol;
+    u16 lport; /* host order */
+    u16 rport; /* host order */
+    u32 pad;
+    u8 laddr[16]; /* IPv4 in the first 4 bytes */
+    u8 raddr[16];
+    u64 bytes_in;
+    u64 bytes_out;
+};
+/* By interface too, so that user space filters bytes learnt before their
+ * owner (and its namespace) the way it filters `pending`. */
+struct socket_key {
+    u64 cookie;
+    u32 ifindex;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct socket_key, struct sock_info, sockets, MAX_SOCKETS);
+
+static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifindex, u16 dir, u64 bytes)
+{
+    struct socket_key key = {.cookie = cookie, .ifindex = ifindex};
+    struct sock_info *info = sockets.lookup(&key);
+    if (!info) {
+        struct sock_info fresh = {.family = sk->family, .protocol = sk->protocol};
+        sockets.insert(&key, &fresh);
+        info = sockets.lookup(&key);
+        if (!info) {
+            note_lost();
+            return;
+        }
+    }
+    /* Re-read on every packet: a UDP socket may connect after its first. */
+    info->lport = sk->src_port;
+    info->rport = __builtin_bswap16(sk->dst_port);
+    if (sk->family == AF_INET) {
+        u32 src = sk->src_ip4, dst = sk->dst_ip4;
+        __builtin_memcpy(info->laddr, &src, 4);
+        __builtin_memcpy(info->raddr, &dst, 4);
+    } else {
+        u32 src[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+        u32 dst[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+        __builtin_memcpy(info->laddr, src, 16);
+        __builtin_memcpy(info->raddr, dst, 16);
+    }
+    if (dir == DIR_IN)
+        __sync_fetch_and_add(&info->bytes_in, bytes);
+    else
+        __sync_fetch_and_add(&info->bytes_out, bytes);
+}
+#endif
 
 /* Process context only: the caller's thread group owns sk from now on. */
 static __always_inline void note_owner(const void *sk)
@@ -134,13 +192,20 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
         }
     }
     if (owner) {
-        if (iface_ok(owner->netns, ifindex))
+        if (iface_ok(owner->netns, ifindex)) {
             add(owner->tgid, ifindex, protocol, dir, bytes);
+#ifdef DETAILS
+            add_socket(sk, cookie, ifindex, dir, bytes);
+#endif
+        }
         return;
     }
 #ifndef FILTER_IFACES
     if (!iface_ok(0, ifindex))
         return;
+#endif
+#ifdef DETAILS
+    add_socket(sk, cookie, ifindex, dir, bytes); /* shown once the owner is known */
 #endif
     struct pending_key pk = {.cookie = cookie, .ifindex = ifindex, .protocol = protocol, .dir = dir};
     u64 *val = pending.lookup(&pk);

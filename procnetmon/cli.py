@@ -315,8 +315,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-d", "--details", action="store_true",
-        help="list every connection of each process: protocol, addresses, state, "
-        "bytes (payload mode only)",
+        help="list every connection of each process: protocol, addresses, state, bytes",
     )
     group.add_argument(
         "--units", choices=UNITS, default="bits",
@@ -376,8 +375,6 @@ def _violations(args: argparse.Namespace):
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
     yield from _duration_violations(args)
-    if args.details and args.mode == "wire":
-        yield "-d (bytes per connection) works in payload mode only; drop -d, or drop --mode wire"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 

@@ -7,7 +7,9 @@ attach (``_attach_more``) or counters to fold in (``_extra_counters``).
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
+import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
@@ -30,6 +32,24 @@ def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Option
     if details:
         flags.append("-DDETAILS")
     return flags
+
+
+def _format_addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    return str(ipaddress.IPv6Address(raw[:16]))
+
+
+def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
+    """A ``struct sock_info`` of the BPF programs as plain data (None if not TCP/UDP over IP)."""
+    protocol = PROTOCOLS.get(info.protocol)
+    if protocol is None or info.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return SocketBytes(
+        pid=pid, protocol=protocol, family="ipv4" if info.family == socket.AF_INET else "ipv6",
+        local_addr=_format_addr(info.family, bytes(info.laddr)), local_port=info.lport,
+        remote_addr=_format_addr(info.family, bytes(info.raddr)), remote_port=info.rport,
+        bytes_in=info.bytes_in, bytes_out=info.bytes_out)
 
 
 class BccProbe:

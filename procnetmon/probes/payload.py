@@ -6,17 +6,8 @@ per socket with its addresses.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-
-from procnetmon.probes import PROTOCOLS, SocketBytes
-from procnetmon.probes.loader import BccProbe, build_cflags  # noqa: F401  (build_cflags re-exported)
-
-
-def _format_addr(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    return str(ipaddress.IPv6Address(bytes(raw[:16])))
+from procnetmon.probes import SocketBytes
+from procnetmon.probes.loader import BccProbe, socket_bytes
 
 
 class PayloadProbe(BccProbe):
@@ -30,15 +21,4 @@ class PayloadProbe(BccProbe):
     def sockets(self) -> list[SocketBytes]:
         if not self.details:
             return []
-        out = []
-        for _k, v in self._bpf["sockets"].items():
-            protocol = PROTOCOLS.get(v.protocol)
-            if protocol is None or v.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            out.append(SocketBytes(
-                pid=v.tgid, protocol=protocol,
-                family="ipv4" if v.family == socket.AF_INET else "ipv6",
-                local_addr=_format_addr(v.family, bytes(v.laddr)), local_port=v.lport,
-                remote_addr=_format_addr(v.family, bytes(v.raddr)), remote_port=v.rport,
-                bytes_in=v.bytes_in, bytes_out=v.bytes_out))
-        return out
+        return [s for s in (socket_bytes(v, v.tgid) for v in self._bpf["sockets"].values()) if s]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import os
 from typing import Optional
 
 from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.kernel.check import cgroup2_mount
-from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, ProbeError
-from procnetmon.probes.loader import BccProbe
+from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, SocketBytes
+from procnetmon.probes.loader import BccProbe, socket_bytes
 
 # enum bpf_attach_type
 BPF_CGROUP_INET_INGRESS = 0
@@ -94,6 +95,29 @@ class WireProbe(BccProbe):
                 pass
         for key, value in self._claimed.items():
             counters[key] = counters.get(key, 0) + value
+
+    def sockets(self) -> list[SocketBytes]:
+        """Per-socket wire bytes of sockets whose owner is known, through the interface filter."""
+        if not self.details:
+            return []
+        owners = self._bpf["owners"]
+        merged: dict[int, SocketBytes] = {}
+        for k, v in self._bpf["sockets"].items():
+            try:
+                owner = owners[owners.Key(k.cookie)]
+            except KeyError:
+                continue
+            if not self._wanted(owner.netns, k.ifindex):
+                continue
+            found = socket_bytes(v, owner.tgid)
+            if found is None:
+                continue
+            before = merged.get(k.cookie)
+            if before is not None:  # the same socket on another interface
+                found = dataclasses.replace(found, bytes_in=found.bytes_in + before.bytes_in,
+                                            bytes_out=found.bytes_out + before.bytes_out)
+            merged[k.cookie] = found
+        return list(merged.values())
 
     def close(self) -> None:
         for fd in self._links:

@@ -124,3 +124,22 @@ def test_wire_mode_loopback_only_when_asked(with_lo):
     # ACK, sent for a TIME_WAIT socket by the kernel's own socket, has no owner.
     assert abs(total_out - total_in) <= 0.001 * total_out
     assert rows[client.pid]["bytes_out"] > 300_000
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_wire_details_give_each_connection_its_packet_bytes(peer, family):
+    addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
+    server = TrafficProcess("tcp-server", addr, netns=peer.netns, expect=250_000, reply=25_000, hold=True)
+    client = TrafficProcess("tcp-client", addr, server.port, send=250_000, expect=25_000, hold=True)
+    run, truth = measure_exchange({"server": server, "client": client}, "--mode", "wire", "-d", "-t", "2s",
+                                  "--json")
+    rows = by_pid(run.json())
+    for name, proc in (("client", client), ("server", server)):
+        row = rows[proc.pid]
+        (conn,) = [c for c in row["connections"] if c["state"] == "ESTABLISHED"]
+        # Its only connection carried every packet the process sent or received.
+        assert (conn["bytes_out"], conn["bytes_in"]) == (row["bytes_out"], row["bytes_in"]), name
+        assert conn["bytes_out"] >= truth[name]["tcp_out"] and conn["bytes_in"] >= truth[name]["tcp_in"]
+    (client_conn,) = [c for c in rows[client.pid]["connections"] if c["state"] == "ESTABLISHED"]
+    assert client_conn["remote"].endswith(f":{server.port}")
+    assert addr in client_conn["remote"]

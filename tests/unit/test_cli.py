@@ -245,9 +245,3 @@ def test_short_time_keeps_an_explicit_interval_error(capsys):
     assert e.value.code == 2
     assert "longer than -t" in capsys.readouterr().err
 
-
-def test_details_are_refused_in_wire_mode(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.parse_args(["-t", "5s", "--mode", "wire", "-d"])
-    assert e.value.code == 2
-    assert "payload mode only" in capsys.readouterr().err
