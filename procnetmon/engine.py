@@ -138,18 +138,18 @@ class Sampler:
         self.wallclock = wallclock
         self.processes = processes
         self.tally = Tally(options.interval)
-        self.identities: dict[int, procinfo.Identity] = {}
+        self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.socket_totals: dict[tuple, tuple[int, int]] = {}
         self.lost_updates = 0
         for pid in options.pids or []:
             self._identify(pid)
 
     def _identify(self, pid: int) -> Optional[procinfo.Identity]:
+        """Who ``pid`` was when first seen. None (kept, so not asked again, and
+        never lent the name of a later process reusing the PID): already gone."""
         if pid not in self.identities:
-            identity = self.processes.identify(pid)
-            if identity is not None:
-                self.identities[pid] = identity
-        return self.identities.get(pid)
+            self.identities[pid] = self.processes.identify(pid)
+        return self.identities[pid]
 
     def run(self, on_interval: Callable[[Record], bool]) -> Record:
         """Sample until -t, -n or a stop; return the summary.

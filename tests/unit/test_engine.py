@@ -587,3 +587,46 @@ def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     assert [c.state for c in by_pid(records[0])[10].connections] == ["CLOSED"]
     assert by_pid(records[1])[10].connections == []
     assert [(c.bytes_in, c.bytes_out) for c in by_pid(summary)[10].connections] == [(5, 6)]
+
+
+def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
+    """The first answer about a PID is kept: a later process reusing it lends no name."""
+    answers = {"calls": 0}
+
+    class Processes:
+        @staticmethod
+        def identify(pid):
+            answers["calls"] += 1
+            if answers["calls"] == 1:
+                return None  # gone before procnetmon first looked
+            return Identity(pid, "successor", "", 2.0)
+
+        @staticmethod
+        def still_alive(identity):
+            return True
+
+        @staticmethod
+        def sockets(pid):
+            return []
+
+    class Probe:
+        mode = "payload"
+
+        def __init__(self):
+            self.reads = 0
+
+        def read(self):
+            self.reads += 1
+            return Snapshot(counters={CounterKey(42, "tcp", "out"): 100 * self.reads})
+
+        def exited(self):
+            return {42: "original"}
+
+        def sockets(self):
+            return []
+
+    sampler = Sampler(Probe(), Options(interval=0.01, count=3, emit_intervals=True), processes=Processes)
+    summary = sampler.run(lambda record: True)
+    (row,) = summary.processes
+    assert (row.name, row.alive) == ("original", False)
+    assert answers["calls"] == 1
