@@ -157,12 +157,16 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                              emit_intervals=cli.is_streaming(args), details=args.details)
     from procnetmon.probes import ProbeError
 
+    target = out if args.output in (None, "-") else args.output
     try:
-        writer = Writer(args.format, args.output, streaming=cli.is_streaming(args), aggregate=args.aggregate,
+        writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                         details=args.details, units=args.units, sort=args.sort, top=args.top,
                         no_header=args.no_header)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    # Who the -p processes are is asked before the compile: one that exits
+    # meanwhile still has its command line in the summary.
+    sampler = engine.Sampler(probe, options, stop=stop)
     try:
         started = time.monotonic()
         try:
@@ -175,7 +179,6 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched}; "
                           f"sampling {_describe_scope(args)}")
-            sampler = engine.Sampler(probe, options, stop=stop)
             summary = sampler.run(writer.write)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
