@@ -1,0 +1,158 @@
+"""procnetmon's benchmark: what it costs the machine it watches, next to nethogs.
+
+    sudo .venv/bin/python -m bench            # run from the repository root
+    sudo scripts/bench                        # the same, after installing what it needs
+
+Makes a namespace peer, keeps an iperf3 server in it, runs the workloads
+with no monitor, procnetmon, procnetmon -p and nethogs alternately, prints
+the tables and writes docs/benchmarks.md. Everything it creates is removed
+at the end, also on errors, Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Optional
+
+from bench import analysis, bpfstats, facts, report, runner
+from bench.monitors import Context
+from bench.netns import Peer
+from bench.workloads import WORKLOADS, IperfServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MONITORS = ["procnetmon", "procnetmon-p", "nethogs"]
+BPF_PASS = ["procnetmon", "procnetmon-p"]
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3, help="repetitions of the whole series (default 3)")
+    p.add_argument("--seconds", type=float, default=5, help="length of each workload run (default 5)")
+    p.add_argument("--pin", default=str((os.cpu_count() or 1) - 1),
+                   help="CPU to pin iperf3 client and server to, or 'none' (default: the last CPU)")
+    p.add_argument("--bpf-seconds", type=float, default=3,
+                   help="length of each run of the BPF run-time pass; 0 skips it (default 3)")
+    p.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks.md"),
+                   help="where to write the report (default docs/benchmarks.md)")
+    p.add_argument("--procnetmon", default=None,
+                   help="procnetmon command (default: the one next to this Python, else on PATH)")
+    args = p.parse_args(argv)
+    args.pin = None if args.pin == "none" else int(args.pin)
+    if args.procnetmon is None:
+        beside = os.path.join(os.path.dirname(sys.executable), "procnetmon")
+        args.procnetmon = beside if os.access(beside, os.X_OK) else shutil.which("procnetmon")
+    if not args.procnetmon:
+        p.error("procnetmon not found: run scripts/setup, or pass --procnetmon")
+    return args
+
+
+def _signals_as_interrupt() -> None:
+    """SIGINT, SIGTERM and SIGHUP all unwind like Ctrl-C, so the finally blocks remove what we made.
+
+    SIGINT too, because a shell starts background jobs with it ignored, and
+    the namespace, the veth pair and the iperf3 server must still go.
+    """
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
+def series(setup: runner.Setup, reps: int) -> list[runner.Run]:
+    """The scored runs: every workload under every configuration, alternating."""
+    by_name = {w.name: w for w in WORKLOADS}
+    order = runner.plan(reps, list(by_name), MONITORS)
+    runs = []
+    for i, (rep, wname, monitor) in enumerate(order, 1):
+        run = runner.measure(setup, by_name[wname], monitor, rep)
+        runner.progress(run, by_name[wname], i, len(order))
+        runs.append(run)
+    return runs
+
+
+def bpf_pass(setup: runner.Setup, seconds: float) -> list[runner.Run]:
+    """Unscored runs with the kernel timing every BPF program run."""
+    runs = []
+    try:
+        with bpfstats.RunTimeStats():
+            for w in WORKLOADS:
+                for monitor in BPF_PASS:
+                    run = runner.measure(setup, w, monitor, 0, seconds=seconds, programs=True)
+                    print(f"bench: BPF pass {w.name} {monitor}: {analysis.bpf_share(run):.2%} of a core",
+                          file=sys.stderr)
+                    runs.append(run)
+    except bpfstats.StatsUnavailable as e:
+        print(f"bench: skipping the BPF run-time pass: {e}", file=sys.stderr)
+    return runs
+
+
+def measure_all(args) -> tuple[list[runner.Run], list[runner.Run]]:
+    peer = Peer.create()
+    server = None
+    try:
+        server = IperfServer(peer, cpu=args.pin)
+        setup = runner.Setup(peer, Context(args.procnetmon, peer.host_if, server.pid), args.seconds, args.pin)
+        print(f"bench: peer {peer.peer_addr} in {peer.netns} via {peer.host_if}, iperf3 server PID {server.pid}",
+              file=sys.stderr)
+        # The first runs after setup are slower (cold caches, ARP, socket memory): not scored.
+        for w in WORKLOADS:
+            w.run(peer, 1, cpu=args.pin)
+        runs = series(setup, args.reps)
+        return runs, bpf_pass(setup, args.bpf_seconds) if args.bpf_seconds > 0 else []
+    finally:
+        if server is not None:
+            server.stop()
+        peer.destroy()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (namespaces, eBPF, packet capture): sudo scripts/bench", file=sys.stderr)
+        return 1
+    _signals_as_interrupt()
+    began = time.monotonic()
+    env = facts.collect(ROOT)
+    try:
+        runs, bpf_runs = measure_all(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it made has been removed", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"bench: error: {e}; everything it made has been removed", file=sys.stderr)
+        return 1
+    wall = time.monotonic() - began
+
+    workloads = {w.name: w for w in WORKLOADS}
+    table = analysis.rows(runs, list(workloads), [runner.BASELINE] + MONITORS)
+    start = analysis.startup(runs)
+    # The BPF estimate assumes the data path has one core to itself: only when pinned.
+    verdicts = analysis.verdicts(table, start, {w.name: w.title for w in WORKLOADS},
+                                 bpf_runs if args.pin is not None else [])
+    results = report.results_table(table, workloads)
+    startup = report.startup_table(start)
+    verdict_text = report.verdict_table(verdicts)
+    bpf = report.bpf_table(bpf_runs, workloads) if bpf_runs else None
+
+    print()
+    for block in (results, startup, verdict_text, bpf):
+        if block:
+            print(block, end="\n\n")
+    method = report.method(args.reps, args.seconds, args.pin, args.bpf_seconds if bpf_runs else None)
+    text = report.markdown(env, method, results, startup, verdict_text, bpf, report.runs_table(runs, workloads),
+                           wall)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(f"bench: wrote {args.output} in {wall:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The monitors under test, each started, settled, watched and stopped the same way.
+
+A monitor is launched before the traffic and must be ready (procnetmon: its
+"probes attached" line; nethogs: its first refresh) before the workload
+starts. Its output is read continuously by threads, so it never blocks on a
+full pipe, and the moments of its first lines are noted for the start-up
+timings. ``NoMonitor`` is the baseline and costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from bench import procstat
+
+ATTACHED = re.compile(r"probes attached in ([\d.]+) s(?:, ([\d.]+) s after launch)?")
+
+
+@dataclass
+class Context:
+    """What monitors need to know about the benchmark's setup."""
+
+    procnetmon: str  # path of the procnetmon command
+    host_if: str  # our end of the veth pair
+    server_pid: int  # the iperf3 server in the peer namespace
+
+
+@dataclass
+class StartInfo:
+    """How a monitor started: times in seconds from Popen."""
+
+    cpu: float  # CPU seconds it had used by the time it was ready
+    attached_external: Optional[float] = None  # procnetmon: Popen -> "probes attached" line read
+    attached_reported: Optional[float] = None  # procnetmon: its own "after launch"
+    probes_attached_in: Optional[float] = None  # procnetmon: its own "attached in"
+
+
+@dataclass
+class StopInfo:
+    first_output: Optional[float]  # seconds from Popen to the first stdout line
+    lines: int
+    seen: dict = field(default_factory=dict)  # what the monitor reported, as a sanity check
+
+
+class _Lines:
+    """Reads a pipe to its end in a thread, noting when the first line came."""
+
+    def __init__(self, pipe, launched: float, keep_last: bool = False, on_line=None):
+        self.launched = launched
+        self.first: Optional[float] = None
+        self.count = 0
+        self.last = ""
+        self.keep_last = keep_last
+        self.on_line = on_line
+        self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.thread.start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            if self.first is None:
+                self.first = time.monotonic() - self.launched
+            self.count += 1
+            if self.keep_last and line.strip():
+                self.last = line
+            if self.on_line is not None:
+                self.on_line(line)
+
+
+class Monitor:
+    """Base class: a monitored process launched by ``start`` and ended by ``stop``."""
+
+    name = ""  # short key used in results
+    title = ""  # shown in tables
+
+    def __init__(self):
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    def command(self, ctx: Context) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, ctx: Context) -> StartInfo:
+        raise NotImplementedError
+
+    def stop(self) -> StopInfo:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Last-resort cleanup, for errors and Ctrl-C."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _end(self, timeout: float = 15) -> None:
+        """SIGINT, as Ctrl-C would: both tools end cleanly on it."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"{self.title} did not stop within {timeout:g} s of SIGINT")
+
+
+class NoMonitor(Monitor):
+    name = "none"
+    title = "no monitor"
+
+    def start(self, ctx: Context) -> StartInfo:
+        return StartInfo(cpu=0.0)
+
+    def stop(self) -> StopInfo:
+        return StopInfo(first_output=None, lines=0)
+
+
+class Procnetmon(Monitor):
+    """procnetmon streaming one JSON line per second, every process or one PID.
+
+    Run without -q: the "probes attached" line on stderr is how we know it
+    is ready, and carries its own launch-to-attached time.
+    """
+
+    def __init__(self, watch_server: bool):
+        super().__init__()
+        self.watch_server = watch_server
+        self.name = "procnetmon-p" if watch_server else "procnetmon"
+        self.title = "procnetmon -p" if watch_server else "procnetmon"
+        self._attached = threading.Event()
+        self._attach_line = ""
+        self._attached_at: Optional[float] = None
+
+    def command(self, ctx: Context) -> list[str]:
+        cmd = [ctx.procnetmon, "-c", "--interval", "1s", "--json"]
+        if self.watch_server:
+            cmd += ["-p", str(ctx.server_pid)]
+        return cmd
+
+    def _on_stderr(self, line: str) -> None:
+        if self._attached_at is None and ATTACHED.search(line):
+            self._attached_at = time.monotonic() - self.launched
+            self._attach_line = line
+            self._attached.set()
+
+    def start(self, ctx: Context) -> StartInfo:
+        self.launched = time.monotonic()
+        self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.out = _Lines(self.proc.stdout, self.launched, keep_last=True)
+        self.err = _Lines(self.proc.stderr, self.launched, keep_last=True, on_line=self._on_stderr)
+        deadline = time.monotonic() + 60
+        while not self._attached.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                self.err.thread.join(2)
+                raise RuntimeError(f"{self.title} did not attach: {self.err.last.strip()!r}")
+        match = ATTACHED.search(self._attach_line)
+        return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0, attached_external=self._attached_at,
+                         attached_reported=float(match.group(2)) if match.group(2) else None,
+                         probes_attached_in=float(match.group(1)))
+
+    def stop(self) -> StopInfo:
+        self._end()
+        self.out.thread.join(5)
+        self.err.thread.join(5)
+        seen = {}
+        try:
+            summary = json.loads(self.out.last)
+            if summary.get("type") == "summary":
+                agg = summary["aggregated"]
+                seen = {"bytes_in": agg["bytes_in"], "bytes_out": agg["bytes_out"],
+                        "processes": len(summary["processes"])}
+        except (json.JSONDecodeError, KeyError):
+            pass
+        if not seen:
+            raise RuntimeError(f"{self.title} wrote no summary (exit {self.proc.returncode}): "
+                               f"{self.err.last.strip()!r}")
+        return StopInfo(first_output=self.out.first, lines=self.out.count, seen=seen)
+
+
+class Nethogs(Monitor):
+    """nethogs in trace mode on our veth, TCP and UDP (-C), refreshing every second.
+
+    Its first "Refreshing:" block means it is capturing; the traffic starts after it.
+    """
+
+    name = "nethogs"
+    title = "nethogs"
+
+    def __init__(self):
+        super().__init__()
+        self._refreshed = threading.Event()
+        self._saw_iperf = False
+
+    def command(self, ctx: Context) -> list[str]:
+        return ["nethogs", "-t", "-C", "-d", "1", ctx.host_if]
+
+    def _on_stdout(self, line: str) -> None:
+        if line.startswith("Refreshing:"):
+            self._refreshed.set()
+        elif "iperf3" in line:
+            self._saw_iperf = True
+
+    def start(self, ctx: Context) -> StartInfo:
+        self.launched = time.monotonic()
+        self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.out = _Lines(self.proc.stdout, self.launched, on_line=self._on_stdout)
+        self.err = _Lines(self.proc.stderr, self.launched, keep_last=True)
+        deadline = time.monotonic() + 10
+        while not self._refreshed.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                self.err.thread.join(2)
+                raise RuntimeError(f"{self.title} did not start: {self.err.last.strip()!r}")
+        return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0)
+
+    def stop(self) -> StopInfo:
+        self._end()
+        self.out.thread.join(5)
+        self.err.thread.join(5)
+        return StopInfo(first_output=self.out.first, lines=self.out.count, seen={"saw_iperf3": self._saw_iperf})
+
