@@ -211,8 +211,14 @@ class Sampler:
         kernel_sockets = self.probe.sockets() if self.options.details else []
         rows = []
         agg = Aggregate()
-        for pid in self._pids_for(kind):
-            rows.append(self._process_row(kind, pid, seconds, exited, kernel_sockets))
+        pids = self._pids_for(kind)
+        alive = {pid for pid in pids
+                 if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
+        # One look at the socket tables for the whole record, not one per process.
+        live_sockets = self.processes.sockets_of(sorted(alive)) if alive else {}
+        for pid in pids:
+            rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
+                                          exited, kernel_sockets))
         for row in rows:
             agg.bytes_in += row.bytes_in
             agg.bytes_out += row.bytes_out
@@ -229,18 +235,17 @@ class Sampler:
                       aggregated=agg, include_loopback=self.options.include_loopback,
                       lost_updates=self.lost_updates)
 
-    def _process_row(self, kind: str, pid: int, seconds: float, exited: dict[int, str],
+    def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
+                     live_sockets: list[procinfo.Socket], exited: dict[int, str],
                      kernel_sockets: list[SocketBytes]) -> ProcessStats:
         total = self.tally.totals.get(pid, Usage())
         usage = total if kind == RECORD_SUMMARY else self.tally.window.get(pid, Usage())
         peaks = self.tally.peaks.get(pid, Peaks())
         identity = self.identities.get(pid)
-        alive = identity is not None and self.processes.still_alive(identity)
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
         else:
             name, cmdline = exited.get(pid, "?"), ""
-        live_sockets = self.processes.sockets(pid) if alive else []
         row = ProcessStats(
             pid=pid, name=name, cmdline=cmdline, alive=alive,
             bytes_in=usage.bytes_in, bytes_out=usage.bytes_out,
@@ -256,7 +261,7 @@ class Sampler:
 
     def _connections(self, kind: str, pid: int, live: list[procinfo.Socket],
                      kernel: list[SocketBytes]) -> list[Connection]:
-        """psutil's sockets with the bytes the kernel attributed to each, plus closed ones."""
+        """The process's live sockets with the bytes the kernel attributed to each, plus closed ones."""
         def key(protocol, family, lport, raddr, rport):
             return (protocol, family, lport, "" if _unspecified(raddr) else raddr, rport if not _unspecified(raddr) else 0)
 

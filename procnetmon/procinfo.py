@@ -65,11 +65,8 @@ class Socket:
     state: str
 
 
-def sockets(pid: int) -> list[Socket]:
-    """The TCP and UDP sockets a process holds now, seen in its own network namespace."""
-    try:
-        entries = sockettable.process_sockets(pid)
-    except OSError:
-        return []  # gone, or not ours to look at
-    return [Socket(e.protocol, e.family, e.local_addr, e.local_port, e.remote_addr, e.remote_port, e.state)
-            for e in entries]
+def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
+    """The TCP and UDP sockets each process holds now, seen in its own network namespace."""
+    return {pid: [Socket(e.protocol, e.family, e.local_addr, e.local_port, e.remote_addr, e.remote_port, e.state)
+                  for e in entries]
+            for pid, entries in sockettable.sockets_by_pid(pids).items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from typing import Iterable, NamedTuple
+from typing import Container, Iterable, NamedTuple, Optional
 
 TCP_STATES = {
     "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
@@ -46,18 +46,26 @@ def decode_address(text: str) -> tuple[str, int]:
     return str(ipaddress.ip_address(packed)), int(port_hex, 16)
 
 
-def parse_table(text: str, protocol: str, family: str) -> Iterable[SocketEntry]:
-    """The rows of one ``/proc/net/{tcp,tcp6,udp,udp6}`` table."""
+def parse_table(text: str, protocol: str, family: str,
+                wanted: Optional[Container[int]] = None) -> Iterable[SocketEntry]:
+    """The rows of one ``/proc/net/{tcp,tcp6,udp,udp6}`` table (only inodes in ``wanted``, if given).
+
+    A busy host's tables have thousands of rows: the inode is looked at
+    before anything is decoded.
+    """
     for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) < 10:
+            continue
+        inode = int(fields[9])
+        if wanted is not None and inode not in wanted:
             continue
         local, local_port = decode_address(fields[1])
         remote, remote_port = decode_address(fields[2])
         if remote_port == 0 and ipaddress.ip_address(remote).is_unspecified:
             remote = ""
         state = TCP_STATES.get(fields[3].upper(), "UNKNOWN") if protocol == "tcp" else "NONE"
-        yield SocketEntry(protocol, family, local, local_port, remote, remote_port, state, int(fields[9]))
+        yield SocketEntry(protocol, family, local, local_port, remote, remote_port, state, inode)
 
 
 def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
@@ -73,17 +81,33 @@ def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
     return inodes
 
 
-def process_sockets(pid: int, proc: str = "/proc") -> list[SocketEntry]:
-    """The TCP and UDP sockets ``pid`` holds; raises OSError when it is gone or hidden."""
-    inodes = socket_inodes(pid, proc)
-    if not inodes:
-        return []
-    found = []
-    for name, protocol, family in TABLES:
+def sockets_by_pid(pids: Iterable[int], proc: str = "/proc") -> dict[int, list[SocketEntry]]:
+    """The TCP and UDP sockets each of ``pids`` holds (a PID gone or hidden has none).
+
+    Each network namespace's four tables are read once, whatever the number
+    of processes in it: reading /proc/net/tcp costs milliseconds on a busy host.
+    """
+    holders: dict[int, dict[int, list[int]]] = {}  # netns -> socket inode -> pids holding it
+    found: dict[int, list[SocketEntry]] = {}
+    reader: dict[int, int] = {}  # netns -> a pid whose /proc/PID/net shows its tables
+    for pid in pids:
+        found[pid] = []
         try:
-            with open(f"{proc}/{pid}/net/{name}") as f:
-                text = f.read()
-        except FileNotFoundError:
-            continue  # no IPv6 in this kernel
-        found.extend(e for e in parse_table(text, protocol, family) if e.inode in inodes)
+            inodes = socket_inodes(pid, proc)
+            netns = os.stat(f"{proc}/{pid}/ns/net").st_ino
+        except OSError:
+            continue  # gone, or not ours to look at
+        for inode in inodes:
+            holders.setdefault(netns, {}).setdefault(inode, []).append(pid)
+        reader.setdefault(netns, pid)
+    for netns, by_inode in holders.items():
+        for name, protocol, family in TABLES:
+            try:
+                with open(f"{proc}/{reader[netns]}/net/{name}") as f:
+                    text = f.read()
+            except OSError:
+                continue  # no IPv6 in this kernel, or the reader just exited
+            for entry in parse_table(text, protocol, family, by_inode):
+                for pid in by_inode[entry.inode]:
+                    found[pid].append(entry)
     return found

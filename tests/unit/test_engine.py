@@ -202,8 +202,8 @@ class FakeProcesses:
     def still_alive(self, identity):
         return identity.pid in self.alive
 
-    def sockets(self, pid):
-        return list(self.socks.get(pid, []))
+    def sockets_of(self, pids):
+        return {pid: list(self.socks.get(pid, [])) for pid in pids}
 
 
 def ident(pid: int, name: str) -> Identity:
@@ -467,9 +467,10 @@ def test_process_gone_before_it_was_seen_takes_its_name_from_the_kernel():
 
 def test_dead_processes_get_no_socket_lookup():
     class Strict(FakeProcesses):
-        def sockets(self, pid):
-            assert pid in self.alive, f"asked for the sockets of dead pid {pid}"
-            return super().sockets(pid)
+        def sockets_of(self, pids):
+            for pid in pids:
+                assert pid in self.alive, f"asked for the sockets of dead pid {pid}"
+            return super().sockets_of(pids)
 
     processes = Strict({10: ident(10, "nginx")}, alive=set())
     probe = FakeProbe([counters(p10=dict(tcp_in=1))])
@@ -606,8 +607,8 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
             return True
 
         @staticmethod
-        def sockets(pid):
-            return []
+        def sockets_of(pids):
+            return {pid: [] for pid in pids}
 
     class Probe:
         mode = "payload"

@@ -53,10 +53,30 @@ def test_this_process_sockets_are_found():
     dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dgram.bind(("127.0.0.1", 0))
     try:
-        found = sockettable.process_sockets(os.getpid())
+        found = sockettable.sockets_by_pid([os.getpid()])[os.getpid()]
         mine = {(e.protocol, e.family, e.local_addr, e.local_port, e.state) for e in found}
         assert ("tcp", "ipv6", "::1", listener.getsockname()[1], "LISTEN") in mine
         assert ("udp", "ipv4", "127.0.0.1", dgram.getsockname()[1], "NONE") in mine
     finally:
         listener.close()
         dgram.close()
+
+
+def test_a_namespace_table_is_read_once_for_all_its_processes(tmp_path):
+    """Two processes of one namespace, one socket each, and a socket they share (fork)."""
+    ns_file = tmp_path / "netns"
+    ns_file.write_text("")
+    for pid, inodes in ((100, [40958, 777]), (200, [777, 555])):
+        (tmp_path / str(pid) / "fd").mkdir(parents=True)
+        (tmp_path / str(pid) / "ns").mkdir()
+        os.symlink(ns_file, tmp_path / str(pid) / "ns" / "net")
+        for fd, inode in enumerate(inodes):
+            os.symlink(f"socket:[{inode}]", tmp_path / str(pid) / "fd" / str(fd))
+    # Only the first process's tables exist: the second must not need its own.
+    (tmp_path / "100" / "net").mkdir()
+    (tmp_path / "100" / "net" / "tcp").write_text(TCP)
+    (tmp_path / "100" / "net" / "udp").write_text(UDP)
+    found = sockettable.sockets_by_pid([100, 200, 300], proc=str(tmp_path))
+    assert sorted(e.inode for e in found[100]) == [777, 40958]
+    assert sorted(e.inode for e in found[200]) == [555, 777]
+    assert found[300] == []  # gone
