@@ -38,9 +38,8 @@ BPF_TABLE("lru_hash", u64, struct sock_info, sockets, MAX_SOCKETS);
 
 /* The device of the socket's cached route: where its packets leave. Unset
  * for unconnected UDP sockets, whose route is looked up per datagram. */
-static __always_inline u32 tx_ifindex(const void *sk)
+static __always_inline u32 dev_ifindex_of(void *dst)
 {
-    void *dst = read_ptr(sk, OFF_SK_DST_CACHE);
     if (!dst)
         return UNKNOWN_IFINDEX;
     void *dev = read_ptr(dst, OFF_DST_DEV);
@@ -49,13 +48,35 @@ static __always_inline u32 tx_ifindex(const void *sk)
     return read_u32(dev, OFF_DEV_IFINDEX);
 }
 
+/* sk_protocol and the cached route, in one kernel read where BTF puts them
+ * within 16 bytes of each other (every helper call costs ~20 ns per call). */
+struct proto_dst {
+    u16 protocol;
+    void *dst;
+};
+
+static __always_inline struct proto_dst read_proto_dst(const void *sk)
+{
+    struct proto_dst out = {};
+#if OFF_SK_DST_CACHE >= OFF_SK_PROTOCOL && OFF_SK_DST_CACHE + 8 - OFF_SK_PROTOCOL <= 16
+    u8 window[16] = {};
+    bpf_probe_read_kernel(window, sizeof(window), (const char *)sk + OFF_SK_PROTOCOL);
+    __builtin_memcpy(&out.protocol, window, 2);
+    __builtin_memcpy(&out.dst, window + (OFF_SK_DST_CACHE - OFF_SK_PROTOCOL), 8);
+#else
+    out.protocol = read_u16(sk, OFF_SK_PROTOCOL);
+    out.dst = read_ptr(sk, OFF_SK_DST_CACHE);
+#endif
+    return out;
+}
+
 /* TCP keeps the ingress device of its segments in sk_rx_dst_ifindex; UDP
  * keeps nothing, so the softirq hook below remembers it per socket. */
-static __always_inline u32 rx_ifindex(const void *sk, u16 protocol)
+static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
 {
     if (protocol == IPPROTO_TCP) {
         u32 ifindex = read_u32(sk, OFF_SK_RX_DST_IFINDEX);
-        return ifindex ? ifindex : tx_ifindex(sk);
+        return ifindex ? ifindex : dev_ifindex_of(dst);
     }
     u64 key = (u64)sk;
     u32 *ifindex = udp_rx_ifindex.lookup(&key);
@@ -113,10 +134,11 @@ static __always_inline int on_socket_call(struct bpf_raw_tracepoint_args *ctx, u
     u16 family = read_u16(sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return 0;
-    u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
+    struct proto_dst pd = read_proto_dst(sk);
+    u16 protocol = pd.protocol;
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return 0;
-    u32 ifindex = dir == DIR_OUT ? tx_ifindex(sk) : rx_ifindex(sk, protocol);
+    u32 ifindex = dir == DIR_OUT ? dev_ifindex_of(pd.dst) : rx_ifindex(sk, protocol, pd.dst);
 #ifdef FILTER_IFACES
     if (!iface_ok(netns_of(sk), ifindex))
 #else
