@@ -144,6 +144,9 @@ def mount_tracefs() -> bool:
 def check_tracefs() -> Finding:
     if mount_tracefs():
         return Finding("tracefs", True, f"mounted at {TRACEFS}", required=False)
+    if _mounted_fstype("tracefs"):
+        return Finding("tracefs", False, "mounted, but not readable without root (raw tracepoints work "
+                                         "without it)", "run as root", required=False)
     return Finding("tracefs", False, f"not mounted at {TRACEFS} (raw tracepoints work without it)",
                    f"mount -t tracefs tracefs {TRACEFS}", required=False)
 
@@ -160,6 +163,14 @@ def check_kprobes(config: dict[str, str]) -> Finding:
     if config.get("CONFIG_KPROBES") == "y" or os.path.exists(TRACEFS + "/kprobe_events"):
         return Finding("kprobes", True, "available (not used: the tracepoints are preferred)", required=False)
     return Finding("kprobes", False, "not available (CONFIG_KPROBES is not set); not needed", required=False)
+
+
+def _mounted_fstype(fstype: str, mounts_path: str = "/proc/mounts") -> bool:
+    try:
+        with open(mounts_path) as f:
+            return any(len(parts) > 2 and parts[2] == fstype for parts in (line.split() for line in f))
+    except OSError:
+        return False
 
 
 def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
