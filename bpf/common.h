@@ -50,6 +50,21 @@ struct iface_key {
     u32 ifindex;
 };
 
+/* Bytes of one socket with its addresses (-DDETAILS), as both backends
+ * keep them and procnetmon/probes/loader.py reads them. */
+struct sock_info {
+    u32 tgid;
+    u16 family;
+    u16 protocol;
+    u16 lport; /* host order */
+    u16 rport; /* host order */
+    u32 pad;
+    u8 laddr[16]; /* IPv4 in the first 4 bytes */
+    u8 raddr[16];
+    u64 bytes_in;
+    u64 bytes_out;
+};
+
 struct exit_info {
     char comm[16];
     u64 exit_ns;

@@ -21,18 +21,6 @@
 BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
 
 #ifdef DETAILS
-struct sock_info {
-    u32 tgid;
-    u16 family;
-    u16 protocol;
-    u16 lport; /* host order */
-    u16 rport; /* host order */
-    u32 pad;
-    u8 laddr[16]; /* IPv4 in the first 4 bytes */
-    u8 raddr[16];
-    u64 bytes_in;
-    u64 bytes_out;
-};
 BPF_TABLE("lru_hash", u64, struct sock_info, sockets, MAX_SOCKETS);
 #endif
 

@@ -53,20 +53,8 @@ BPF_TABLE("lru_hash", u64, struct owner, early_owners, MAX_PENDING);
 BPF_TABLE("lru_hash", struct pending_key, u64, pending, MAX_PENDING);
 
 #ifdef DETAILS
-/* Same layout as payload.bpf.c's; tgid is filled in by user space from
- * `owners`, since the owner may be learnt after the packets. */
-struct sock_info {
-    u32 tgid;
-    u16 family;
-    u16 protocol;
-    u16 lport; /* host order */
-    u16 rport; /* host order */
-    u32 pad;
-    u8 laddr[16]; /* IPv4 in the first 4 bytes */
-    u8 raddr[16];
-    u64 bytes_in;
-    u64 bytes_out;
-};
+/* tgid stays 0 here: user space takes it from `owners`, since the owner
+ * may be learnt after the packets. */
 /* By interface too, so that user space filters bytes learnt before their
  * owner (and its namespace) the way it filters `pending`. */
 struct socket_key {

@@ -54,19 +54,10 @@ def still_alive(identity: Identity) -> bool:
     return now is not None and (identity.create_time == 0.0 or now.create_time == identity.create_time)
 
 
-@dataclass(frozen=True)
-class Socket:
-    protocol: str  # "tcp" | "udp"
-    family: str  # "ipv4" | "ipv6"
-    local_addr: str
-    local_port: int
-    remote_addr: str  # "" when unconnected
-    remote_port: int
-    state: str
+# A socket of a process: protocol, family, addresses, ports, state.
+Socket = sockettable.SocketEntry
 
 
 def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
     """The TCP and UDP sockets each process holds now, seen in its own network namespace."""
-    return {pid: [Socket(e.protocol, e.family, e.local_addr, e.local_port, e.remote_addr, e.remote_port, e.state)
-                  for e in entries]
-            for pid, entries in sockettable.sockets_by_pid(pids).items()}
+    return sockettable.sockets_by_pid(pids)

@@ -31,7 +31,7 @@ class SocketEntry(NamedTuple):
     remote_addr: str  # "" when unconnected
     remote_port: int
     state: str  # TCP state name; "NONE" for UDP
-    inode: int
+    inode: int = 0
 
 
 def decode_address(text: str) -> tuple[str, int]:
