@@ -194,3 +194,13 @@ def test_exited_process_leaves_the_kernel_maps_but_keeps_its_totals(peer):
     records = run.json_lines()
     assert by_pid(records[-2])[client.pid]["total_bytes_out"] == 77_000
     assert by_pid(records[-1])[client.pid]["bytes_out"] == 77_000
+
+
+def test_sendfile_is_counted(peer):
+    """sendfile(2) moves the bytes in the kernel (splice into sock_sendmsg): still the process's."""
+    server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=700_000)
+    client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=700_000, sendfile=True)
+    doc, truth = sample({"server": server, "client": client})
+    assert truth["client"]["tcp_out"] == 700_000
+    assert_exact(by_pid(doc)[client.pid], truth["client"])
+    assert_exact(by_pid(doc)[server.pid], truth["server"])

@@ -23,6 +23,7 @@ import ctypes
 import json
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -54,6 +55,15 @@ def send_all(sock: socket.socket, n: int) -> int:
     while sent < n:
         sent += sock.send(block[: min(65536, n - sent)])
     return sent
+
+
+def send_file(sock: socket.socket, n: int) -> int:
+    """Send n bytes from a file with sendfile(2): the kernel moves them, no send() call."""
+    with tempfile.TemporaryFile() as f:
+        f.write(b"f" * n)
+        f.flush()
+        f.seek(0)
+        return sock.sendfile(f)
 
 
 def tcp_server(args, result: dict, held: list) -> None:
@@ -105,7 +115,7 @@ def tcp_client(args, result: dict, held: list) -> None:
     def one_connection():
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.connect((args.addr, args.port))
-        sent = send_all(s, args.send)
+        sent = send_file(s, args.send) if args.sendfile else send_all(s, args.send)
         got = recv_exactly(s, args.expect) if args.expect else 0
         with lock:
             totals["tcp_out"] += sent
@@ -191,6 +201,7 @@ def main() -> None:
     p.add_argument("--accept-delay", type=float, default=0.0)
     p.add_argument("--exit", action="store_true", help="exit right after reporting")
     p.add_argument("--hold", action="store_true", help="keep the TCP sockets open until told to exit")
+    p.add_argument("--sendfile", action="store_true", help="tcp-client: send with sendfile(2)")
     args = p.parse_args()
     if args.name:
         set_name(args.name)
