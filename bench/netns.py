@@ -10,57 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import random
-import subprocess
 from dataclasses import dataclass
 
-# The upper half of 198.18.0.0/15: the e2e tests' harness draws from the
-# lower half, so a benchmark running beside them rarely even probes the same /30.
+from testbed.netns import free_subnet, sh
+
+# The upper half of 198.18.0.0/15: the e2e tests draw from the lower half, so
+# a benchmark running beside them never even probes the same /30.
 POOL = ipaddress.ip_network("198.19.0.0/16")
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _used_networks() -> list:
-    """Every IPv4 network this host has an address in or a route to (the default route aside)."""
-    nets = []
-    for line in sh("ip", "-o", "-4", "addr", "show").splitlines():
-        parts = line.split()
-        nets.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
-    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
-        words = line.split()
-        # Route lines may start with a type ("local", "broadcast"): the prefix follows it.
-        for word in words[:2]:
-            try:
-                nets.append(ipaddress.ip_network(word, strict=False))
-                break
-            except ValueError:
-                continue
-    return [n for n in nets if n.prefixlen > 0]
-
-
-def _routes_outward(addr: ipaddress.IPv4Address) -> bool:
-    """True when the kernel would send ``addr`` to the default gateway, i.e. it is unused here."""
-    route = sh("ip", "-4", "route", "get", str(addr), check=False)
-    return bool(route) and not route.startswith(("local", "broadcast", "unreachable")) and " via " in route
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A /30 of POOL that no address or route of this host overlaps."""
-    used = _used_networks()
-    candidates = list(POOL.subnets(new_prefix=30))
-    start = random.randrange(len(candidates))
-    for candidate in candidates[start:] + candidates[:start]:
-        if any(candidate.overlaps(n) for n in used):
-            continue
-        if all(_routes_outward(candidate[i]) for i in (1, 2)):
-            return candidate
-    raise RuntimeError(f"no free /30 in {POOL}")
 
 
 @dataclass
@@ -76,7 +32,7 @@ class Peer:
     @classmethod
     def create(cls) -> "Peer":
         tag = os.getpid() % 1000000
-        net = free_subnet()
+        net = free_subnet(POOL)
         # Interface names are limited to 15 characters.
         peer = cls(f"pnmbench{tag}", f"pnbh{tag}", f"pnbp{tag}", str(net[1]), str(net[2]))
         try:

@@ -1,8 +1,8 @@
 """Peer hosts, traffic processes and procnetmon runs for the end-to-end tests.
 
 A peer is a network namespace joined to this host by a veth pair, with
-addresses from the benchmarking range 198.18.0.0/15 and the ULA prefix
-fd42:6e6d::/48, checked to be unused before they are assigned. Everything
+addresses from the benchmarking range (testbed.netns checks they are unused)
+and the ULA prefix fd42:6e6d::/48. Everything
 created is removed again, also when a test fails.
 """
 
@@ -18,46 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from testbed.netns import free_subnet, sh
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAFFIC = os.path.join(HERE, "traffic.py")
-V4_POOL = ipaddress.ip_network("198.18.0.0/15")
+V4_POOL = ipaddress.ip_network("198.18.0.0/16")  # the benchmark draws from 198.19.0.0/16
 V6_PREFIX = "fd42:6e6d"
-
-
-def sh(*cmd: str, check: bool = True) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def _used_v4_networks() -> list:
-    nets = []
-    for line in sh("ip", "-o", "-4", "addr", "show").splitlines():
-        parts = line.split()
-        nets.append(ipaddress.ip_interface(parts[parts.index("inet") + 1]).network)
-    for line in sh("ip", "-4", "route", "show", "table", "all").splitlines():
-        first = line.split()[0] if line.split() else ""
-        if first and first[0].isdigit():
-            try:
-                nets.append(ipaddress.ip_network(first, strict=False))
-            except ValueError:
-                pass
-    return nets
-
-
-def free_subnet(index: int) -> ipaddress.IPv4Network:
-    """A /30 of 198.18.0.0/15 that no address or route of this host touches."""
-    used = _used_v4_networks()
-    for candidate in list(V4_POOL.subnets(new_prefix=30))[index * 7 + os.getpid() % 4000:]:
-        if any(candidate.overlaps(n) for n in used if n.prefixlen > 0):
-            continue
-        # The route lookup must not find the address local or directly attached.
-        route = sh("ip", "route", "get", str(candidate[2]), check=False)
-        if " dev lo " in route or route.startswith("local"):
-            continue
-        return candidate
-    raise RuntimeError("no free /30 in 198.18.0.0/15")
 
 
 @dataclass
@@ -77,7 +43,7 @@ class Peer:
     def create(cls, index: int) -> "Peer":
         tag = f"{os.getpid() % 100000}x{index}"
         netns, host_if, peer_if = f"pnm{tag}", f"pnmh{tag}", f"pnmp{tag}"
-        net = free_subnet(index)
+        net = free_subnet(V4_POOL)
         v6 = f"{V6_PREFIX}:{os.getpid() % 0xffff:x}:{index:x}"
         host_v6, peer_v6 = (str(ipaddress.ip_address(f"{v6}::{n}")) for n in (1, 2))
         peer = cls(index, netns, host_if, peer_if, str(net[1]), str(net[2]), host_v6, peer_v6)
@@ -203,15 +169,6 @@ def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, time
 
 def by_pid(document: dict) -> dict:
     return {p["pid"]: p for p in document["processes"]}
-
-
-def link_stats(dev: str, netns: Optional[str] = None) -> dict:
-    """The interface's own counters: {"tx_bytes", "tx_packets", "rx_bytes", "rx_packets"}."""
-    where = ["-n", netns] if netns else []
-    link = json.loads(sh("ip", *where, "-j", "-s", "link", "show", "dev", dev))[0]
-    stats = link["stats64"]
-    return {"tx_bytes": stats["tx"]["bytes"], "tx_packets": stats["tx"]["packets"],
-            "rx_bytes": stats["rx"]["bytes"], "rx_packets": stats["rx"]["packets"]}
 
 
 ETHERNET_HEADER = 14

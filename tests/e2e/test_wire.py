@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, link_stats, measure_exchange, run_procnetmon
+from harness import TrafficProcess, by_pid, ip_bytes, measure_exchange, run_procnetmon
+
+from testbed.netns import link_stats
 
 TOLERANCE = 0.01
 
