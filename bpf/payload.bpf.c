@@ -17,6 +17,12 @@
 
 #define MSG_PEEK 2
 
+/* The interface of a call only matters to the filters: without them (every
+ * interface, loopback included) the softirq hook below is not even loaded. */
+#if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
+#define NEED_UDP_RX_IFINDEX 1
+#endif
+
 /* Interface of the datagram last queued on each UDP socket, noted in softirq. */
 BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
 
@@ -66,9 +72,13 @@ static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
         u32 ifindex = read_u32(sk, OFF_SK_RX_DST_IFINDEX);
         return ifindex ? ifindex : dev_ifindex_of(dst);
     }
+#ifdef NEED_UDP_RX_IFINDEX
     u64 key = (u64)sk;
     u32 *ifindex = udp_rx_ifindex.lookup(&key);
     return ifindex ? *ifindex : UNKNOWN_IFINDEX;
+#else
+    return UNKNOWN_IFINDEX;
+#endif
 }
 
 #ifdef DETAILS
@@ -150,6 +160,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
     return on_socket_call(ctx, DIR_IN);
 }
 
+#ifdef NEED_UDP_RX_IFINDEX
 /* args: struct sock *sk. Runs in softirq right after a datagram is queued,
  * so the tail of the receive queue is that datagram. A reader on another
  * CPU may have taken it already: then the queue is empty and nothing is noted. */
@@ -172,3 +183,4 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     udp_rx_ifindex.update(&key, &ifindex);
     return 0;
 }
+#endif
