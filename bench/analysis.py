@@ -15,8 +15,9 @@ from bench.runner import BASELINE, Run
 THROUGHPUT_TARGET = 0.98  # of the no-monitor throughput
 CPU_TARGET = 0.01  # of one core, at --interval 1s
 ATTACH_TARGET = 0.5  # seconds from launch to probes attached
-PROCNETMON = ("procnetmon", "procnetmon-p")
-LABELS = {"procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p", "nethogs": "nethogs"}
+PROCNETMON = ("procnetmon", "procnetmon-p")  # the monitors the targets are for (payload mode)
+LABELS = {"procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p", "procnetmon-wire": "procnetmon --mode wire",
+          "nethogs": "nethogs"}
 
 
 @dataclass
@@ -152,7 +153,7 @@ def verdicts(table: list[Row], start: Startup, workload_titles: dict[str, str],
     # The same target seen through the kernel's own timing of the probes:
     # with the data path saturating its one core, every nanosecond the
     # programs take is a nanosecond of traffic not moved.
-    for run in bpf_runs:
+    for run in (r for r in bpf_runs if r.monitor in PROCNETMON):
         share = bpf_share(run)
         allowed = 1 - THROUGHPUT_TARGET
         out.append(Verdict(

@@ -130,17 +130,19 @@ class Procnetmon(Monitor):
     is ready, and carries its own launch-to-attached time.
     """
 
-    def __init__(self, watch_server: bool):
+    def __init__(self, watch_server: bool, mode: str = "payload"):
         super().__init__()
         self.watch_server = watch_server
-        self.name = "procnetmon-p" if watch_server else "procnetmon"
-        self.title = "procnetmon -p" if watch_server else "procnetmon"
+        self.mode = mode
+        suffix = "" if mode == "payload" else f"-{mode}"
+        self.name = ("procnetmon-p" if watch_server else "procnetmon") + suffix
+        self.title = ("procnetmon -p" if watch_server else "procnetmon") + ("" if mode == "payload" else f" --mode {mode}")
         self._attached = threading.Event()
         self._attach_line = ""
         self._attached_at: Optional[float] = None
 
     def command(self, ctx: Context) -> list[str]:
-        cmd = [ctx.procnetmon, "-c", "--interval", "1s", "--json"]
+        cmd = [ctx.procnetmon, "-c", "--interval", "1s", "--json", "--mode", self.mode]
         if self.watch_server:
             cmd += ["-p", str(ctx.server_pid)]
         return cmd

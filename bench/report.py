@@ -17,7 +17,7 @@ from bench.runner import Run
 from bench.workloads import Workload
 
 TITLES = {"none": "no monitor", "procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p (server PID)",
-          "nethogs": "nethogs -t -C"}
+          "procnetmon-wire": "procnetmon --mode wire", "nethogs": "nethogs -t -C"}
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -131,7 +131,9 @@ UDP datagrams as fast as the client sends them (`-u -b 0 -l 64`, datagrams
 the server received per second). {pinned}
 
 Monitors: `procnetmon -c --interval 1s --json` (every process),
-`procnetmon -c --interval 1s --json -p <iperf3 server PID>`, and
+`procnetmon -c --interval 1s --json -p <iperf3 server PID>`,
+`procnetmon -c --interval 1s --json --mode wire` (every process; measured
+beside the others, the targets are payload mode's), and
 `nethogs -t -C -d 1 <host veth>` (trace mode, TCP and UDP). Each monitor is
 started before the traffic and must be ready first (procnetmon: its
 "probes attached" line; nethogs: its first refresh). After one unscored

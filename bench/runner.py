@@ -25,6 +25,7 @@ MONITORS: dict[str, Callable[[], Monitor]] = {
     "none": NoMonitor,
     "procnetmon": lambda: Procnetmon(watch_server=False),
     "procnetmon-p": lambda: Procnetmon(watch_server=True),
+    "procnetmon-wire": lambda: Procnetmon(watch_server=False, mode="wire"),
     "nethogs": Nethogs,
 }
 BASELINE = "none"

@@ -97,25 +97,30 @@ static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifin
 }
 #endif
 
-/* Process context only: the caller's thread group owns sk from now on. */
+/* Process context only: the caller's thread group owns sk from now on.
+ * Runs on every socket call, so the common case (owner already known) is
+ * one kernel read and one lookup; the rest is read only to note a new one. */
 static __always_inline void note_owner(const void *sk)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid))
         return;
+    u64 cookie = 0;
+    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)sk + OFF_SK_COOKIE);
+    if (cookie) {
+        struct owner *known = owners.lookup(&cookie);
+        if (known && known->tgid == tgid)
+            return;
+    }
     u16 family = read_u16(sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return;
     u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return;
-    u64 cookie = 0;
-    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)sk + OFF_SK_COOKIE);
     struct owner fresh = {.tgid = tgid, .netns = netns_of(sk)};
     if (cookie) {
-        struct owner *known = owners.lookup(&cookie);
-        if (!known || known->tgid != tgid)
-            owners.update(&cookie, &fresh);
+        owners.update(&cookie, &fresh);
     } else {
         u64 addr = (u64)sk;
         early_owners.update(&addr, &fresh);
