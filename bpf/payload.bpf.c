@@ -21,10 +21,9 @@
  * interface, loopback included) the softirq hook below is not even loaded. */
 #if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
 #define NEED_UDP_RX_IFINDEX 1
-#endif
-
 /* Interface of the datagram last queued on each UDP socket, noted in softirq. */
 BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
+#endif
 
 #ifdef DETAILS
 BPF_TABLE("lru_hash", u64, struct sock_info, sockets, MAX_SOCKETS);
