@@ -19,7 +19,8 @@ TOLERANCE = 0.01
 
 
 def reconcile(peer, server, client, truth_out):
-    """Run wire mode over the exchange; return the document and both veths' IP bytes."""
+    """Run wire mode over the exchange; return the document and both veths' IP bytes.
+    The processes are finished whatever happens."""
     stats = {}
 
     def during():
@@ -33,8 +34,12 @@ def reconcile(peer, server, client, truth_out):
         stats["host1"] = link_stats(peer.host_if)
         stats["peer1"] = link_stats(peer.peer_if, peer.netns)
 
-    run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", "-t", "4s", "--json",
-                         during=during)
+    try:
+        run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", "-t", "4s", "--json",
+                             during=during)
+    finally:
+        server.finish()
+        client.finish()
     assert run.returncode == 0, run.stderr
     veth = {
         "client_out": ip_bytes(stats["host0"], stats["host1"], "tx"),
@@ -67,11 +72,7 @@ def test_tcp_bulk_reconciles_with_the_veth_counters(peer, family):
     server = TrafficProcess("tcp-server", addr, netns=peer.netns, expect=4_000_000, reply=100_000)
     client = TrafficProcess("tcp-client", addr, server.port, send=4_000_000, expect=100_000)
     truth = {}
-    try:
-        doc, veth = reconcile(peer, server, client, truth)
-    finally:
-        server.finish()
-        client.finish()
+    doc, veth = reconcile(peer, server, client, truth)
     assert_reconciles(doc, veth, server, client, truth)
     # TCP headers and ACKs: the receiver sends far more wire bytes than payload.
     assert by_pid(doc)[server.pid]["bytes_out"] > truth["server"]["tcp_out"] + 1000
@@ -83,11 +84,7 @@ def test_udp_flood_reconciles_with_the_veth_counters(peer, family):
     server = TrafficProcess("udp-server", addr, netns=peer.netns, count=5000, reply=0)
     client = TrafficProcess("udp-client", addr, server.port, count=5000, size=200, reply=0)
     truth = {}
-    try:
-        doc, veth = reconcile(peer, server, client, truth)
-    finally:
-        server.finish()
-        client.finish()
+    doc, veth = reconcile(peer, server, client, truth)
     # The server only receives, and the client only sends: reconcile those.
     rows = by_pid(doc)
     header = 28 if family == "ipv4" else 48
