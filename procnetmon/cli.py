@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from typing import Optional
 
@@ -33,6 +34,10 @@ FORMATS = ("text", "json", "csv")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
 UNITS = ("bits", "bytes")
 MODES = ("payload", "wire")
+# Where the socket-call hooks attach, best first; "auto" takes the best the
+# kernel offers (procnetmon --check says which).
+BACKENDS = ("auto", "tracepoint", "fentry", "kprobe")
+BACKEND_ENV = "PROCNETMON_BACKEND"
 
 DESCRIPTION = """\
 Measure how many bytes each process sends and receives over the network.
@@ -343,9 +348,18 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
         help="report what the running kernel offers and which probes would be used, then exit",
     )
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
+    # Hidden: forces a probe backend, so that the tests can run each one the
+    # kernel offers. $PROCNETMON_BACKEND sets the default.
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=_default_backend(), help=argparse.SUPPRESS,
+    )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}",
     )
+
+
+def _default_backend() -> str:
+    return os.environ.get(BACKEND_ENV, "").strip() or "auto"
 
 
 # --------------------------------------------------------------------------
@@ -372,6 +386,9 @@ def _violations(args: argparse.Namespace):
         yield f"choose one output format: --json, --csv or --format (got {written})"
     if args.check and args.ebpf:
         yield "choose one of --check or --ebpf"
+    if args.backend not in BACKENDS:
+        yield (f"unknown probe backend {args.backend!r} (from ${BACKEND_ENV}): "
+               f"use one of {', '.join(BACKENDS)}")
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
     yield from _duration_violations(args)
