@@ -43,7 +43,7 @@ def _say(stream: TextIO, message: str) -> None:
         pass
 
 
-def run_check(out: TextIO) -> ExitStatus:
+def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     findings = check.run_checks()
     width = max(len(f.name) for f in findings)
     for f in findings:
@@ -51,9 +51,9 @@ def run_check(out: TextIO) -> ExitStatus:
         out.write(f"{mark} {f.name:<{width}}  {f.detail}\n")
         if not f.ok and f.fix:
             out.write(f"    {'':<{width}}  fix: {f.fix}\n")
-    ready, backend = check.payload_backend(findings)
+    ready, backend = check.payload_backend(findings, wanted_backend)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
-    wire_ready, wire_backend = check.wire_backend(findings)
+    wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
     out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
@@ -86,7 +86,7 @@ def _make_probe(args):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                        details=args.details), include_loopback
+                 details=args.details, backend=args.backend), include_loopback
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -140,7 +140,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def run(args, out: TextIO, err: TextIO) -> ExitStatus:
     if args.check:
-        return run_check(out)
+        return run_check(out, args.backend)
     _check_pids(args.pids)
     probe, include_loopback = _make_probe(args)
     if args.ebpf:
@@ -177,8 +177,8 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
             if not args.quiet:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
-                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched}; "
-                          f"sampling {_describe_scope(args)}")
+                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
             summary = sampler.run(writer.write)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")

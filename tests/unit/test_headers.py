@@ -176,9 +176,9 @@ def test_ensure_headers_builds_once_and_reuses(monkeypatch, tmp_path, system):
     cache_dir = tmp_path / "cache"
 
     first = headers.ensure_headers(str(cache_dir))
-    assert first == (str(cache_dir / "headers"), True)
-    assert calls == [str(cache_dir / "headers")]
-    assert (cache_dir / "headers" / headers.STAMP).is_file()
+    assert first == (str(cache_dir / f"headers-v{headers.TREE_VERSION}"), True)
+    assert calls == [str(cache_dir / f"headers-v{headers.TREE_VERSION}")]
+    assert (cache_dir / f"headers-v{headers.TREE_VERSION}" / headers.STAMP).is_file()
 
     assert headers.ensure_headers(str(cache_dir)) == first
     assert len(calls) == 1
