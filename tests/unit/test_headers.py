@@ -189,6 +189,7 @@ def test_ensure_headers_rebuilds_a_tree_without_stamp(monkeypatch, tmp_path, sys
     calls = []
     monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
     monkeypatch.setattr(headers, "build_tree", lambda root, *a, **k: calls.append(root))
-    (tmp_path / "headers/include").mkdir(parents=True)
-    assert headers.ensure_headers(str(tmp_path)) == (str(tmp_path / "headers"), True)
-    assert calls == [str(tmp_path / "headers")]
+    tree = tmp_path / f"headers-v{headers.TREE_VERSION}"
+    (tree / "include").mkdir(parents=True)
+    assert headers.ensure_headers(str(tmp_path)) == (str(tree), True)
+    assert calls == [str(tree)]
