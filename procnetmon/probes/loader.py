@@ -99,7 +99,8 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-            raise ProbeError(f"loading the {self.mode} probes failed: {e} ({self.requirement}; "
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
+            raise ProbeError(f"loading the {self.mode} probes failed: {e} ({cause}; "
                              "run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
