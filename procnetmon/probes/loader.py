@@ -138,8 +138,9 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
             raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
+                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
             if self.backend.name == "kprobe":
