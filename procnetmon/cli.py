@@ -29,6 +29,14 @@ MIN_INTERVAL = 0.1  # seconds; shorter intervals cost more than they tell
 IFNAME_MAX = 15
 # The highest PID Linux can hand out (PID_MAX_LIMIT on 64-bit).
 PID_MAX = 4194304
+# How many PIDs -p takes: the size of the kernel's PID filter map (MAX_PIDS
+# in bpf/common.h). Refused here, before anything is attached.
+MAX_PIDS = 4096
+# The longest -t and --interval: a year. Longer ones overflow the timers
+# they end up in, and nobody samples for longer in one run.
+MAX_DURATION = 365 * 24 * 3600.0
+# The largest -n and --top.
+MAX_COUNT = 1_000_000_000
 
 FORMATS = ("text", "json", "csv")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
@@ -89,13 +97,17 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: it must be more than zero, {DURATION_EXAMPLES}"
         )
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: the longest is a year (8760h), {DURATION_EXAMPLES}"
+        )
     return seconds
 
 
 def _duration_seconds(compact: str) -> Optional[float]:
     """Seconds in a whitespace-free, lower-case duration, or None if malformed."""
     if re.fullmatch(_NUMBER, compact):
-        return float(compact)
+        return float(compact)  # may be inf (400 digits): refused as too long
     match = _DURATION_RE.fullmatch(compact)
     if not compact or match is None:
         return None
@@ -104,7 +116,7 @@ def _duration_seconds(compact: str) -> Optional[float]:
         for unit, value in match.groupdict().items()
         if value is not None
     )
-    return seconds if math.isfinite(seconds) else None
+    return None if math.isnan(seconds) else seconds
 
 
 def parse_interval(text: str) -> float:
@@ -121,6 +133,7 @@ def parse_pids(text: str) -> list[int]:
     """A comma-separated list of PIDs; spaces and empty items are tolerated,
     duplicates dropped, order kept."""
     pids: list[int] = []
+    seen: set[int] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue  # "1,2," and the like: harmless
@@ -133,8 +146,14 @@ def parse_pids(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(
                 f"invalid PID {item!r} in {text!r}: Linux PIDs are at most {PID_MAX}"
             )
-        if pid not in pids:
+        if pid not in seen:
+            seen.add(pid)
             pids.append(pid)
+            if len(pids) > MAX_PIDS:
+                raise argparse.ArgumentTypeError(
+                    f"too many PIDs: at most {MAX_PIDS} can be measured at once "
+                    "(leave out -p to measure every process)"
+                )
     if not pids:
         # Typically $(pgrep ...) that matched nothing.
         raise argparse.ArgumentTypeError(
@@ -173,14 +192,21 @@ def _ifname_problem(name: str) -> Optional[str]:
 
 
 def positive_int(text: str) -> int:
-    """An integer of at least 1 (for ``--count`` and ``--top``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    """An integer from 1 to ``MAX_COUNT`` (for ``--count`` and ``--top``)."""
+    stripped = text.strip()
+    # Checked before int(): a number of thousands of digits is refused by
+    # length, not by Python's digit limit.
+    if not (stripped.isascii() and stripped.isdigit()) or len(stripped) > 12:
+        value = 0 if not (stripped.isascii() and stripped.isdigit()) else MAX_COUNT + 1
+    else:
+        value = int(stripped)
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"invalid number {text!r}: give a whole number of 1 or more, e.g. 5"
+        )
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"invalid number {text!r}: the largest is {MAX_COUNT}"
         )
     return value
 
@@ -241,7 +267,8 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to measure")
     group.add_argument(
         "-p", "--pids", metavar="PIDS", type=parse_pids, default=None,
-        help="comma-separated PIDs to measure, e.g. 1234,5678 (default: every process); "
+        help="comma-separated PIDs to measure, e.g. 1234,5678, at most 4096 "
+        "(default: every process); "
         "a PID that does not exist is an error, one that exits during the run is "
         "reported as not alive",
     )
@@ -272,7 +299,8 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
-        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES})",
+        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES}; "
+        "at most a year)",
     )
     group.add_argument(
         "-c", "--continuous", action="store_true",
@@ -280,13 +308,13 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-n", "--count", metavar="N", type=positive_int, default=None,
-        help="print N interval records, then the summary",
+        help="print N interval records, then the summary (N from 1 to 1000000000)",
     )
     group.add_argument(
         "--interval", metavar="DURATION", type=parse_interval,
         default=DEFAULT_INTERVAL, action=_StoreGiven,
         help="length of one interval, which is also the window of the peak rates "
-        "(default: 1s, at least 100ms)",
+        "(default: 1s, at least 100ms, at most a year)",
     )
 
 
