@@ -77,6 +77,14 @@ _DURATION_RE = re.compile(
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when it is long (a
+    list of thousands of PIDs, a number of thousands of digits)."""
+    if len(text) <= 60:
+        return repr(text)
+    return f"{text[:40]!r}... ({len(text)} characters)"
+
+
 # --------------------------------------------------------------------------
 # Argument types: each turns one command-line string into a value or raises
 # ArgumentTypeError with a message that shows what to write instead.
@@ -91,15 +99,15 @@ def parse_duration(text: str) -> float:
         seconds = -1.0  # reported as "not more than zero" below
     if seconds is None:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: write a number with a unit, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: write a number with a unit, {DURATION_EXAMPLES}"
         )
     if seconds <= 0:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: it must be more than zero, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: it must be more than zero, {DURATION_EXAMPLES}"
         )
     if seconds > MAX_DURATION:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: the longest is a year (8760h), {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: the longest is a year (8760h), {DURATION_EXAMPLES}"
         )
     return seconds
 
@@ -124,7 +132,7 @@ def parse_interval(text: str) -> float:
     seconds = parse_duration(text)
     if seconds < MIN_INTERVAL:
         raise argparse.ArgumentTypeError(
-            f"interval {text!r} is too short: the shortest is 100ms, e.g. --interval 1s"
+            f"interval {_shown(text)} is too short: the shortest is 100ms, e.g. --interval 1s"
         )
     return seconds
 
@@ -139,12 +147,12 @@ def parse_pids(text: str) -> list[int]:
             continue  # "1,2," and the like: harmless
         if not item.isdigit() or not item.isascii() or int(item) == 0:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: PIDs are positive integers, e.g. -p 1234,5678"
+                f"invalid PID {_shown(item)} in {_shown(text)}: PIDs are positive integers, e.g. -p 1234,5678"
             )
         pid = int(item)
         if pid > PID_MAX:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: Linux PIDs are at most {PID_MAX}"
+                f"invalid PID {_shown(item)} in {_shown(text)}: Linux PIDs are at most {PID_MAX}"
             )
         if pid not in seen:
             seen.add(pid)
@@ -157,7 +165,7 @@ def parse_pids(text: str) -> list[int]:
     if not pids:
         # Typically $(pgrep ...) that matched nothing.
         raise argparse.ArgumentTypeError(
-            f"no PID in {text!r}: give at least one, e.g. -p 1234,5678 "
+            f"no PID in {_shown(text)}: give at least one, e.g. -p 1234,5678 "
             "(if it came from pgrep, nothing matched)"
         )
     return pids
@@ -171,7 +179,7 @@ def parse_interfaces(text: str) -> list[str]:
         problem = _ifname_problem(item)
         if problem:
             raise argparse.ArgumentTypeError(
-                f"invalid interface name {item!r} in {text!r}: {problem}, e.g. -i eth0,wlan0"
+                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, e.g. -i eth0,wlan0"
             )
         if item not in names:
             names.append(item)
@@ -202,11 +210,11 @@ def positive_int(text: str) -> int:
         value = int(stripped)
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"invalid number {text!r}: give a whole number of 1 or more, e.g. 5"
+            f"invalid number {_shown(text)}: give a whole number of 1 or more, e.g. 5"
         )
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(
-            f"invalid number {text!r}: the largest is {MAX_COUNT}"
+            f"invalid number {_shown(text)}: the largest is {MAX_COUNT}"
         )
     return value
 
