@@ -118,6 +118,18 @@ class Record:
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
 
 
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a name or command line that were
+    not UTF-8 (which Python carries as lone surrogates) become ``\\xHH``,
+    a backslash, ``x`` and two hex digits, as Python's ``backslashreplace``
+    writes them. Everything else is kept as it is."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _round_rate(value: float) -> float:
     return round(value, 3)
 
@@ -125,8 +137,8 @@ def _round_rate(value: float) -> float:
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d = {
         "pid": p.pid,
-        "name": p.name,
-        "cmdline": p.cmdline,
+        "name": clean_text(p.name),
+        "cmdline": clean_text(p.cmdline),
         "alive": p.alive,
         "bytes_in": p.bytes_in,
         "bytes_out": p.bytes_out,

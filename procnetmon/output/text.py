@@ -5,13 +5,17 @@ process per interval when streaming (the column headings printed once, so
 Sizes are scaled with powers of 1000 (B, KB, MB, GB, TB); rates are shown in
 bits (bps, Kbps, Mbps, ...) or bytes (B/s, KB/s, ...) per second.  Only ASCII
 is used in the frame, so the text survives any locale and log file.
+
+Any user can name a process: control characters in names (an escape
+sequence, a newline) are shown as ``\\xHH`` so that they neither drive the
+terminal nor break rows, and bytes that are not UTF-8 as ``\\xHH`` too.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record
+from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record, clean_text
 
 NO_TRAFFIC = "no traffic measured"
 EXITED = " (exited)"
@@ -39,6 +43,22 @@ _SORT_KEYS: dict[str, tuple[Callable[[ProcessStats], object], bool]] = {
     "out": (lambda p: p.bytes_out, True),
     "total": (lambda p: p.bytes_in + p.bytes_out, True),
 }
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL
+    as ``\\xHH``, undecodable bytes as ``\\xHH`` (see ``clean_text``)."""
+    text = clean_text(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # --------------------------------------------------------------------------
@@ -178,7 +198,7 @@ def _title(record: Record) -> str:
 def _interfaces(record: Record) -> str:
     if record.interfaces is None:
         return "all" if record.include_loopback else "all but lo"
-    return ",".join(record.interfaces)
+    return printable(",".join(record.interfaces))
 
 
 # --------------------------------------------------------------------------
@@ -208,7 +228,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
     if not record.processes:
         return lines + [f"{clock}  {NO_TRAFFIC}"]
     for process in rows:
-        label = _fit(process.name, not process.alive, STREAM_NAME_WIDTH)
+        label = _fit(printable(process.name), not process.alive, STREAM_NAME_WIDTH)
         lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
         if details:
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
@@ -238,7 +258,7 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
 
 
 def _label(process: ProcessStats) -> str:
-    return process.name + (EXITED if not process.alive else "")
+    return printable(process.name) + (EXITED if not process.alive else "")
 
 
 def _fit(name: str, exited: bool, width: int) -> str:
