@@ -91,6 +91,10 @@ def _repair_std_streams() -> bool:
 
 def run_check(out: TextIO) -> ExitStatus:
     findings = check.run_checks()
+    # What each mode needs beyond loading BPF programs, after that line.
+    after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
+    capabilities = check.check_capabilities()
+    findings[after:after] = capabilities
     width = max(len(f.name) for f in findings)
     for f in findings:
         mark = "ok " if f.ok else ("NO " if f.required else "-- ")
@@ -100,6 +104,9 @@ def run_check(out: TextIO) -> ExitStatus:
     ready, backend = check.payload_backend(findings)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
     wire_ready, wire_backend = check.wire_backend(findings)
+    wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
+    if wire_ready and not wire_privileges.ok:
+        wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
     out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
@@ -176,6 +183,26 @@ def _describe_scope(args) -> str:
     return f"{who}, {where}, {how_long}"
 
 
+def _warn_on_unknown_counts(write, err: TextIO):
+    """``write``, saying once on stderr why connection counts are unknown
+    (null, "?") when a record first has such a process."""
+    warned = False
+
+    def emit(record) -> bool:
+        nonlocal warned
+        if not warned:
+            unknown = [p.pid for p in record.processes if p.tcp_connections is None]
+            if unknown:
+                warned = True
+                _say(err, f"warning: connection counts of {len(unknown)} process"
+                          f"{'es' if len(unknown) > 1 else ''} (PID {', '.join(map(str, unknown[:5]))}"
+                          f"{', ...' if len(unknown) > 5 else ''}) are unknown: their /proc/PID/fd is not "
+                          "readable without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+        return write(record)
+
+    return emit
+
+
 def _install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum, _frame):
         stop.set()
@@ -195,6 +222,10 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+    if args.mode == MODE_WIRE and not check.has_wire_privileges():
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
+                                            "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
+                                            "run with sudo, or use --mode payload")
 
     options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
                              interval=args.interval, duration=args.time, count=args.count,
@@ -233,11 +264,12 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched}; "
                           f"sampling {_describe_scope(args)}")
-            summary = sampler.run(writer.write)
+            emit = _warn_on_unknown_counts(writer.write, err)
+            summary = sampler.run(emit)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
             if not writer.closed:
-                writer.write(summary)
+                emit(summary)
         finally:
             probe.close()
         writer.close()

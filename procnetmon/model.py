@@ -79,8 +79,9 @@ class ProcessStats:
     peak_rate_out: float = 0.0
     tcp: Bytes = field(default_factory=Bytes)
     udp: Bytes = field(default_factory=Bytes)
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    # None: unknown, the process's sockets could not be read (JSON null).
+    tcp_connections: Optional[int] = 0
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
@@ -96,8 +97,8 @@ class Aggregate:
     rate_out: float = 0.0
     peak_rate_in: float = 0.0
     peak_rate_out: float = 0.0
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    tcp_connections: Optional[int] = 0  # None when any process's count is unknown
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
 

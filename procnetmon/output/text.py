@@ -20,6 +20,7 @@ from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record, 
 NO_TRAFFIC = "no traffic measured"
 EXITED = " (exited)"
 TOTAL_NAME = "TOTAL"
+UNKNOWN = "?"  # a count that could not be read
 
 # Widths fit the widest scaled value ("999.9 KB", "999.9 Mbps") so that the
 # lines of successive intervals line up; a wider value only widens its row.
@@ -181,8 +182,8 @@ def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_rate(stats.peak_rate_in, units),
         human_rate(stats.peak_rate_out, units),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
@@ -248,13 +249,18 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_bytes(stats.total_bytes_in),
         human_bytes(stats.total_bytes_out),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
 # --------------------------------------------------------------------------
 # Shared pieces.
+
+
+def _count(value) -> str:
+    """A connection count; "?" when it could not be read."""
+    return UNKNOWN if value is None else str(value)
 
 
 def _label(process: ProcessStats) -> str:
