@@ -1,15 +1,13 @@
 /*
- * procnetmon payload backend: the bytes each process's socket calls moved.
+ * procnetmon payload mode: the bytes each process's socket calls moved.
  *
- * Counts the return value of every sendmsg/recvmsg on a TCP or UDP socket
- * (IPv4 and IPv6) at the sock:sock_send_length / sock:sock_recv_length
- * tracepoints (Linux 6.3+). They fire at the end of sock_sendmsg() and
- * sock_recvmsg(), which read(), write(), the send and recv calls,
- * sendfile(), splice() and io_uring all end in, in the calling task's context: attribution to its thread
+ * Counts the return value of every socket call on a TCP or UDP socket (IPv4
+ * and IPv6) that moved bytes, at the hooks of the chosen backend
+ * (hooks.h), in the calling task's context: attribution to its thread
  * group is exact. Counters are aggregated here per (process, interface,
  * protocol, direction); user space reads them once per interval.
  *
- * Options (-D), besides those of common.h:
+ * Options (-D), besides those of common.h and hooks.h:
  *   DETAILS           also keep bytes per socket with its addresses
  */
 
@@ -18,11 +16,10 @@
 #define MSG_PEEK 2
 
 /* The interface of a call only matters to the filters: without them (every
- * interface, loopback included) the softirq hook below is not even loaded. */
+ * interface, loopback included) no hook learns a UDP datagram's interface. */
 #if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
 #define NEED_UDP_RX_IFINDEX 1
-/* Interface of the datagram last queued on each UDP socket, noted in softirq. */
-BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
+static __always_inline u32 udp_rx_hint(const void *sk);
 #endif
 
 #ifdef DETAILS
@@ -64,7 +61,7 @@ static __always_inline struct proto_dst read_proto_dst(const void *sk)
 }
 
 /* TCP keeps the ingress device of its segments in sk_rx_dst_ifindex; UDP
- * keeps nothing, so the softirq hook below remembers it per socket. */
+ * keeps nothing, so the backend's hooks tell it (hooks.h). */
 static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
 {
     if (protocol == IPPROTO_TCP) {
@@ -72,9 +69,7 @@ static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
         return ifindex ? ifindex : dev_ifindex_of(dst);
     }
 #ifdef NEED_UDP_RX_IFINDEX
-    u64 key = (u64)sk;
-    u32 *ifindex = udp_rx_ifindex.lookup(&key);
-    return ifindex ? *ifindex : UNKNOWN_IFINDEX;
+    return udp_rx_hint(sk);
 #else
     return UNKNOWN_IFINDEX;
 #endif
@@ -116,18 +111,16 @@ static __always_inline void add_socket(const void *sk, u32 tgid, u16 family, u16
 }
 #endif
 
-/* args: struct sock *sk, int ret (bytes or -errno), int flags (recv only) */
-static __always_inline int on_socket_call(struct bpf_raw_tracepoint_args *ctx, u16 dir)
+/* Called by the backend's hooks (hooks.h) once per socket call that returned. */
+static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir)
 {
-    int ret = (int)ctx->args[1];
-    if (ret <= 0)
+    if (ret <= 0 || !sk)
         return 0;
-    if (dir == DIR_IN && ((int)ctx->args[2] & MSG_PEEK))
+    if (dir == DIR_IN && (flags & MSG_PEEK))
         return 0; /* peeked bytes are counted when they are really read */
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid))
         return 0;
-    const void *sk = (const void *)ctx->args[0];
     u16 family = read_u16(sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return 0;
@@ -149,37 +142,4 @@ static __always_inline int on_socket_call(struct bpf_raw_tracepoint_args *ctx, u
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sock_send_length)
-{
-    return on_socket_call(ctx, DIR_OUT);
-}
-
-RAW_TRACEPOINT_PROBE(sock_recv_length)
-{
-    return on_socket_call(ctx, DIR_IN);
-}
-
-#ifdef NEED_UDP_RX_IFINDEX
-/* args: struct sock *sk. Runs in softirq right after a datagram is queued,
- * so the tail of the receive queue is that datagram. A reader on another
- * CPU may have taken it already: then the queue is empty and nothing is noted. */
-RAW_TRACEPOINT_PROBE(sk_data_ready)
-{
-    const void *sk = (const void *)ctx->args[0];
-    if (read_u16(sk, OFF_SK_PROTOCOL) != IPPROTO_UDP)
-        return 0;
-    const void *queue = (const char *)sk + OFF_SK_RECEIVE_QUEUE;
-    void *skb = read_ptr(queue, OFF_SKB_HEAD_PREV);
-    if (!skb || skb == queue)
-        return 0;
-    u32 ifindex = read_u32(skb, OFF_SKB_IIF);
-    if (!ifindex)
-        return 0;
-    u64 key = (u64)sk;
-    u32 *known = udp_rx_ifindex.lookup(&key);
-    if (known && *known == ifindex)
-        return 0;
-    udp_rx_ifindex.update(&key, &ifindex);
-    return 0;
-}
-#endif
+#include "hooks.h"

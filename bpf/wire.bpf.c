@@ -9,7 +9,7 @@
  *
  * A packet cannot tell which process it belongs to, and many are sent or
  * received in softirq, where "current" is unrelated. Its socket can. The
- * socket-call tracepoints, in process context, note each socket's owner
+ * socket-call hooks (hooks.h), in process context, note each socket's owner
  * under the socket's cookie, a number the kernel never gives two sockets.
  * connect() and listen() (TCP state changes into SYN_SENT and LISTEN) run
  * in the owner's context too, but before the socket has a cookie: they
@@ -127,18 +127,15 @@ static __always_inline void note_owner(const void *sk)
     }
 }
 
-/* args: struct sock *sk, int ret, int flags */
-RAW_TRACEPOINT_PROBE(sock_send_length)
+/* Called by the backend's hooks (hooks.h) once per socket call. */
+static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir)
 {
-    note_owner((const void *)ctx->args[0]);
+    if (sk)
+        note_owner(sk);
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sock_recv_length)
-{
-    note_owner((const void *)ctx->args[0]);
-    return 0;
-}
+#include "hooks.h"
 
 /* args: const struct sock *sk, int oldstate, int newstate */
 RAW_TRACEPOINT_PROBE(inet_sock_set_state)

@@ -89,7 +89,7 @@ def _repair_std_streams() -> bool:
     return 1 in closed
 
 
-def run_check(out: TextIO) -> ExitStatus:
+def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     findings = check.run_checks()
     # What each mode needs beyond loading BPF programs, after that line.
     after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
@@ -101,9 +101,9 @@ def run_check(out: TextIO) -> ExitStatus:
         out.write(f"{mark} {f.name:<{width}}  {f.detail}\n")
         if not f.ok and f.fix:
             out.write(f"    {'':<{width}}  fix: {f.fix}\n")
-    ready, backend = check.payload_backend(findings)
+    ready, backend = check.payload_backend(findings, wanted_backend)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
-    wire_ready, wire_backend = check.wire_backend(findings)
+    wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
     wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
     if wire_ready and not wire_privileges.ok:
         wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
@@ -139,7 +139,7 @@ def _make_probe(args):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                        details=args.details), include_loopback
+                 details=args.details, backend=args.backend), include_loopback
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -213,7 +213,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 
 def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitStatus:
     if args.check:
-        return run_check(out)
+        return run_check(out, args.backend)
     _check_pids(args.pids)
     probe, include_loopback = _make_probe(args)
     if args.ebpf:
@@ -262,8 +262,8 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
             if not args.quiet:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
-                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched}; "
-                          f"sampling {_describe_scope(args)}")
+                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
             emit = _warn_on_unknown_counts(writer.write, err)
             summary = sampler.run(emit)
             if summary.lost_updates:

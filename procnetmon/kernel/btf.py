@@ -93,6 +93,7 @@ class BTF:
         self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
         self._types: list[Optional[BtfType]] = [None]  # type id 0 is void
         self._by_name: dict[str, list[int]] = {}
+        self._funcs: dict[str, int] = {}  # function name -> its FUNC type id
         try:
             self._parse_types(data, hdr_len + type_off, type_len, endian)
         except struct.error as e:
@@ -141,6 +142,9 @@ class BTF:
                 name = self._str(name_off) if name_off else ""
             else:
                 name = ""
+            if kind == KIND_FUNC and name_off:
+                # Functions are kept apart: trampolines attach to them by id.
+                self._funcs.setdefault(self._str(name_off), len(self._types))
             self._types.append(BtfType(kind, name, size_or_type, members))
             if name:
                 self._by_name.setdefault(name, []).append(len(self._types) - 1)
@@ -172,6 +176,18 @@ class BTF:
 
     def has_typedef(self, name: str) -> bool:
         return any(self._types[i].kind == KIND_TYPEDEF for i in self._by_name.get(name, []))
+
+    def func_id(self, name: str) -> Optional[int]:
+        """The BTF id of kernel function ``name`` (what fentry/fexit attach to), or None."""
+        return self._funcs.get(name)
+
+    def func_arity(self, name: str) -> Optional[int]:
+        """Parameter count of kernel function ``name``, or None when BTF does not have it."""
+        type_id = self._funcs.get(name)
+        if type_id is None:
+            return None
+        _, proto = self.resolve(self.type(type_id).size_or_type)
+        return len(proto.members) if proto.kind == KIND_FUNC_PROTO else None
 
     def func_proto_arity(self, typedef_name: str) -> Optional[int]:
         """Parameter count of a function-pointer typedef (e.g. ``btf_trace_<tp>``)."""

@@ -13,12 +13,13 @@ import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
-from procnetmon.kernel import cache, headers
+from procnetmon.kernel import backends, cache, headers
 from procnetmon.kernel.btf import VMLINUX_BTF, BTF, BTFError
 
 TRACEFS = "/sys/kernel/tracing"
-PAYLOAD_TRACEPOINTS = ("sock_send_length", "sock_recv_length")
-HELPER_TRACEPOINTS = ("sk_data_ready", "sched_process_exit")
+# Every backend needs these; sk_data_ready (Linux 6.x) only serves the
+# tracepoint backend's UDP receive interface.
+HELPER_TRACEPOINTS = ("sched_process_exit",)
 WIRE_TRACEPOINTS = ("inet_sock_set_state",)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE = 1, 2, 12, 19
@@ -31,6 +32,7 @@ class Finding:
     detail: str
     fix: str = ""  # one line that mends it, when something does
     required: bool = True  # whether measurement is impossible without it
+    backend: Optional[backends.Backend] = None  # set on the findings of probe backends
 
 
 def effective_caps(status_path: str = "/proc/self/status") -> int:
@@ -150,7 +152,7 @@ def check_headers() -> Finding:
             return Finding("kernel headers", False, f"none installed, and {needed} is missing to build a substitute",
                            "apt-get install linux-libc-dev")
     return Finding("kernel headers", True, "none installed; procnetmon builds the small tree BCC needs in "
-                                           f"{os.path.join(cache.kernel_cache_dir(), 'headers')}", required=False)
+                                           f"{os.path.join(cache.kernel_cache_dir(), f'headers-v{headers.TREE_VERSION}')}", required=False)
 
 
 def tracepoint_available(name: str, btf: Optional[BTF]) -> bool:
@@ -164,13 +166,31 @@ def tracepoint_available(name: str, btf: Optional[BTF]) -> bool:
 
 
 def check_tracepoints(btf: Optional[BTF]) -> Finding:
-    names = PAYLOAD_TRACEPOINTS + HELPER_TRACEPOINTS
-    missing = [n for n in names if not tracepoint_available(n, btf)]
+    missing = [n for n in HELPER_TRACEPOINTS if not tracepoint_available(n, btf)]
     if missing:
-        return Finding("tracepoints", False, f"missing: {', '.join(missing)} (sock_send_length and "
-                                             "sock_recv_length arrived in Linux 6.3)",
-                       "use Linux 6.3 or later")
-    return Finding("tracepoints", True, ", ".join(names))
+        return Finding("tracepoints", False, f"missing: {', '.join(missing)} (raw tracepoints, Linux 4.17+)",
+                       "use Linux 5.10 or later")
+    return Finding("tracepoints", True, ", ".join(HELPER_TRACEPOINTS))
+
+
+def check_backends(btf: Optional[BTF]) -> list[Finding]:
+    """One finding per probe backend: where it attaches, or why it cannot."""
+    found = []
+    facts = backends.btf_facts(btf) if btf is not None else None
+    for b in backends.detect(facts):
+        detail = b.detail + "".join(f"; would miss {gap}" for gap in b.gaps)
+        found.append(Finding(f"backend {b.name}", b.usable, detail, required=False, backend=b))
+    return found
+
+
+def usable_backends(btf: Optional[BTF] = None) -> list[str]:
+    """Names of the payload backends this kernel offers, the automatic choice first."""
+    found = backends.detect(backends.btf_facts(btf))
+    try:
+        best = backends.choose(found).name
+    except LookupError:
+        return []
+    return [best] + [b.name for b in found if b.usable and b.name != best]
 
 
 def check_wire_tracepoints(btf: Optional[BTF]) -> Finding:
@@ -206,12 +226,6 @@ def kernel_config() -> dict[str, str]:
             return dict(line.strip().split("=", 1) for line in f if line.startswith("CONFIG_") and "=" in line)
     except OSError:
         return {}
-
-
-def check_kprobes(config: dict[str, str]) -> Finding:
-    if config.get("CONFIG_KPROBES") == "y" or os.path.exists(TRACEFS + "/kprobe_events"):
-        return Finding("kprobes", True, "available (not used: the tracepoints are preferred)", required=False)
-    return Finding("kprobes", False, "not available (CONFIG_KPROBES is not set); not needed", required=False)
 
 
 def _mounted_fstype(fstype: str, mounts_path: str = "/proc/mounts") -> bool:
@@ -261,30 +275,43 @@ def run_checks() -> list[Finding]:
         btf_finding,
         check_layout(btf),
         check_headers(),
+        check_tracefs(),
         check_tracepoints(btf),
         check_wire_tracepoints(btf),
-        check_tracefs(),
-        check_kprobes(config),
+        *check_backends(btf),
         check_cgroup2(),
         check_cgroup_bpf(config),
     ]
 
 
-def payload_backend(findings: list[Finding]) -> tuple[bool, str]:
-    """Whether payload mode can run, and the backend or the reason it cannot."""
+def payload_backend(findings: list[Finding], wanted: str = "auto") -> tuple[bool, str]:
+    """Whether payload mode can run, and the backend (with why it was chosen)
+    or the reason it cannot."""
     blockers = [f for f in findings if f.required and not f.ok]
     if blockers:
         return False, "; ".join(f"{f.name}: {f.detail}" for f in blockers)
-    return True, "raw tracepoints sock:sock_send_length + sock:sock_recv_length"
+    offered = [f.backend for f in findings if f.backend is not None]
+    try:
+        chosen = backends.choose(offered, wanted)
+    except LookupError as e:
+        return False, f"no probe backend: {e}"
+    if wanted != "auto":
+        why = "forced with --backend"
+    elif chosen is offered[0]:
+        why = "the best this kernel offers"
+    else:
+        passed = [b for b in offered if b is not chosen and offered.index(b) < offered.index(chosen)]
+        why = "; ".join(f"not {b.name}: {'it would miss data here' if b.usable else b.detail}" for b in passed)
+    return True, f"{chosen.name} ({why})"
 
 
-def wire_backend(findings: list[Finding]) -> tuple[bool, str]:
+def wire_backend(findings: list[Finding], wanted: str = "auto") -> tuple[bool, str]:
     """Whether wire mode can run: what payload mode needs, plus cgroup v2 and cgroup_skb."""
-    ready, reason = payload_backend(findings)
+    ready, reason = payload_backend(findings, wanted)
     if not ready:
         return False, reason
     blockers = [f for f in findings if f.name in ("cgroup2", "cgroup_skb", "wire tracepoints") and not f.ok]
     if blockers:
         return False, "; ".join(f"{f.name}: {f.detail}" for f in blockers)
-    return True, ("cgroup_skb ingress/egress on the cgroup v2 root, owners from raw tracepoints "
-                  "sock:sock_send_length, sock:sock_recv_length, sock:inet_sock_set_state")
+    return True, ("cgroup_skb ingress/egress on the cgroup v2 root, socket owners from the "
+                  f"{reason.split()[0]} backend's hooks and sock:inet_sock_set_state")

@@ -20,7 +20,8 @@ from procnetmon.kernel import cache
 SYSTEM_UAPI = "/usr/include/linux"
 SYSTEM_ASM_GENERIC = "/usr/include/asm-generic"
 PROC_CONFIG = "/proc/config.gz"
-STAMP = ".procnetmon-tree-v1"
+TREE_VERSION = 2  # bumped whenever the tree's content changes
+STAMP = f".procnetmon-tree-v{TREE_VERSION}"
 
 
 class HeadersError(Exception):
@@ -97,6 +98,7 @@ enum { false = 0, true = 1 };
 typedef unsigned long size_t;
 typedef unsigned long uintptr_t;
 typedef int pid_t;
+typedef long long loff_t;
 #endif
 """
 
@@ -173,7 +175,9 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
     real = real_headers_dir()
     if real:
         return real, False
-    root = os.path.join(cache_dir or cache.kernel_cache_dir(), "headers")
+    # Versioned, so that two procnetmon versions on one machine never rebuild
+    # each other's tree.
+    root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
     if not os.path.isfile(os.path.join(root, STAMP)):
         build_tree(root)
     return root, True

@@ -38,13 +38,58 @@ FIELDS = {
     "NET_NS_INUM": ("net", "ns.inum"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
+    "SOCKET_SK": ("socket", "sk"),
+    # splice(2) out of a TCP socket, seen from the syscall (tracepoint backend):
+    # the socket behind a file descriptor of the calling task.
+    "TASK_FILES": ("task_struct", "files"),
+    "FILES_FDT": ("files_struct", "fdt"),
+    "FDT_FD": ("fdtable", "fd"),
+    "FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "FILE_INODE": ("file", "f_inode"),
+    "FILE_PRIVATE_DATA": ("file", "private_data"),
+    "INODE_MODE": ("inode", "i_mode"),
 }
 
-CACHE_FILE = "offsets.json"
+# Where an older kernel keeps the same thing elsewhere. Linux 5.16 moved the
+# TCP ingress ifindex from inet_sock into sock; an inet_sock begins with its
+# sock, so either offset applies to a struct sock pointer.
+FALLBACKS = {
+    "SK_RX_DST_IFINDEX": ("inet_sock", "rx_dst_ifindex"),
+}
+
+# Read only by some backends, and only present on some architectures: the
+# registers a kprobe finds its arguments and return value in (x86-64 names).
+OPTIONAL = {
+    "REGS_PARM1": ("pt_regs", "di"),
+    "REGS_PARM2": ("pt_regs", "si"),
+    "REGS_PARM3": ("pt_regs", "dx"),
+    "REGS_PARM4": ("pt_regs", "cx"),
+    "REGS_RC": ("pt_regs", "ax"),
+}
+
+CACHE_FILE = "offsets-v2.json"
 
 
-def offsets_from_btf(btf: BTF, fields: dict = FIELDS) -> dict[str, int]:
-    return {macro: btf.member_offset(s, path) for macro, (s, path) in fields.items()}
+def offsets_from_btf(btf: BTF, fields: dict = FIELDS, fallbacks: Optional[dict] = None,
+                     optional: Optional[dict] = None) -> dict[str, int]:
+    """Offsets of ``fields`` (each required, or found at its fallback) and of
+    the ``optional`` fields this kernel has."""
+    fallbacks = FALLBACKS if fallbacks is None else fallbacks
+    optional = OPTIONAL if optional is None else optional
+    out = {}
+    for macro, (struct_name, path) in fields.items():
+        try:
+            out[macro] = btf.member_offset(struct_name, path)
+        except BTFError:
+            if macro not in fallbacks:
+                raise
+            out[macro] = btf.member_offset(*fallbacks[macro])
+    for macro, (struct_name, path) in optional.items():
+        try:
+            out[macro] = btf.member_offset(struct_name, path)
+        except BTFError:
+            pass
+    return out
 
 
 def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None) -> dict[str, int]:
@@ -57,7 +102,7 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
     try:
         with open(path) as f:
             cached = json.load(f)
-        if isinstance(cached, dict) and set(cached) == set(FIELDS):
+        if isinstance(cached, dict) and set(FIELDS) <= set(cached) <= set(FIELDS) | set(OPTIONAL):
             return cached
     except (OSError, ValueError):
         pass
@@ -73,4 +118,4 @@ def offset_cflags(offsets: dict[str, int]) -> list[str]:
     return [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
 
 
-__all__ = ["FIELDS", "kernel_offsets", "offset_cflags", "offsets_from_btf", "BTFError"]
+__all__ = ["FIELDS", "FALLBACKS", "OPTIONAL", "kernel_offsets", "offset_cflags", "offsets_from_btf", "BTFError"]

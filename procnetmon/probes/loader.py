@@ -13,10 +13,41 @@ import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import headers, layout
+from procnetmon.kernel import backends, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
                                bpf_source, expand_includes)
+
+
+# What the kprobe backend attaches to each kernel function: the entry probe
+# that keeps the call's arguments, and the return probe (bpf/hooks.h).
+KPROBE_ENTRIES = {
+    "inet_sendmsg": "pnm_enter_send", "inet6_sendmsg": "pnm_enter_send", "inet_sendpage": "pnm_enter_send",
+    "inet_recvmsg": "pnm_enter_recv", "inet6_recvmsg": "pnm_enter_recv",
+    "tcp_splice_read": "pnm_enter_splice_read",
+}
+KPROBE_RETURN = "pnm_return"
+KPROBE_UDP_DATAGRAM = ("skb_consume_udp", "pnm_udp_datagram")
+# Return probes armed at once per function: a call blocked in recv holds one,
+# and a return with none left is missed. The kernel allows at most 4096.
+KRETPROBE_MAXACTIVE = 4096
+
+
+def needs_udp_rx_ifindex(interfaces: Optional[list], include_loopback: bool) -> bool:
+    """Whether a filter needs the interface of received UDP datagrams (as
+    NEED_UDP_RX_IFINDEX in bpf/payload.bpf.c)."""
+    return interfaces is not None or not include_loopback
+
+
+def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]) -> list[str]:
+    """-DHOOKS_<BACKEND> and a -DHAVE_<FUNCTION> for each optional hook the kernel has."""
+    flags = [f"-DHOOKS_{backend.name.upper()}"]
+    for function in backend.functions:
+        if function not in backends.REQUIRED:
+            flags.append(f"-DHAVE_{function.upper()}")
+    if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
+        flags.append("-DHAVE_SK_DATA_READY")
+    return flags
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
@@ -60,7 +91,9 @@ class BccProbe:
     requirement = ""  # what the kernel must offer, for the error message
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
-                 include_loopback: bool = False, details: bool = False):
+                 include_loopback: bool = False, details: bool = False, backend: str = "auto"):
+        self.wanted_backend = backend
+        self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
         self.include_loopback = include_loopback
@@ -81,8 +114,14 @@ class BccProbe:
             header_dir, _synthetic = headers.ensure_headers()
         except headers.HeadersError as e:
             raise ProbeError(str(e)) from e
+        facts = backends.btf_facts()
+        try:
+            self.backend = backends.choose(backends.detect(facts), self.wanted_backend)
+        except LookupError as e:
+            raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details)
+        flags += backend_cflags(self.backend, facts)
         return bpf_source(self.source), flags, header_dir
 
     def attach(self) -> None:
@@ -99,14 +138,31 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-            raise ProbeError(f"loading the {self.mode} probes failed: {e} ({self.requirement}; "
-                             "run procnetmon --check to see what this kernel offers)") from e
+            raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
+                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
+            if self.backend.name == "kprobe":
+                self._attach_kprobes()
             self._attach_more()
         except ProbeError:
             self.close()
             raise
+
+    def _attach_kprobes(self) -> None:
+        """The kprobe backend's probes, which BCC does not attach by itself."""
+        for function in self.backend.functions:
+            entry = KPROBE_ENTRIES.get(function)
+            try:
+                if entry:
+                    self._bpf.attach_kprobe(event=function, fn_name=entry)
+                    self._bpf.attach_kretprobe(event=function, fn_name=KPROBE_RETURN,
+                                               maxactive=KRETPROBE_MAXACTIVE)
+                elif (function, self.mode) == (KPROBE_UDP_DATAGRAM[0], "payload") and \
+                        needs_udp_rx_ifindex(self.interfaces, self.include_loopback):
+                    self._bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
+            except Exception as e:  # BCC raises bare Exception when an attach fails
+                raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
 
     def _fill_filters(self) -> None:
         if self.pids is not None:

@@ -1,4 +1,4 @@
-"""The payload backend: bpf/payload.bpf.c on the sock_send_length/sock_recv_length tracepoints.
+"""Payload mode: bpf/payload.bpf.c on the socket-call hooks of the chosen backend.
 
 Counts what the socket calls of each process returned; with details, also
 per socket with its addresses.
@@ -15,8 +15,7 @@ class PayloadProbe(BccProbe):
 
     mode = "payload"
     source = "payload.bpf.c"
-    requirement = ("the kernel needs raw tracepoints sock:sock_send_length and "
-                   "sock:sock_recv_length, Linux 6.3 or later")
+    requirement = "payload mode needs one probe backend: tracepoints (6.3+), BPF trampolines or kprobes"
 
     def sockets(self) -> list[SocketBytes]:
         if not self.details:

@@ -37,8 +37,8 @@ class WireProbe(BccProbe):
 
     mode = "wire"
     source = "wire.bpf.c"
-    requirement = ("wire mode needs cgroup v2, BPF_PROG_TYPE_CGROUP_SKB and the raw tracepoints "
-                   "sock:sock_send_length, sock:sock_recv_length and sock:inet_sock_set_state")
+    requirement = ("wire mode needs cgroup v2, BPF_PROG_TYPE_CGROUP_SKB, the raw tracepoint "
+                   "sock:inet_sock_set_state and one probe backend for the socket calls")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

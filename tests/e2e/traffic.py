@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -66,6 +67,44 @@ def send_file(sock: socket.socket, n: int) -> int:
         return sock.sendfile(f)
 
 
+def splice_in(sock: socket.socket, n: int) -> int:
+    """Read n bytes out of the socket with splice(2) into a pipe (as HAProxy
+    does), draining the pipe as it goes: no recv() call."""
+    r, w = os.pipe()
+    got = 0
+    try:
+        while got < n:
+            moved = os.splice(sock.fileno(), w, min(65536, n - got))
+            if moved == 0:
+                break
+            got += moved
+            left = moved
+            while left:
+                left -= len(os.read(r, left))
+    finally:
+        os.close(r)
+        os.close(w)
+    return got
+
+
+def splice_out(sock: socket.socket, n: int) -> int:
+    """Send n bytes by splice(2) from a pipe into the socket: no send() call."""
+    r, w = os.pipe()
+    sent = 0
+    try:
+        while sent < n:
+            chunk = min(16384, n - sent)
+            os.write(w, b"s" * chunk)
+            left = chunk
+            while left:
+                left -= os.splice(r, sock.fileno(), left)
+            sent += chunk
+    finally:
+        os.close(r)
+        os.close(w)
+    return sent
+
+
 def tcp_server(args, result: dict, held: list) -> None:
     fam = family_of(args.addr)
     srv = socket.socket(fam, socket.SOCK_STREAM)
@@ -86,7 +125,7 @@ def tcp_server(args, result: dict, held: list) -> None:
     lock = threading.Lock()
 
     def serve(conn):
-        got = recv_exactly(conn, args.expect)
+        got = splice_in(conn, args.expect) if args.splice else recv_exactly(conn, args.expect)
         sent = send_all(conn, args.reply) if args.reply else 0
         with lock:
             totals["tcp_in"] += got
@@ -115,8 +154,16 @@ def tcp_client(args, result: dict, held: list) -> None:
     def one_connection():
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.connect((args.addr, args.port))
-        sent = send_file(s, args.send) if args.sendfile else send_all(s, args.send)
-        got = recv_exactly(s, args.expect) if args.expect else 0
+        if args.sendfile:
+            sent = send_file(s, args.send)
+        elif args.splice:
+            sent = splice_out(s, args.send)
+        else:
+            sent = send_all(s, args.send)
+        if not args.expect:
+            got = 0
+        else:
+            got = splice_in(s, args.expect) if args.splice else recv_exactly(s, args.expect)
         with lock:
             totals["tcp_out"] += sent
             totals["tcp_in"] += got
@@ -202,6 +249,8 @@ def main() -> None:
     p.add_argument("--exit", action="store_true", help="exit right after reporting")
     p.add_argument("--hold", action="store_true", help="keep the TCP sockets open until told to exit")
     p.add_argument("--sendfile", action="store_true", help="tcp-client: send with sendfile(2)")
+    p.add_argument("--splice", action="store_true",
+                   help="TCP: receive with splice(2) out of the socket (and the client sends by splice into it)")
     args = p.parse_args()
     if args.name:
         set_name(args.name)

@@ -424,7 +424,7 @@ def kernel_btf() -> BTF:
 
 def test_every_field_resolves_on_this_kernel(kernel_btf):
     offsets = layout.offsets_from_btf(kernel_btf)
-    assert set(offsets) == set(layout.FIELDS)
+    assert set(layout.FIELDS) <= set(offsets) <= set(layout.FIELDS) | set(layout.OPTIONAL)
     assert all(isinstance(v, int) and 0 <= v < 16384 for v in offsets.values())
     # Layouts stable for a decade: sock_common opens with the address pair,
     # then the port pair; sk_buff_head opens with next, prev.
@@ -433,3 +433,26 @@ def test_every_field_resolves_on_this_kernel(kernel_btf):
     assert offsets["SK_DPORT"] == 12
     assert offsets["SK_NUM"] == 14
     assert offsets["SKB_HEAD_PREV"] == struct.calcsize("P")
+
+
+def test_a_field_missing_from_its_struct_is_read_at_its_fallback():
+    b = BtfBuilder()
+    u32 = b.add_int("unsigned int", 4)
+    b.add_struct("sock", [("sk_protocol", u32, 0)], size=8)
+    b.add_struct("inet_sock", [("sk", u32, 0), ("rx_dst_ifindex", u32, 64)], size=16)
+    btf = BTF(b.to_bytes())
+    fields = {"SK_RX_DST_IFINDEX": ("sock", "sk_rx_dst_ifindex")}
+    fallbacks = {"SK_RX_DST_IFINDEX": ("inet_sock", "rx_dst_ifindex")}
+    assert layout.offsets_from_btf(btf, fields, fallbacks, {}) == {"SK_RX_DST_IFINDEX": 8}
+    with pytest.raises(BTFError, match="sk_rx_dst_ifindex"):
+        layout.offsets_from_btf(btf, fields, {}, {})
+
+
+def test_optional_fields_are_left_out_when_missing():
+    b = BtfBuilder()
+    u32 = b.add_int("unsigned int", 4)
+    b.add_struct("sock", [("sk_protocol", u32, 0)], size=8)
+    btf = BTF(b.to_bytes())
+    got = layout.offsets_from_btf(btf, {"SK_PROTOCOL": ("sock", "sk_protocol")}, {},
+                                  {"REGS_PARM1": ("pt_regs", "di")})
+    assert got == {"SK_PROTOCOL": 0}

@@ -88,24 +88,34 @@ def test_cgroup2_mount_with_a_space_in_the_path(tmp_path):
 
 # -- verdicts ------------------------------------------------------------------------
 
+from procnetmon.kernel import backends  # noqa: E402
+
+
+def backend_finding(name, usable=True, gaps=(), detail="hooks"):
+    b = backends.Backend(name, usable, detail, gaps=list(gaps))
+    return Finding(f"backend {name}", usable, detail, required=False, backend=b)
+
+
+TRACEPOINT = backend_finding("tracepoint")
+FENTRY = backend_finding("fentry")
+NO_KPROBE = backend_finding("kprobe", usable=False, detail="no kprobes")
+
 
 def test_payload_backend_when_all_is_well():
-    ok, backend = check.payload_backend([
-        Finding("privileges", True, "fine"),
-        Finding("tracepoints", True, "fine"),
-    ])
+    ok, backend = check.payload_backend([Finding("privileges", True, "fine"), TRACEPOINT, FENTRY, NO_KPROBE])
     assert ok
-    assert "sock_send_length" in backend and "sock_recv_length" in backend
+    assert backend == "tracepoint (the best this kernel offers)"
 
 
 def test_required_failure_blocks_and_is_named():
     ok, reason = check.payload_backend([
         Finding("privileges", True, "fine"),
-        Finding("tracepoints", False, "missing: sock_send_length"),
+        Finding("tracepoints", False, "missing: sched_process_exit"),
         Finding("cgroup2", False, "not mounted", required=False),
+        TRACEPOINT,
     ])
     assert not ok
-    assert reason == "tracepoints: missing: sock_send_length"
+    assert reason == "tracepoints: missing: sched_process_exit"
 
 
 def test_every_required_failure_is_named():
@@ -121,14 +131,35 @@ def test_optional_failure_does_not_block():
     ok, backend = check.payload_backend([
         Finding("privileges", True, "fine"),
         Finding("tracefs", False, "not mounted", required=False),
-        Finding("kprobes", False, "not available", required=False),
+        NO_KPROBE, FENTRY,
     ])
     assert ok
-    assert "tracefs" not in backend
+    assert backend.startswith("fentry (")
 
 
-def test_no_findings_do_not_block():
-    assert check.payload_backend([])[0]
+def test_no_backend_names_every_reason():
+    ok, reason = check.payload_backend([
+        backend_finding("tracepoint", False, detail="no tracepoint sock:sock_send_length"), NO_KPROBE])
+    assert not ok
+    assert "tracepoint: no tracepoint sock:sock_send_length" in reason and "kprobe: no kprobes" in reason
+
+
+def test_a_backend_that_would_miss_data_gives_way_and_says_why():
+    partial = backend_finding("tracepoint", gaps=["sendfile"])
+    ok, backend = check.payload_backend([partial, FENTRY, NO_KPROBE])
+    assert ok and backend == "fentry (not tracepoint: it would miss data here)"
+    ok, backend = check.payload_backend([partial, NO_KPROBE])
+    assert ok and backend.startswith("tracepoint")
+
+
+def test_forced_backend():
+    assert check.payload_backend([TRACEPOINT, FENTRY], "fentry") == (True, "fentry (forced with --backend)")
+    ok, reason = check.payload_backend([TRACEPOINT, FENTRY, NO_KPROBE], "kprobe")
+    assert not ok and "kprobe backend is not available here: no kprobes" in reason
+
+
+def test_no_findings_block():
+    assert not check.payload_backend([])[0]
 
 
 # -- BTF-based findings on a built blob ----------------------------------------------
@@ -144,21 +175,45 @@ def btf_with_tracepoints(*names) -> BTF:
 
 
 def test_tracepoints_found_in_btf():
-    names = check.PAYLOAD_TRACEPOINTS + check.HELPER_TRACEPOINTS
-    finding = check.check_tracepoints(btf_with_tracepoints(*names))
+    finding = check.check_tracepoints(btf_with_tracepoints(*check.HELPER_TRACEPOINTS))
     assert finding.ok
     assert finding.required
 
 
 def test_missing_tracepoint_is_named_with_the_fix():
-    t = btf_with_tracepoints("sk_data_ready", "sched_process_exit", "sock_recv_length")
-    assert not check.tracepoint_available("sock_send_length", t)
+    t = btf_with_tracepoints("sock_recv_length")
+    assert not check.tracepoint_available("sched_process_exit", t)
     assert check.tracepoint_available("sock_recv_length", t)
     finding = check.check_tracepoints(t)
     assert not finding.ok
-    assert finding.detail.startswith("missing: sock_send_length (")
-    assert "sock_recv_length," not in finding.detail
-    assert "6.3" in finding.fix
+    assert finding.detail.startswith("missing: sched_process_exit (")
+
+
+def test_tracepoint_backend_names_the_missing_tracepoint():
+    facts = backends.BtfFacts.from_btf(btf_with_tracepoints("sock_recv_length"))
+    b = backends.tracepoint_backend(facts)
+    assert not b.usable
+    assert b.detail == "no tracepoint sock:sock_send_length (added in Linux 6.3)"
+    facts = backends.BtfFacts.from_btf(btf_with_tracepoints(*backends.TRACEPOINTS))
+    assert backends.tracepoint_backend(facts).usable
+    assert not facts.has_sendpage and facts.functions["inet_sendmsg"] is None
+
+
+def test_kprobe_backend_needs_the_required_functions(monkeypatch):
+    monkeypatch.setattr(backends.os.path, "exists", lambda p: p == backends.KPROBE_PMU)
+    if backends.os.uname().machine != "x86_64":
+        pytest.skip("the kprobe backend reads x86-64 registers")
+    b = backends.kprobe_backend({"inet_sendmsg", "inet_recvmsg"})
+    assert not b.usable and b.detail.endswith("missing from kallsyms: tcp_splice_read")
+    b = backends.kprobe_backend({"inet_sendmsg", "inet_recvmsg", "tcp_splice_read", "inet6_sendmsg"})
+    assert b.usable and b.functions == ("inet_sendmsg", "inet6_sendmsg", "inet_recvmsg", "tcp_splice_read")
+
+
+def test_kernel_symbols_are_text_symbols(tmp_path):
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000000 T inet_sendmsg\nffffffff82000000 d socket_file_ops\n"
+                        "ffffffffc0000000 t udpv6_sendmsg\t[ipv6]\n")
+    assert backends.kernel_symbols(str(kallsyms)) == {"inet_sendmsg", "udpv6_sendmsg"}
 
 
 def test_layout_without_btf():
@@ -173,7 +228,7 @@ def test_layout_names_the_missing_struct():
 
 
 def test_wire_mode_is_blocked_by_its_own_needs_only():
-    ok = [check.Finding("bcc", True, "x")]
+    ok = [check.Finding("bcc", True, "x"), TRACEPOINT]
     no_cgroup = ok + [check.Finding("cgroup2", False, "not mounted", required=False)]
     assert check.payload_backend(no_cgroup)[0] is True
     ready, reason = check.wire_backend(no_cgroup)

@@ -176,9 +176,9 @@ def test_ensure_headers_builds_once_and_reuses(monkeypatch, tmp_path, system):
     cache_dir = tmp_path / "cache"
 
     first = headers.ensure_headers(str(cache_dir))
-    assert first == (str(cache_dir / "headers"), True)
-    assert calls == [str(cache_dir / "headers")]
-    assert (cache_dir / "headers" / headers.STAMP).is_file()
+    assert first == (str(cache_dir / f"headers-v{headers.TREE_VERSION}"), True)
+    assert calls == [str(cache_dir / f"headers-v{headers.TREE_VERSION}")]
+    assert (cache_dir / f"headers-v{headers.TREE_VERSION}" / headers.STAMP).is_file()
 
     assert headers.ensure_headers(str(cache_dir)) == first
     assert len(calls) == 1
@@ -189,6 +189,7 @@ def test_ensure_headers_rebuilds_a_tree_without_stamp(monkeypatch, tmp_path, sys
     calls = []
     monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
     monkeypatch.setattr(headers, "build_tree", lambda root, *a, **k: calls.append(root))
-    (tmp_path / "headers/include").mkdir(parents=True)
-    assert headers.ensure_headers(str(tmp_path)) == (str(tmp_path / "headers"), True)
-    assert calls == [str(tmp_path / "headers")]
+    tree = tmp_path / f"headers-v{headers.TREE_VERSION}"
+    (tree / "include").mkdir(parents=True)
+    assert headers.ensure_headers(str(tmp_path)) == (str(tree), True)
+    assert calls == [str(tree)]

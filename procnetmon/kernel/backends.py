@@ -1,0 +1,213 @@
+"""Which probe backends the running kernel offers, best first.
+
+All backends count the same thing (what each socket call of a process
+returned) through the same BPF accounting (bpf/hooks.h calls
+on_socket_call); they differ only in where their hooks attach:
+
+- ``tracepoint``: the sock:sock_send_length / sock:sock_recv_length
+  tracepoints (Linux 6.3+) at the end of sock_sendmsg()/sock_recvmsg(), and
+  the splice(2) system call's tracepoints for TCP data spliced out of a
+  socket, which does not pass through recvmsg;
+- ``fentry``: BPF trampolines on the functions every TCP/UDP socket call of
+  IPv4 and IPv6 ends in (inet_sendmsg, inet6_sendmsg, inet_recvmsg,
+  inet6_recvmsg, inet_sendpage before 6.5, tcp_splice_read);
+- ``kprobe``: kprobes and kretprobes on the same functions.
+
+Feature detection only: a backend is usable when the kernel has what it
+attaches to and, for trampolines, when an attempt to attach one succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from procnetmon.kernel import cache
+from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
+
+NAMES = ("tracepoint", "fentry", "kprobe")
+
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
+KALLSYMS = "/proc/kallsyms"
+
+# The functions the fentry and kprobe backends hook, and what each one is.
+# Required ones must exist; the others are hooked where the kernel has them.
+SEND = ("inet_sendmsg", "inet6_sendmsg")
+RECV = ("inet_recvmsg", "inet6_recvmsg")
+SENDPAGE = ("inet_sendpage",)  # sendfile/splice into a socket before Linux 6.5
+SPLICE_READ = ("tcp_splice_read",)  # splice out of a TCP socket
+UDP_CONSUME = ("skb_consume_udp",)  # the datagram a UDP recvmsg returns
+REQUIRED = ("inet_sendmsg", "inet_recvmsg", "tcp_splice_read")
+FUNCTIONS = SEND + RECV + SENDPAGE + SPLICE_READ + UDP_CONSUME
+
+TRACEPOINTS = ("sock_send_length", "sock_recv_length")
+# Tells the tracepoint backend a UDP datagram's interface (Linux 6.3+).
+OPTIONAL_TRACEPOINTS = ("sk_data_ready",)
+SPLICE_SYSCALL_EVENTS = ("syscalls/sys_enter_splice", "syscalls/sys_exit_splice")
+
+
+FACTS_FILE = "btf-facts-v1.json"
+
+
+@dataclass
+class BtfFacts:
+    """What the backends ask of BTF, small enough to cache per kernel build
+    (parsing BTF takes longer than compiling the program)."""
+
+    tracepoints: dict  # raw tracepoint name -> whether it exists
+    functions: dict  # kernel function -> its BTF id, or None
+    has_sendpage: bool  # struct proto_ops has ->sendpage (before Linux 6.5)
+
+    @classmethod
+    def from_btf(cls, btf: BTF) -> "BtfFacts":
+        try:
+            btf.member_offset("proto_ops", "sendpage")
+            sendpage = True
+        except BTFError:
+            sendpage = False
+        return cls({t: btf.has_typedef(f"btf_trace_{t}") for t in TRACEPOINTS + OPTIONAL_TRACEPOINTS},
+                   {f: btf.func_id(f) for f in FUNCTIONS}, sendpage)
+
+
+def btf_facts(btf: Optional[BTF] = None, cache_dir: Optional[str] = None) -> Optional["BtfFacts"]:
+    """This kernel's BtfFacts, from the cache or from ``btf`` (parsed if not
+    given); None without BTF."""
+    import json
+
+    path = os.path.join(cache_dir or cache.kernel_cache_dir(), FACTS_FILE)
+    if btf is None:
+        try:
+            with open(path) as f:
+                return BtfFacts(**json.load(f))
+        except (OSError, ValueError, TypeError):
+            pass
+        try:
+            btf = BTF.from_file(VMLINUX_BTF)
+        except BTFError:
+            return None
+    facts = BtfFacts.from_btf(btf)
+    try:
+        cache.write_atomically(path, json.dumps(facts.__dict__, sort_keys=True))
+    except OSError:
+        pass
+    return facts
+
+
+@dataclass
+class Backend:
+    name: str
+    usable: bool
+    detail: str  # where it attaches, or why it cannot
+    functions: tuple = ()  # kernel functions hooked (fentry, kprobe)
+    gaps: list = field(default_factory=list)  # what it would not see on this kernel
+
+
+def kernel_symbols(path: str = KALLSYMS) -> set[str]:
+    """Names of the kernel's text symbols (functions), as /proc/kallsyms lists them."""
+    names = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in ("T", "t"):
+                    names.add(parts[2])
+    except OSError:
+        pass
+    return names
+
+
+def tracefs_events() -> Optional[str]:
+    for root in TRACEFS_ROOTS:
+        if os.path.isdir(os.path.join(root, "events")):
+            return os.path.join(root, "events")
+    return None
+
+
+def _has_raw_tracepoint(facts: Optional[BtfFacts], name: str) -> bool:
+    if facts is not None:
+        return bool(facts.tracepoints.get(name))
+    events = tracefs_events()
+    return bool(events) and os.path.isdir(os.path.join(events, "sock", name))
+
+
+def _splice_syscall_events() -> bool:
+    events = tracefs_events()
+    return bool(events) and all(os.path.isdir(os.path.join(events, e)) for e in SPLICE_SYSCALL_EVENTS)
+
+
+def tracepoint_backend(facts: Optional[BtfFacts]) -> Backend:
+    missing = [t for t in TRACEPOINTS if not _has_raw_tracepoint(facts, t)]
+    if missing:
+        return Backend("tracepoint", False, f"no tracepoint sock:{', sock:'.join(missing)} (added in Linux 6.3)")
+    gaps = []
+    if not _splice_syscall_events():
+        gaps.append("splice(2) out of TCP sockets: no syscalls:sys_enter_splice/sys_exit_splice "
+                    "tracepoints (CONFIG_FTRACE_SYSCALLS, or tracefs not mounted)")
+    if facts is not None and facts.has_sendpage:
+        # sendfile and splice into a socket then bypass sendmsg and its tracepoint.
+        gaps.append("sendfile(2) and splice(2) into sockets: this kernel sends them through "
+                    "->sendpage, which bypasses sock:sock_send_length (before Linux 6.5)")
+    return Backend("tracepoint", True, "raw tracepoints sock:sock_send_length + sock:sock_recv_length, "
+                                       "syscalls:sys_{enter,exit}_splice", gaps=gaps)
+
+
+def _hooked_functions(present: set[str]) -> tuple[list[str], list[str]]:
+    """The functions to hook, and the required ones that are missing."""
+    missing = [f for f in REQUIRED if f not in present]
+    return [f for f in FUNCTIONS if f in present], missing
+
+
+def fentry_backend(facts: Optional[BtfFacts], symbols: set[str]) -> Backend:
+    if facts is None:
+        return Backend("fentry", False, "needs kernel BTF (/sys/kernel/btf/vmlinux)")
+    present = {f for f in FUNCTIONS if facts.functions.get(f) is not None and f in symbols}
+    functions, missing = _hooked_functions(present)
+    if missing:
+        return Backend("fentry", False, f"kernel functions missing from BTF or kallsyms: {', '.join(missing)}")
+    from procnetmon.kernel import trampoline
+
+    ok, why = trampoline.probe_fexit(facts.functions["inet_sendmsg"])
+    if not ok:
+        return Backend("fentry", False, f"BPF trampolines refused: {why} "
+                                        "(needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, Linux 5.5+)")
+    return Backend("fentry", True, "fexit on " + ", ".join(functions), tuple(functions))
+
+
+def kprobe_backend(symbols: set[str]) -> Backend:
+    events = tracefs_events()
+    has_kprobes = os.path.exists(KPROBE_PMU) or (
+        events is not None and os.path.exists(os.path.join(os.path.dirname(events), "kprobe_events")))
+    if not has_kprobes:
+        return Backend("kprobe", False, "no kprobes (kernel built without CONFIG_KPROBES)")
+    if os.uname().machine != "x86_64":
+        return Backend("kprobe", False, f"the kprobe backend reads x86-64 registers; this is {os.uname().machine}")
+    functions, missing = _hooked_functions(set(FUNCTIONS) & symbols)
+    if missing:
+        return Backend("kprobe", False, f"kernel functions missing from kallsyms: {', '.join(missing)}")
+    return Backend("kprobe", True, "kprobe+kretprobe on " + ", ".join(functions), tuple(functions))
+
+
+def detect(facts: Optional[BtfFacts]) -> list[Backend]:
+    """Every backend, in order of preference, with whether this kernel offers it."""
+    symbols = kernel_symbols()
+    return [tracepoint_backend(facts), fentry_backend(facts, symbols), kprobe_backend(symbols)]
+
+
+def choose(backends: list[Backend], wanted: str = "auto") -> Backend:
+    """The backend to use: ``wanted`` if given, else the best usable one,
+    preferring one that sees every way of moving bytes on this kernel.
+    Raises LookupError naming why none (or not the wanted one) is usable."""
+    if wanted != "auto":
+        for b in backends:
+            if b.name == wanted:
+                if not b.usable:
+                    raise LookupError(f"the {wanted} backend is not available here: {b.detail}")
+                return b
+        raise LookupError(f"unknown backend {wanted!r}")
+    usable = [b for b in backends if b.usable]
+    if not usable:
+        raise LookupError("; ".join(f"{b.name}: {b.detail}" for b in backends))
+    complete = [b for b in usable if not b.gaps]
+    return (complete or usable)[0]
