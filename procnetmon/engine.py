@@ -120,6 +120,17 @@ def _endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
+def _count(sockets: Optional[list], protocol: str) -> Optional[int]:
+    """Sockets of ``protocol``; None when the process's sockets could not be read."""
+    if sockets is None:
+        return None
+    return sum(1 for s in sockets if s.protocol == protocol)
+
+
+def _add_known(total: Optional[int], value: Optional[int]) -> Optional[int]:
+    return None if total is None or value is None else total + value
+
+
 def _unspecified(addr: str) -> bool:
     return addr in ("", "0.0.0.0", "::")
 
@@ -224,8 +235,10 @@ class Sampler:
             agg.bytes_out += row.bytes_out
             agg.total_bytes_in += row.total_bytes_in
             agg.total_bytes_out += row.total_bytes_out
-            agg.tcp_connections += row.tcp_connections
-            agg.udp_connections += row.udp_connections
+            # One unknown count makes the sum unknown: never a low number
+            # that looks exact.
+            agg.tcp_connections = _add_known(agg.tcp_connections, row.tcp_connections)
+            agg.udp_connections = _add_known(agg.udp_connections, row.udp_connections)
         agg.rate_in = _rate(agg.bytes_in, seconds)
         agg.rate_out = _rate(agg.bytes_out, seconds)
         agg.peak_rate_in = self.tally.aggregate_peaks.rate_in
@@ -236,7 +249,7 @@ class Sampler:
                       lost_updates=self.lost_updates)
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
-                     live_sockets: list[procinfo.Socket], exited: dict[int, str],
+                     live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],
                      kernel_sockets: list[SocketBytes]) -> ProcessStats:
         total = self.tally.totals.get(pid, Usage())
         usage = total if kind == RECORD_SUMMARY else self.tally.window.get(pid, Usage())
@@ -252,11 +265,11 @@ class Sampler:
             rate_in=_rate(usage.bytes_in, seconds), rate_out=_rate(usage.bytes_out, seconds),
             peak_rate_in=peaks.rate_in, peak_rate_out=peaks.rate_out,
             tcp=Bytes(usage.tcp_in, usage.tcp_out), udp=Bytes(usage.udp_in, usage.udp_out),
-            tcp_connections=sum(1 for s in live_sockets if s.protocol == "tcp"),
-            udp_connections=sum(1 for s in live_sockets if s.protocol == "udp"),
+            tcp_connections=_count(live_sockets, "tcp"),
+            udp_connections=_count(live_sockets, "udp"),
             total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out)
         if self.options.details:
-            row.connections = self._connections(kind, pid, live_sockets, kernel_sockets)
+            row.connections = self._connections(kind, pid, live_sockets or [], kernel_sockets)
         return row
 
     def _connections(self, kind: str, pid: int, live: list[procinfo.Socket],

@@ -79,8 +79,9 @@ class ProcessStats:
     peak_rate_out: float = 0.0
     tcp: Bytes = field(default_factory=Bytes)
     udp: Bytes = field(default_factory=Bytes)
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    # None: unknown, the process's sockets could not be read (JSON null).
+    tcp_connections: Optional[int] = 0
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
@@ -96,8 +97,8 @@ class Aggregate:
     rate_out: float = 0.0
     peak_rate_in: float = 0.0
     peak_rate_out: float = 0.0
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    tcp_connections: Optional[int] = 0  # None when any process's count is unknown
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
 
@@ -118,6 +119,18 @@ class Record:
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
 
 
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a name or command line that were
+    not UTF-8 (which Python carries as lone surrogates) become ``\\xHH``,
+    a backslash, ``x`` and two hex digits, as Python's ``backslashreplace``
+    writes them. Everything else is kept as it is."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _round_rate(value: float) -> float:
     return round(value, 3)
 
@@ -125,8 +138,8 @@ def _round_rate(value: float) -> float:
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d = {
         "pid": p.pid,
-        "name": p.name,
-        "cmdline": p.cmdline,
+        "name": clean_text(p.name),
+        "cmdline": clean_text(p.cmdline),
         "alive": p.alive,
         "bytes_in": p.bytes_in,
         "bytes_out": p.bytes_out,
