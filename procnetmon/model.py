@@ -118,6 +118,11 @@ class Record:
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
 
 
+def timestamp(moment: datetime) -> str:
+    """ISO 8601 to the millisecond: records a fraction of a second apart stay apart."""
+    return moment.isoformat(timespec="milliseconds")
+
+
 def _round_rate(value: float) -> float:
     return round(value, 3)
 
@@ -170,8 +175,8 @@ def record_to_dict(r: Record) -> dict:
         "schema": SCHEMA,
         "type": r.type,
         "mode": r.mode,
-        "start": r.start.isoformat(timespec="seconds"),
-        "end": r.end.isoformat(timespec="seconds"),
+        "start": timestamp(r.start),
+        "end": timestamp(r.end),
         "duration_s": round(r.duration_s, 3),
         "interfaces": list(r.interfaces) if r.interfaces is not None else None,
         "include_loopback": r.include_loopback,

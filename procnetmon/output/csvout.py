@@ -4,7 +4,9 @@ rename or reorder).
 
 Numbers are those of the JSON form (plain bytes and bytes per second, rates
 rounded as in ``record_to_dict``); booleans are ``true``/``false``.  With
-``aggregate`` a record also gets a ``TOTAL`` row whose pid is empty.
+``aggregate`` a record also gets a ``TOTAL`` row whose pid is empty; a record
+without any process gets that row (of zeros) anyway, so every record leaves
+at least one row.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import csv
 import io
 
-from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict
+from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict, timestamp
 
 CSV_COLUMNS = (
-    "timestamp",  # end of the record's window, ISO 8601
+    "timestamp",  # end of the record's window, ISO 8601 to the millisecond
     "type",  # interval or summary
     "pid",
     "name",
@@ -53,7 +55,9 @@ def format_csv(record: Record, header: bool, aggregate: bool) -> str:
     common = _record_fields(record)
     for process in record.processes:
         writer.writerow({**common, **_process_fields(process, record.type)})
-    if aggregate:
+    if aggregate or not record.processes:
+        # A record with no process still leaves a row: a cron job's idle
+        # minute must not look like a minute it did not run.
         writer.writerow({**common, **_total_fields(record)})
     return buf.getvalue()
 
@@ -61,7 +65,7 @@ def format_csv(record: Record, header: bool, aggregate: bool) -> str:
 def _record_fields(record: Record) -> dict:
     interfaces = "all" if record.interfaces is None else ";".join(record.interfaces)
     return {
-        "timestamp": record.end.isoformat(timespec="seconds"),
+        "timestamp": timestamp(record.end),
         "type": record.type,
         "mode": record.mode,
         "duration_s": round(record.duration_s, 3),
