@@ -226,6 +226,7 @@ class Sampler:
             agg.total_bytes_out += row.total_bytes_out
             agg.tcp_connections += row.tcp_connections
             agg.udp_connections += row.udp_connections
+            agg.tcp_listening += row.tcp_listening
         agg.rate_in = _rate(agg.bytes_in, seconds)
         agg.rate_out = _rate(agg.bytes_out, seconds)
         agg.peak_rate_in = self.tally.aggregate_peaks.rate_in
@@ -254,7 +255,8 @@ class Sampler:
             tcp=Bytes(usage.tcp_in, usage.tcp_out), udp=Bytes(usage.udp_in, usage.udp_out),
             tcp_connections=sum(1 for s in live_sockets if s.protocol == "tcp"),
             udp_connections=sum(1 for s in live_sockets if s.protocol == "udp"),
-            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out)
+            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
+            tcp_listening=sum(1 for s in live_sockets if s.protocol == "tcp" and s.state == "LISTEN"))
         if self.options.details:
             row.connections = self._connections(kind, pid, live_sockets, kernel_sockets)
         return row

@@ -79,11 +79,12 @@ class ProcessStats:
     peak_rate_out: float = 0.0
     tcp: Bytes = field(default_factory=Bytes)
     udp: Bytes = field(default_factory=Bytes)
-    tcp_connections: int = 0
+    tcp_connections: int = 0  # every TCP socket held, listening ones included (as ss -a)
     udp_connections: int = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
+    tcp_listening: int = 0  # the listening TCP sockets among tcp_connections
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Aggregate:
     udp_connections: int = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
+    tcp_listening: int = 0
 
 
 @dataclass
@@ -143,6 +145,7 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
         "udp": p.udp.to_dict(),
         "tcp_connections": p.tcp_connections,
         "udp_connections": p.udp_connections,
+        "tcp_listening": p.tcp_listening,
     }
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = p.total_bytes_in
@@ -162,6 +165,7 @@ def aggregate_to_dict(a: Aggregate, record_type: str) -> dict:
         "peak_rate_out": _round_rate(a.peak_rate_out),
         "tcp_connections": a.tcp_connections,
         "udp_connections": a.udp_connections,
+        "tcp_listening": a.tcp_listening,
     }
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = a.total_bytes_in

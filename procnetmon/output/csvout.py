@@ -40,6 +40,7 @@ CSV_COLUMNS = (
     "total_bytes_in",  # since the start; equals bytes_in in a summary
     "total_bytes_out",
     "interfaces",  # "all" or names joined by ";"
+    "tcp_listening",  # listening TCP sockets, also counted in tcp_connections
 )
 
 TOTAL_NAME = "TOTAL"
@@ -113,7 +114,7 @@ def _total_fields(record: Record) -> dict:
 
 def _rate_fields(d: dict) -> dict:
     keys = ("bytes_in", "bytes_out", "rate_in", "rate_out", "peak_rate_in",
-            "peak_rate_out", "tcp_connections", "udp_connections")
+            "peak_rate_out", "tcp_connections", "udp_connections", "tcp_listening")
     return {key: d[key] for key in keys}
 
 

@@ -508,8 +508,9 @@ def test_connection_counts_come_from_live_sockets():
     probe = FakeProbe([counters(p10=dict(tcp_in=1))])
     summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
     row = by_pid(summary)[10]
-    assert (row.tcp_connections, row.udp_connections) == (2, 1)
-    assert (summary.aggregated.tcp_connections, summary.aggregated.udp_connections) == (2, 1)
+    assert (row.tcp_connections, row.udp_connections, row.tcp_listening) == (2, 1, 1)
+    agg = summary.aggregated
+    assert (agg.tcp_connections, agg.udp_connections, agg.tcp_listening) == (2, 1, 1)
     assert row.connections is None  # only with details
     assert probe.socket_reads == 0
 
