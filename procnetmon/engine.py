@@ -193,8 +193,17 @@ class Sampler:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
         self.tally.advance(usage_by_pid(snap.counters), seconds)
+        self._forget_execed()
         for pid in self.tally.window:
             self._identify(pid)
+
+    def _forget_execed(self) -> None:
+        """A process that exec'd is named by what it runs now. One already gone
+        again is named by the kernel's name at exit, not by the old program's."""
+        execed = getattr(self.probe, "execed", None)
+        for pid in execed() if execed else ():
+            if pid in self.identities:
+                self.identities[pid] = self.processes.identify(pid)
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
