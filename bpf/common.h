@@ -78,6 +78,9 @@ BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
 /* Name of each counted process that exited, since /proc forgets it. User
  * space takes the entries out as it reads them. */
 BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
+/* Thread groups that called exec since user space last looked: the name and
+ * command line it knows for them are stale. User space takes them out. */
+BPF_TABLE("lru_hash", u32, u8, execed, MAX_PIDS);
 /* Counter updates lost because a map was full: never silently. */
 BPF_ARRAY(lost, u64, 1);
 
@@ -160,14 +163,38 @@ static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u6
     __sync_fetch_and_add(val, bytes);
 }
 
+/* Whether user space names tgid in its records: each given PID, or (without
+ * -p) each process with counters. */
+static __always_inline int is_reported(u32 tgid)
+{
+#ifdef FILTER_PIDS
+    return is_target(tgid);
+#else
+    return counted.lookup(&tgid) != 0;
+#endif
+}
+
+/* args: struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm.
+ * Runs in the task that exec'd, which is its thread group's leader by now. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_reported(tgid))
+        return 0;
+    u8 one = 1;
+    execed.update(&tgid, &one);
+    return 0;
+}
+
 /* args: struct task_struct *p, bool group_dead. Keeps the name of a process
- * whose last thread exits, so its totals are still named in the summary. */
+ * whose last thread exits (after an exec, the new program's), so its totals
+ * are still named in the summary. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
     if (!(ctx->args[1] & 1))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!counted.lookup(&tgid))
+    if (!is_reported(tgid))
         return 0;
     counted.delete(&tgid);
     struct exit_info info = {};

@@ -120,11 +120,11 @@ def _endpoint(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def _count(sockets: Optional[list], protocol: str) -> Optional[int]:
-    """Sockets of ``protocol``; None when the process's sockets could not be read."""
+def _count(sockets: Optional[list], protocol: str, state: Optional[str] = None) -> Optional[int]:
+    """Sockets of ``protocol`` (in ``state``); None when the process's sockets could not be read."""
     if sockets is None:
         return None
-    return sum(1 for s in sockets if s.protocol == protocol)
+    return sum(1 for s in sockets if s.protocol == protocol and (state is None or s.state == state))
 
 
 def _add_known(total: Optional[int], value: Optional[int]) -> Optional[int]:
@@ -204,8 +204,17 @@ class Sampler:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
         self.tally.advance(usage_by_pid(snap.counters), seconds)
+        self._forget_execed()
         for pid in self.tally.window:
             self._identify(pid)
+
+    def _forget_execed(self) -> None:
+        """A process that exec'd is named by what it runs now. One already gone
+        again is named by the kernel's name at exit, not by the old program's."""
+        execed = getattr(self.probe, "execed", None)
+        for pid in execed() if execed else ():
+            if pid in self.identities:
+                self.identities[pid] = self.processes.identify(pid)
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
@@ -239,6 +248,7 @@ class Sampler:
             # that looks exact.
             agg.tcp_connections = _add_known(agg.tcp_connections, row.tcp_connections)
             agg.udp_connections = _add_known(agg.udp_connections, row.udp_connections)
+            agg.tcp_listening = _add_known(agg.tcp_listening, row.tcp_listening)
         agg.rate_in = _rate(agg.bytes_in, seconds)
         agg.rate_out = _rate(agg.bytes_out, seconds)
         agg.peak_rate_in = self.tally.aggregate_peaks.rate_in
@@ -267,7 +277,8 @@ class Sampler:
             tcp=Bytes(usage.tcp_in, usage.tcp_out), udp=Bytes(usage.udp_in, usage.udp_out),
             tcp_connections=_count(live_sockets, "tcp"),
             udp_connections=_count(live_sockets, "udp"),
-            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out)
+            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
+            tcp_listening=_count(live_sockets, "tcp", state="LISTEN"))
         if self.options.details:
             row.connections = self._connections(kind, pid, live_sockets or [], kernel_sockets)
         return row

@@ -221,6 +221,18 @@ class BccProbe:
         """Names of counted processes whose last thread has exited."""
         return dict(self._exited_names)
 
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call: who they are has changed."""
+        table = self._bpf["execed"]
+        fresh = set()
+        for k in list(table.keys()):
+            fresh.add(k.value)
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return fresh
+
     def sockets(self) -> list[SocketBytes]:
         return []
 

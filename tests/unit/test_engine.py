@@ -164,8 +164,9 @@ class FakeProbe:
 
     mode = "payload"
 
-    def __init__(self, snapshots, exited=None, sockets=None, lost=0):
+    def __init__(self, snapshots, exited=None, sockets=None, lost=0, execs=None):
         self.snapshots = list(snapshots)
+        self.exec_script = list(execs or [])  # pids that exec'd, per read
         self.exited_names = exited or {}
         self.socket_script = list(sockets or [[]])
         self.lost = lost
@@ -179,6 +180,9 @@ class FakeProbe:
 
     def exited(self) -> dict:
         return dict(self.exited_names)
+
+    def execed(self) -> set:
+        return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
 
     def sockets(self) -> list:
         s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]
@@ -508,8 +512,9 @@ def test_connection_counts_come_from_live_sockets():
     probe = FakeProbe([counters(p10=dict(tcp_in=1))])
     summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
     row = by_pid(summary)[10]
-    assert (row.tcp_connections, row.udp_connections) == (2, 1)
-    assert (summary.aggregated.tcp_connections, summary.aggregated.udp_connections) == (2, 1)
+    assert (row.tcp_connections, row.udp_connections, row.tcp_listening) == (2, 1, 1)
+    agg = summary.aggregated
+    assert (agg.tcp_connections, agg.udp_connections, agg.tcp_listening) == (2, 1, 1)
     assert row.connections is None  # only with details
     assert probe.socket_reads == 0
 
@@ -588,6 +593,55 @@ def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     assert [c.state for c in by_pid(records[0])[10].connections] == ["CLOSED"]
     assert by_pid(records[1])[10].connections == []
     assert [(c.bytes_in, c.bytes_out) for c in by_pid(summary)[10].connections] == [(5, 6)]
+
+
+class ExecingProcesses(FakeProcesses):
+    """pid 10 is sh until it execs curl at the second read (``after``: who it is then)."""
+
+    def __init__(self, after):
+        super().__init__({10: ident(10, "sh")})
+        self.after = after
+
+    def exec_now(self):
+        self.identities[10] = self.after
+        if self.after is None:
+            self.alive.discard(10)
+
+
+def test_a_process_that_execs_is_named_by_its_new_program_in_the_next_record():
+    processes = ExecingProcesses(ident(10, "curl"))
+    snaps = [counters(p10=dict(tcp_out=n)) for n in (1, 2, 3)]
+    probe = FakeProbe(snaps, execs=[set(), {10}, set()])
+    sampler = make(probe, processes=processes, interval=1.0, count=3, emit_intervals=True)
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, records = collect(sampler)
+    assert [(r.processes[0].name, r.processes[0].cmdline) for r in records] == \
+        [("sh", "sh --flag"), ("curl", "curl --flag"), ("curl", "curl --flag")]
+    assert summary.processes[0].name == "curl"
+
+
+def test_a_process_that_execs_then_exits_is_named_as_the_kernel_last_named_it():
+    processes = ExecingProcesses(None)  # gone by the time procnetmon looks again
+    probe = FakeProbe([counters(p10=dict(tcp_out=1)), counters(p10=dict(tcp_out=2))],
+                      execs=[set(), {10}], exited={10: "curl"})
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=2))
+    (row,) = summary.processes
+    assert (row.name, row.cmdline, row.alive, row.bytes_out) == ("curl", "", False, 2)
 
 
 def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
