@@ -180,3 +180,10 @@ class CgroupNames:
             if cgroup_id not in self._paths:
                 self._missed.add(cgroup_id)
         return self._paths.get(cgroup_id)
+
+
+def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
+    """Where the cgroup v2 hierarchy is mounted (None: nowhere)."""
+    from procnetmon.kernel.check import cgroup2_mount as find
+
+    return find(mounts_path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
-from procnetmon import procinfo
+from procnetmon import cgroups, procinfo
 from procnetmon.model import (RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection,
                               ProcessStats, Record)
 from procnetmon.probes import CounterKey, SocketBytes
@@ -141,6 +141,11 @@ class Sampler:
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.socket_totals: dict[tuple, tuple[int, int]] = {}
         self.lost_updates = 0
+        # Where each process was last seen alive, and cgroup ids (noted by
+        # the kernel at exit) back to paths.
+        self.cgroup_seen: dict[int, str] = {}
+        self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
+        self._remembered: set[str] = set()
         for pid in options.pids or []:
             self._identify(pid)
 
@@ -149,7 +154,27 @@ class Sampler:
         never lent the name of a later process reusing the PID): already gone."""
         if pid not in self.identities:
             self.identities[pid] = self.processes.identify(pid)
+            if self.identities[pid] is not None:
+                self._live_cgroup(pid)
         return self.identities[pid]
+
+    def _live_cgroup(self, pid: int) -> Optional[str]:
+        reader = getattr(self.processes, "cgroup_of", None)
+        path = reader(pid) if reader else None
+        if path:
+            self.cgroup_seen[pid] = path
+            if path not in self._remembered:
+                self._remembered.add(path)
+                self.cgroup_names.remember(path)
+        return path or self.cgroup_seen.get(pid)
+
+    def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
+        """A live process's cgroup now; an exited one's where it exited."""
+        if alive:
+            return self._live_cgroup(pid)
+        cgroup_id = exited_cgroups.get(pid)
+        path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
+        return path or self.cgroup_seen.get(pid)
 
     def run(self, on_interval: Callable[[Record], bool]) -> Record:
         """Sample until -t, -n or a stop; return the summary.
@@ -208,6 +233,7 @@ class Sampler:
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
         exited = self.probe.exited()
+        exited_cgroups = getattr(self.probe, "exited_cgroups", dict)()
         kernel_sockets = self.probe.sockets() if self.options.details else []
         rows = []
         agg = Aggregate()
@@ -219,6 +245,9 @@ class Sampler:
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
                                           exited, kernel_sockets))
+            rows[-1].cgroup = self._cgroup(pid, pid in alive, exited_cgroups)
+            workload = cgroups.parse_path(rows[-1].cgroup)
+            rows[-1].container, rows[-1].pod = workload.container, workload.pod
         for row in rows:
             agg.bytes_in += row.bytes_in
             agg.bytes_out += row.bytes_out

@@ -84,6 +84,9 @@ class ProcessStats:
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
+    cgroup: Optional[str] = None  # cgroup v2 path ("/system.slice/nginx.service"); at exit for exited ones
+    container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
+    pod: Optional[str] = None  # Kubernetes pod UID the path names
 
 
 @dataclass
@@ -142,6 +145,9 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = p.total_bytes_in
         d["total_bytes_out"] = p.total_bytes_out
+    d["cgroup"] = p.cgroup
+    d["container"] = p.container
+    d["pod"] = p.pod
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
     return d

@@ -123,10 +123,15 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     labels = [_label(p) for p in rows]
     name_width = max([NAME_MIN_WIDTH] + [len(label) for label in labels])
     columns = _summary_columns(name_width)
+    # The workload column only when a row is in some cgroup other than the root.
+    workloads = [workload_label(p) for p in rows] if any(workload_label(p) for p in rows) else None
+    if workloads:
+        columns.append(("CONTAINER/CGROUP", 0, "<"))
     if header:
         lines.append(_row(columns, [c[0] for c in columns]))
-    for process, label in zip(rows, labels):
-        lines.append(_row(columns, _summary_cells(process, label, units)))
+    for i, (process, label) in enumerate(zip(rows, labels)):
+        cells = _summary_cells(process, label, units)
+        lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
         if details:
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
@@ -235,6 +240,17 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
 
 # --------------------------------------------------------------------------
 # Shared pieces.
+
+
+def workload_label(process: ProcessStats) -> str:
+    """The container (its ID cut to 12 digits, as docker ps shows it) or unit,
+    else the cgroup path; "" for the root cgroup or none."""
+    if process.container:
+        runtime, sep, ident = process.container.partition("://")
+        if sep and len(ident) == 64:
+            return f"{runtime}://{ident[:12]}"
+        return process.container if len(process.container) != 64 else process.container[:12]
+    return "" if process.cgroup in (None, "/") else process.cgroup
 
 
 def _label(process: ProcessStats) -> str:

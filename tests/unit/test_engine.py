@@ -3,6 +3,7 @@ and whole runs of ``Sampler`` over a scripted fake probe and a fake clock."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,6 +11,7 @@ from typing import NamedTuple
 
 import pytest
 
+from procnetmon import cgroups
 from procnetmon.engine import Options, Peaks, Sampler, Tally, Usage, usage_by_pid
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY
 from procnetmon.probes import CounterKey, Snapshot, SocketBytes
@@ -631,3 +633,30 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
     (row,) = summary.processes
     assert (row.name, row.alive) == ("original", False)
     assert answers["calls"] == 1
+
+
+# -- cgroups -------------------------------------------------------------------------
+
+
+def test_rows_carry_cgroup_and_container_and_exited_keep_theirs(tmp_path):
+    docker = "ab" * 32
+    (tmp_path / "system.slice" / "nginx.service").mkdir(parents=True)
+    (tmp_path / f"docker-{docker}.scope").mkdir()
+    exit_id = os.stat(tmp_path / f"docker-{docker}.scope").st_ino
+
+    class Procs(FakeProcesses):
+        def cgroup_of(self, pid):
+            return {10: "/system.slice/nginx.service"}.get(pid) if pid in self.alive else None
+
+    class Probe(FakeProbe):
+        def exited_cgroups(self):
+            return {20: exit_id}
+
+    probe = Probe([counters(p10=dict(tcp_in=100), p20=dict(udp_out=7))], exited={20: "curl"})
+    sampler = make(probe, Procs({10: ident(10, "nginx")}), duration=1.0)
+    sampler.cgroup_names = cgroups.CgroupNames(str(tmp_path))
+    summary, _ = collect(sampler)
+    rows = by_pid(summary)
+    assert (rows[10].cgroup, rows[10].container) == ("/system.slice/nginx.service", "nginx.service")
+    assert rows[20].alive is False
+    assert (rows[20].cgroup, rows[20].container) == (f"/docker-{docker}.scope", f"docker://{docker}")
