@@ -205,5 +205,5 @@ def test_workload_column_only_when_a_row_is_in_a_cgroup(records):
     record.processes[1].cgroup = "/pnm/x"
     text = format_text(record)
     assert "CONTAINER/CGROUP" in text.splitlines()[1]
-    assert "docker://abababababab " in text + " " and "docker://" + "ab" * 7 not in text
+    assert "docker://abababababab\n" in text and "docker://" + "ab" * 7 not in text
     assert "/pnm/x" in text
