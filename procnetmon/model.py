@@ -67,7 +67,7 @@ class ProcessStats:
     one-interval rate seen so far.
     """
 
-    pid: int
+    pid: Optional[int]  # None in a row folded by --group-by name or cgroup
     name: str
     cmdline: str = ""
     alive: bool = True
@@ -87,6 +87,7 @@ class ProcessStats:
     cgroup: Optional[str] = None  # cgroup v2 path ("/system.slice/nginx.service"); at exit for exited ones
     container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
     pod: Optional[str] = None  # Kubernetes pod UID the path names
+    pids: Optional[list[int]] = None  # a row folded by --group-by: its processes (pid is None)
 
 
 @dataclass
@@ -148,6 +149,8 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d["cgroup"] = p.cgroup
     d["container"] = p.container
     d["pod"] = p.pod
+    if p.pids is not None:
+        d["pids"] = list(p.pids)
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
     return d

@@ -33,7 +33,7 @@ _BYTE_RATE_UNITS = ("B/s", "KB/s", "MB/s", "GB/s", "TB/s", "PB/s")
 
 _SORT_KEYS: dict[str, tuple[Callable[[ProcessStats], object], bool]] = {
     # key: (value, descending)
-    "pid": (lambda p: p.pid, False),
+    "pid": (lambda p: p.pid or 0, False),
     "name": (lambda p: p.name.lower(), False),
     "in": (lambda p: p.bytes_in, True),
     "out": (lambda p: p.bytes_out, True),
@@ -107,7 +107,7 @@ def sorted_processes(
 ) -> list[ProcessStats]:
     """The processes in table order (ties by PID), cut to ``top`` rows."""
     key, descending = _SORT_KEYS[sort]
-    ordered = sorted(processes, key=lambda p: p.pid)  # the tie-break order
+    ordered = sorted(processes, key=lambda p: (p.pid or 0, p.name))  # the tie-break order
     ordered.sort(key=key, reverse=descending)  # stable: ties keep PID order
     return ordered if top is None else ordered[:top]
 
@@ -158,7 +158,7 @@ def _summary_columns(name_width: int) -> list[tuple[str, int, str]]:
 def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
     """Cells of a process (or of the aggregate, with ``pid=""``)."""
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -225,7 +225,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
 
 def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -240,6 +240,13 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
 
 # --------------------------------------------------------------------------
 # Shared pieces.
+
+
+def _pid_cell(stats) -> str:
+    """The PID, or for a row folded by --group-by the number of its processes."""
+    if getattr(stats, "pids", None) is not None:
+        return f"{len(stats.pids)}x"
+    return str(stats.pid)
 
 
 def workload_label(process: ProcessStats) -> str:
