@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
-from procnetmon import procinfo
+from procnetmon import cgroups, grouping, procinfo
 from procnetmon.model import (RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection,
                               ProcessStats, Record)
 from procnetmon.probes import CounterKey, SocketBytes
@@ -112,6 +112,7 @@ class Options:
     count: Optional[int] = None  # -n: stop after this many intervals
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
+    group_by: str = "pid"  # or "name", "cgroup": rows folded per group
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -149,9 +150,17 @@ class Sampler:
         self.wallclock = wallclock
         self.processes = processes
         self.tally = Tally(options.interval)
+        # --group-by: the same tally over folded counters, for the groups' peaks.
+        self.group_tally = Tally(options.interval)
+        self.group_of: dict[int, str] = {}
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.socket_totals: dict[tuple, tuple[int, int]] = {}
         self.lost_updates = 0
+        # Where each process was last seen alive, and cgroup ids (noted by
+        # the kernel at exit) back to paths.
+        self.cgroup_seen: dict[int, str] = {}
+        self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
+        self._remembered: set[str] = set()
         for pid in options.pids or []:
             self._identify(pid)
 
@@ -160,7 +169,27 @@ class Sampler:
         never lent the name of a later process reusing the PID): already gone."""
         if pid not in self.identities:
             self.identities[pid] = self.processes.identify(pid)
+            if self.identities[pid] is not None:
+                self._live_cgroup(pid)
         return self.identities[pid]
+
+    def _live_cgroup(self, pid: int) -> Optional[str]:
+        reader = getattr(self.processes, "cgroup_of", None)
+        path = reader(pid) if reader else None
+        if path:
+            self.cgroup_seen[pid] = path
+            if path not in self._remembered:
+                self._remembered.add(path)
+                self.cgroup_names.remember(path)
+        return path or self.cgroup_seen.get(pid)
+
+    def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
+        """A live process's cgroup now; an exited one's where it exited."""
+        if alive:
+            return self._live_cgroup(pid)
+        cgroup_id = exited_cgroups.get(pid)
+        path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
+        return path or self.cgroup_seen.get(pid)
 
     def run(self, on_interval: Callable[[Record], bool]) -> Record:
         """Sample until -t, -n or a stop; return the summary.
@@ -203,10 +232,31 @@ class Sampler:
     def _sample(self, seconds: float) -> None:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
-        self.tally.advance(usage_by_pid(snap.counters), seconds)
+        cumulative = usage_by_pid(snap.counters)
+        self.tally.advance(cumulative, seconds)
         self._forget_execed()
         for pid in self.tally.window:
             self._identify(pid)
+        if self.options.group_by != "pid":
+            folded: dict[str, Usage] = {}
+            for pid, u in cumulative.items():
+                g = folded.setdefault(self._group_key(pid), Usage())
+                g.tcp_in, g.tcp_out = g.tcp_in + u.tcp_in, g.tcp_out + u.tcp_out
+                g.udp_in, g.udp_out = g.udp_in + u.udp_in, g.udp_out + u.udp_out
+            self.group_tally.advance(folded, seconds)
+
+    def _group_key(self, pid: int) -> str:
+        """The group of a process, fixed when first seen so that folded
+        counters only grow."""
+        if pid not in self.group_of:
+            identity = self.identities.get(pid)
+            if self.options.group_by == "name":
+                key = identity.name if identity is not None else self.probe.exited().get(pid, "?")
+            else:
+                exited_ids = getattr(self.probe, "exited_cgroups", dict)()
+                key = self._cgroup(pid, identity is not None and pid not in exited_ids, exited_ids) or ""
+            self.group_of[pid] = key
+        return self.group_of[pid]
 
     def _forget_execed(self) -> None:
         """A process that exec'd is named by what it runs now. One already gone
@@ -228,6 +278,7 @@ class Sampler:
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
         exited = self.probe.exited()
+        exited_cgroups = getattr(self.probe, "exited_cgroups", dict)()
         kernel_sockets = self.probe.sockets() if self.options.details else []
         rows = []
         agg = Aggregate()
@@ -239,6 +290,13 @@ class Sampler:
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
                                           exited, kernel_sockets))
+            rows[-1].cgroup = self._cgroup(pid, pid in alive, exited_cgroups)
+            workload = cgroups.parse_path(rows[-1].cgroup)
+            rows[-1].container, rows[-1].pod = workload.container, workload.pod
+        if self.options.group_by != "pid":
+            for pid in pids:
+                self._group_key(pid)
+            rows = grouping.fold(rows, self.group_of, self.options.group_by, seconds, self.group_tally)
         for row in rows:
             agg.bytes_in += row.bytes_in
             agg.bytes_out += row.bytes_out

@@ -67,7 +67,7 @@ class ProcessStats:
     one-interval rate seen so far.
     """
 
-    pid: int
+    pid: Optional[int]  # None in a row folded by --group-by name or cgroup
     name: str
     cmdline: str = ""
     alive: bool = True
@@ -86,6 +86,10 @@ class ProcessStats:
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
     tcp_listening: Optional[int] = 0  # the listening TCP sockets among tcp_connections
+    cgroup: Optional[str] = None  # cgroup v2 path ("/system.slice/nginx.service"); at exit for exited ones
+    container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
+    pod: Optional[str] = None  # Kubernetes pod UID the path names
+    pids: Optional[list[int]] = None  # a row folded by --group-by: its processes (pid is None)
 
 
 @dataclass
@@ -163,6 +167,11 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = p.total_bytes_in
         d["total_bytes_out"] = p.total_bytes_out
+    d["cgroup"] = p.cgroup
+    d["container"] = p.container
+    d["pod"] = p.pod
+    if p.pids is not None:
+        d["pids"] = list(p.pids)
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
     return d

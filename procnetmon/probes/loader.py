@@ -13,7 +13,8 @@ import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import backends, headers, layout
+from procnetmon import cgroups as cgroupfs
+from procnetmon.kernel import backends, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
                                bpf_source, expand_includes)
@@ -51,7 +52,7 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
@@ -62,6 +63,8 @@ def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Option
         flags.append("-DEXCLUDE_LOOPBACK")
     if details:
         flags.append("-DDETAILS")
+    if cgroups:
+        flags.append("-DFILTER_CGROUPS")
     return flags
 
 
@@ -91,13 +94,20 @@ class BccProbe:
     requirement = ""  # what the kernel must offer, for the error message
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
-                 include_loopback: bool = False, details: bool = False, backend: str = "auto"):
+                 include_loopback: bool = False, details: bool = False, backend: str = "auto",
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None):
         self.wanted_backend = backend
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
         self.include_loopback = include_loopback
         self.details = details
+        # --cgroup: paths below the cgroup2 mount; the kernel counts only
+        # tasks in a cgroup whose id is in target_cgroups.
+        self.cgroups = cgroups
+        self.cgroup_mount = cgroup_mount
+        self._cgroup_ids: set[int] = set()
+        self._exited_cgroups: dict[int, int] = {}
         self._bpf = None
         # Counters and names of exited processes, taken out of the kernel's
         # maps so that they stay small however long procnetmon runs.
@@ -120,7 +130,13 @@ class BccProbe:
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
-                             include_loopback=self.include_loopback, details=self.details)
+                             include_loopback=self.include_loopback, details=self.details,
+                             cgroups=self.cgroups is not None)
+        if self.cgroups is not None:
+            try:
+                flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
+            except BTFError as e:
+                raise ProbeError(f"kernel struct layout for the cgroup filter unavailable: {e}") from e
         flags += backend_cflags(self.backend, facts)
         return bpf_source(self.source), flags, header_dir
 
@@ -176,6 +192,23 @@ class BccProbe:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
+        self._refresh_cgroups()
+
+    def _refresh_cgroups(self) -> None:
+        """Put every cgroup now at or below a --cgroup path in target_cgroups,
+        and take out those that were removed (the kernel adds new ones itself)."""
+        if self.cgroups is None:
+            return
+        table = self._bpf["target_cgroups"]
+        now = {cgroup_id for top in self.cgroups for cgroup_id, _ in cgroupfs.walk_ids(self.cgroup_mount, top)}
+        for cgroup_id in now - self._cgroup_ids:
+            table[table.Key(cgroup_id)] = table.Leaf(1)
+        for cgroup_id in self._cgroup_ids - now:
+            try:
+                del table[table.Key(cgroup_id)]
+            except KeyError:
+                pass
+        self._cgroup_ids = now
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
@@ -187,6 +220,7 @@ class BccProbe:
         # Exits first: a process gone before its counters are read can add
         # nothing more, so its counters move to user space for good.
         newly_exited = self._collect_exits()
+        self._refresh_cgroups()
         table = self._bpf["counters"]
         counters: dict[CounterKey, int] = dict(self._retired)
         for k, v in table.items():
@@ -210,6 +244,7 @@ class BccProbe:
         fresh = set()
         for k, v in list(table.items()):
             self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            self._exited_cgroups[k.value] = v.cgroup_id
             fresh.add(k.value)
             try:
                 del table[k]
@@ -232,6 +267,10 @@ class BccProbe:
             except KeyError:
                 pass
         return fresh
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each counted process that exited was in at its exit."""
+        return dict(self._exited_cgroups)
 
     def sockets(self) -> list[SocketBytes]:
         return []
