@@ -204,12 +204,25 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     return 0;
 }
 
-/* args: struct task_struct *p, bool group_dead. Keeps the name of a process
+/* Whether the exiting task is the last of its thread group. Recent kernels
+ * passes it to the tracepoint (-DHAVE_EXIT_GROUP_DEAD); before, do_exit()
+ * has already counted the task out of signal->live when the tracepoint fires. */
+static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef HAVE_EXIT_GROUP_DEAD
+    return ctx->args[1] & 1;
+#else
+    void *signal = read_ptr((void *)bpf_get_current_task(), OFF_TASK_SIGNAL);
+    return signal && read_u32(signal, OFF_SIGNAL_LIVE) == 0;
+#endif
+}
+
+/* args: struct task_struct *p (, bool group_dead). Keeps the name of a process
  * whose last thread exits (after an exec, the new program's), so its totals
  * are still named in the summary. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-    if (!(ctx->args[1] & 1))
+    if (!group_dead(ctx))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_reported(tgid))

@@ -39,6 +39,10 @@ FIELDS = {
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
     "SOCKET_SK": ("socket", "sk"),
+    # Whether an exiting task is its group's last (kernels whose
+    # sched_process_exit tracepoint does not say).
+    "TASK_SIGNAL": ("task_struct", "signal"),
+    "SIGNAL_LIVE": ("signal_struct", "live"),
     # splice(2) out of a TCP socket, seen from the syscall (tracepoint backend):
     # the socket behind a file descriptor of the calling task.
     "TASK_FILES": ("task_struct", "files"),

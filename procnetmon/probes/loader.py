@@ -48,6 +48,8 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
         flags.append("-DHAVE_SK_DATA_READY")
+    if facts is not None and facts.exit_group_dead:
+        flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
 
 
