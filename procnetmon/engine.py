@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
@@ -100,6 +101,48 @@ class Tally:
         self.aggregate_peaks.see(_rate(agg_in, seconds), _rate(agg_out, seconds))
 
 
+class Archive:
+    """Final totals of processes that are gone, for the summary only.
+
+    A long ``-c`` run sees tens of thousands of processes come and go; what
+    the summary needs of each (PID, bytes by protocol and direction, peaks,
+    name, command line) is packed here in flat arrays, about 60 bytes a
+    process, names and command lines stored once however often they recur.
+    Nothing here is looked at again until the summary.
+    """
+
+    def __init__(self) -> None:
+        self.pids = array("q")
+        self.usage = array("Q")  # tcp_in, tcp_out, udp_in, udp_out per process
+        self.peaks = array("d")  # rate_in, rate_out per process
+        self.text = array("L")  # name, cmdline: indexes into _texts
+        self._texts: list[str] = []
+        self._text_index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def _intern(self, text: str) -> int:
+        index = self._text_index.get(text)
+        if index is None:
+            index = self._text_index[text] = len(self._texts)
+            self._texts.append(text)
+        return index
+
+    def add(self, pid: int, usage: Usage, peaks: Peaks, name: str, cmdline: str) -> None:
+        self.pids.append(pid)
+        self.usage.extend((usage.tcp_in, usage.tcp_out, usage.udp_in, usage.udp_out))
+        self.peaks.extend((peaks.rate_in, peaks.rate_out))
+        self.text.extend((self._intern(name), self._intern(cmdline)))
+
+    def rows(self):
+        """(pid, Usage, Peaks, name, cmdline) of each process, oldest first."""
+        for i, pid in enumerate(self.pids):
+            u = self.usage[4 * i:4 * i + 4]
+            yield (pid, Usage(*u), Peaks(*self.peaks[2 * i:2 * i + 2]),
+                   self._texts[self.text[2 * i]], self._texts[self.text[2 * i + 1]])
+
+
 @dataclass
 class Options:
     """What to sample and for how long; built by the CLI from its arguments."""
@@ -149,8 +192,13 @@ class Sampler:
         self.wallclock = wallclock
         self.processes = processes
         self.tally = Tally(options.interval)
+        # Everything per process below is about processes still counted by
+        # the probe; a process that leaves its counters moves to the archive.
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
-        self.socket_totals: dict[tuple, tuple[int, int]] = {}
+        self.kernel_names: dict[int, str] = {}  # names of exited processes, from the kernel
+        self.socket_totals: dict[int, dict[tuple, tuple[int, int]]] = {}
+        self.archive = Archive()
+        self.exiting: list[int] = []  # exits the last read collected
         self.lost_updates = 0
         for pid in options.pids or []:
             self._identify(pid)
@@ -198,14 +246,43 @@ class Sampler:
                 break
             if opts.count is not None and records >= opts.count:
                 break
+            # Processes whose exit this read collected have been counted to
+            # the end and shown in this interval: their totals go to the
+            # archive, the rest of them is dropped.
+            for pid in self.exiting:
+                self._retire(pid)
         return self._record(RECORD_SUMMARY, self.start, last)
 
     def _sample(self, seconds: float) -> None:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
-        self.tally.advance(usage_by_pid(snap.counters), seconds)
+        cumulative = usage_by_pid(snap.counters)
+        self.exiting = []
+        for pid, name in self.probe.exited().items():
+            if pid in cumulative:
+                self.kernel_names[pid] = name
+                self.exiting.append(pid)
+        # Counters the probe no longer reports without an exit (a full exit
+        # map) are final too; their last bytes were in the previous record.
+        for pid in [pid for pid in self.tally.totals if pid not in cumulative]:
+            self._retire(pid)
+        self.tally.advance(cumulative, seconds)
         for pid in self.tally.window:
             self._identify(pid)
+
+    def _retire(self, pid: int) -> None:
+        total = self.tally.totals.pop(pid)
+        peaks = self.tally.peaks.pop(pid, Peaks())
+        identity = self.identities.get(pid)
+        if self.options.pids is None:
+            self.identities.pop(pid, None)  # -p keeps its few PIDs' identities for every record
+        kernel_name = self.kernel_names.pop(pid, "?")
+        self.socket_totals.pop(pid, None)
+        if identity is not None:
+            name, cmdline = identity.name, identity.cmdline
+        else:
+            name, cmdline = kernel_name, ""
+        self.archive.add(pid, total, peaks, name, cmdline)
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
@@ -218,8 +295,11 @@ class Sampler:
 
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
-        exited = self.probe.exited()
-        kernel_sockets = self.probe.sockets() if self.options.details else []
+        exited = self.kernel_names
+        kernel_sockets: dict[int, list[SocketBytes]] = {}
+        if self.options.details:
+            for s in self.probe.sockets():
+                kernel_sockets.setdefault(s.pid, []).append(s)
         rows = []
         agg = Aggregate()
         pids = self._pids_for(kind)
@@ -229,7 +309,9 @@ class Sampler:
         live_sockets = self.processes.sockets_of(sorted(alive)) if alive else {}
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
-                                          exited, kernel_sockets))
+                                          exited, kernel_sockets.get(pid, [])))
+        if kind == RECORD_SUMMARY and len(self.archive):
+            rows = self._with_archive(rows, seconds, kernel_sockets)
         for row in rows:
             agg.bytes_in += row.bytes_in
             agg.bytes_out += row.bytes_out
@@ -247,6 +329,38 @@ class Sampler:
                       duration_s=seconds, interfaces=self.options.interfaces, processes=rows,
                       aggregated=agg, include_loopback=self.options.include_loopback,
                       lost_updates=self.lost_updates)
+
+    def _with_archive(self, rows: list[ProcessStats], seconds: float,
+                      kernel_sockets: dict[int, list[SocketBytes]]) -> list[ProcessStats]:
+        """The summary's rows with the processes of the archive: a row of
+        their own, or added to the row of a PID that was used again (PIDs
+        are reused: both processes share one row, named after the first)."""
+        by_pid = {row.pid: row for row in rows}
+        added = []
+        for pid, usage, peaks, name, cmdline in self.archive.rows():
+            row = by_pid.get(pid)
+            if row is None:
+                row = ProcessStats(pid=pid, name=name, cmdline=cmdline, alive=False,
+                                   tcp_connections=0, udp_connections=0)
+                if self.options.details:
+                    row.connections = self._connections(RECORD_SUMMARY, pid, [], kernel_sockets.get(pid, []))
+                by_pid[pid] = row
+                added.append(row)
+            elif pid not in self.tally.totals or self.identities.get(pid) is None:
+                row.name, row.cmdline = name, cmdline
+            row.tcp = Bytes(row.tcp.bytes_in + usage.tcp_in, row.tcp.bytes_out + usage.tcp_out)
+            row.udp = Bytes(row.udp.bytes_in + usage.udp_in, row.udp.bytes_out + usage.udp_out)
+            row.bytes_in += usage.bytes_in
+            row.bytes_out += usage.bytes_out
+            row.total_bytes_in, row.total_bytes_out = row.bytes_in, row.bytes_out
+            row.rate_in, row.rate_out = _rate(row.bytes_in, seconds), _rate(row.bytes_out, seconds)
+            row.peak_rate_in = max(row.peak_rate_in, peaks.rate_in)
+            row.peak_rate_out = max(row.peak_rate_out, peaks.rate_out)
+        if not added:
+            return rows
+        if self.options.pids is not None:
+            return rows  # every counted PID was given, and has its row already
+        return sorted(rows + added, key=lambda row: row.pid)
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
                      live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],
@@ -280,8 +394,7 @@ class Sampler:
 
         counted: dict[tuple, SocketBytes] = {}
         for s in kernel:
-            if s.pid == pid:
-                counted[key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)] = s
+            counted[key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)] = s
         out = []
         for s in live:
             k = key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)
@@ -302,6 +415,7 @@ class Sampler:
             return 0, 0
         if kind == RECORD_SUMMARY:
             return s.bytes_in, s.bytes_out
-        prev_in, prev_out = self.socket_totals.get((pid,) + k, (0, 0))
-        self.socket_totals[(pid,) + k] = (s.bytes_in, s.bytes_out)
+        mine = self.socket_totals.setdefault(pid, {})
+        prev_in, prev_out = mine.get(k, (0, 0))
+        mine[k] = (s.bytes_in, s.bytes_out)
         return max(0, s.bytes_in - prev_in), max(0, s.bytes_out - prev_out)
