@@ -40,6 +40,10 @@ class Usage:
     def bytes_out(self) -> int:
         return self.tcp_out + self.udp_out
 
+    def plus(self, other: "Usage") -> "Usage":
+        return Usage(self.tcp_in + other.tcp_in, self.tcp_out + other.tcp_out,
+                     self.udp_in + other.udp_in, self.udp_out + other.udp_out)
+
     def minus(self, other: "Usage") -> "Usage":
         return Usage(self.tcp_in - other.tcp_in, self.tcp_out - other.tcp_out,
                      self.udp_in - other.udp_in, self.udp_out - other.udp_out)
@@ -199,6 +203,9 @@ class Sampler:
         self.socket_totals: dict[int, dict[tuple, tuple[int, int]]] = {}
         self.archive = Archive()
         self.exiting: list[int] = []  # exits the last read collected
+        # With -p (at most a few thousand PIDs) an exited process keeps its
+        # row in every record: its totals are carried here, not archived.
+        self.carried: dict[int, Usage] = {}
         self.lost_updates = 0
         for pid in options.pids or []:
             self._identify(pid)
@@ -272,10 +279,11 @@ class Sampler:
 
     def _retire(self, pid: int) -> None:
         total = self.tally.totals.pop(pid)
+        if self.options.pids is not None:
+            self.carried[pid] = self.carried.get(pid, Usage()).plus(total)
+            return
         peaks = self.tally.peaks.pop(pid, Peaks())
-        identity = self.identities.get(pid)
-        if self.options.pids is None:
-            self.identities.pop(pid, None)  # -p keeps its few PIDs' identities for every record
+        identity = self.identities.pop(pid, None)
         kernel_name = self.kernel_names.pop(pid, "?")
         self.socket_totals.pop(pid, None)
         if identity is not None:
@@ -366,6 +374,8 @@ class Sampler:
                      live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],
                      kernel_sockets: list[SocketBytes]) -> ProcessStats:
         total = self.tally.totals.get(pid, Usage())
+        if pid in self.carried:
+            total = total.plus(self.carried[pid])
         usage = total if kind == RECORD_SUMMARY else self.tally.window.get(pid, Usage())
         peaks = self.tally.peaks.get(pid, Peaks())
         identity = self.identities.get(pid)
