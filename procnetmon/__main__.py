@@ -48,8 +48,8 @@ def _load_modules() -> None:
     """The rest of procnetmon (psutil, the BTF reader, the engine), imported
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
-    global check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
-    from procnetmon import engine, interfaces, procinfo  # noqa: F811
+    global cgroups, check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import cgroups, engine, interfaces, procinfo  # noqa: F811
     from procnetmon.kernel import check  # noqa: F811
     from procnetmon.model import MODE_WIRE  # noqa: F811
     from procnetmon.output.writer import OutputError, Writer  # noqa: F811
@@ -120,6 +120,24 @@ def _check_pids(pids: Optional[list[int]]) -> None:
         raise Fatal(ExitStatus.USAGE, f"error: no process{plural} with PID {names}")
 
 
+def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], Optional[str]]:
+    """--cgroup paths as paths below the cgroup2 mount, each an existing directory."""
+    if paths is None:
+        return None, None
+    mount = cgroups.cgroup2_mount()
+    if mount is None:
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: --cgroup needs the cgroup v2 hierarchy mounted "
+                                            "(mount -t cgroup2 none /sys/fs/cgroup)")
+    resolved = []
+    for path in paths:
+        below = cgroups.relative_path(path, mount)
+        if below is None or not os.path.isdir(os.path.normpath(mount + "/" + below)):
+            raise Fatal(ExitStatus.USAGE, f"error: no cgroup {path} under the cgroup v2 mount {mount}")
+        if below not in resolved:
+            resolved.append(below)
+    return resolved, mount
+
+
 def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
     if names is None:
         return None
@@ -138,8 +156,10 @@ def _make_probe(args):
     keys = _resolve_interfaces(args.interfaces)
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
+    targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
     return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                 details=args.details, backend=args.backend), include_loopback
+                 details=args.details, backend=args.backend, cgroups=targets,
+                 cgroup_mount=mount), include_loopback
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -170,6 +190,8 @@ def _seconds_since_launch() -> Optional[float]:
 
 def _describe_scope(args) -> str:
     who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+    if args.cgroups:
+        who += f" in {', '.join(args.cgroups)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
@@ -229,7 +251,8 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
 
     options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
                              interval=args.interval, duration=args.time, count=args.count,
-                             emit_intervals=cli.is_streaming(args), details=args.details)
+                             emit_intervals=cli.is_streaming(args), details=args.details,
+                             group_by=args.group_by)
     from procnetmon.probes import ProbeError
 
     to_stdout = args.output in (None, "-")

@@ -42,6 +42,7 @@ FORMATS = ("text", "json", "csv")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
 UNITS = ("bits", "bytes")
 MODES = ("payload", "wire")
+GROUP_BY = ("pid", "name", "cgroup")
 # Where the socket-call hooks attach, best first; "auto" takes the best the
 # kernel offers (procnetmon --check says which).
 BACKENDS = ("auto", "tracepoint", "fentry", "kprobe")
@@ -53,9 +54,12 @@ eBPF probes (loaded through BCC) count, in the kernel and filtered there by
 PID and interface, the bytes of every socket call (payload mode) or of every
 IP packet of each process's sockets (wire mode), and procnetmon prints
 per-process totals, rates, peaks and TCP/UDP connection counts as a table,
-JSON or CSV. Needs root, or CAP_BPF and CAP_PERFMON (wire mode also
-CAP_NET_ADMIN; without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other
-processes' connection counts are unknown). --check says what is missing."""
+JSON or CSV. Connection counts are the sockets a process holds at the end of
+a record: tcp_connections counts TCP sockets in every state, listening ones
+included (as ss -a does); tcp_listening counts the listening ones alone.
+Needs root, or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
+without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
+counts are unknown). --check says what is missing."""
 
 EXAMPLES = """\
 examples:
@@ -294,6 +298,12 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "it is not bandwidth on any wire",
     )
     group.add_argument(
+        "--cgroup", metavar="PATH", action="append", dest="cgroups", default=None,
+        help="count only processes in the cgroup v2 PATH or any cgroup below it, decided in "
+        "the kernel; PATH is a directory under the cgroup2 mount, absolute or relative to it "
+        "(e.g. system.slice/nginx.service); repeat for several",
+    )
+    group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
         "wire: bytes of its sockets' IP packets on the interface, IP and TCP/UDP headers, "
@@ -351,6 +361,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-header", action="store_true", dest="no_header",
         help="leave out the CSV header row and the column headings of the table",
+    )
+    group.add_argument(
+        "--group-by", choices=GROUP_BY, default="pid", dest="group_by",
+        help="one row per process (pid), per process name, or per cgroup; totals, rates "
+        "and peaks are those of the folded rows (default: %(default)s)",
     )
     group.add_argument(
         "-a", "--aggregate", action="store_true",

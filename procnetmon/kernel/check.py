@@ -155,6 +155,20 @@ def check_headers() -> Finding:
                                            f"{os.path.join(cache.kernel_cache_dir(), f'headers-v{headers.TREE_VERSION}')}", required=False)
 
 
+def check_kernel_config() -> Finding:
+    """Whether procnetmon's own header tree has a kernel configuration to be built from."""
+    if headers.real_headers_dir():
+        return Finding("kernel config", True, "not needed: kernel headers are installed", required=False)
+    try:
+        _text, path = headers.read_config()
+    except headers.NoConfigError as e:
+        release = os.uname().release
+        return Finding("kernel config", False, "none readable, so no header tree can be built: " + "; ".join(e.tried),
+                       f"apt-get install linux-headers-{release}, or copy the kernel's config "
+                       f"to /boot/config-{release}")
+    return Finding("kernel config", True, f"{path} (for procnetmon's header tree)", required=False)
+
+
 def tracepoint_available(name: str, btf: Optional[BTF]) -> bool:
     """Whether raw tracepoint ``name`` exists: BTF names each as btf_trace_<name>."""
     if btf is not None:
@@ -281,6 +295,7 @@ def run_checks() -> list[Finding]:
         *check_backends(btf),
         check_cgroup2(),
         check_cgroup_bpf(config),
+        check_kernel_config(),
     ]
 
 

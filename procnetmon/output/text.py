@@ -38,7 +38,7 @@ _BYTE_RATE_UNITS = ("B/s", "KB/s", "MB/s", "GB/s", "TB/s", "PB/s")
 
 _SORT_KEYS: dict[str, tuple[Callable[[ProcessStats], object], bool]] = {
     # key: (value, descending)
-    "pid": (lambda p: p.pid, False),
+    "pid": (lambda p: p.pid or 0, False),
     "name": (lambda p: p.name.lower(), False),
     "in": (lambda p: p.bytes_in, True),
     "out": (lambda p: p.bytes_out, True),
@@ -128,7 +128,7 @@ def sorted_processes(
 ) -> list[ProcessStats]:
     """The processes in table order (ties by PID), cut to ``top`` rows."""
     key, descending = _SORT_KEYS[sort]
-    ordered = sorted(processes, key=lambda p: p.pid)  # the tie-break order
+    ordered = sorted(processes, key=lambda p: (p.pid or 0, p.name))  # the tie-break order
     ordered.sort(key=key, reverse=descending)  # stable: ties keep PID order
     return ordered if top is None else ordered[:top]
 
@@ -144,10 +144,15 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     labels = [_label(p) for p in rows]
     name_width = max([NAME_MIN_WIDTH] + [len(label) for label in labels])
     columns = _summary_columns(name_width)
+    # The workload column only when a row is in some cgroup other than the root.
+    workloads = [workload_label(p) for p in rows] if any(workload_label(p) for p in rows) else None
+    if workloads:
+        columns.append(("CONTAINER/CGROUP", 0, "<"))
     if header:
         lines.append(_row(columns, [c[0] for c in columns]))
-    for process, label in zip(rows, labels):
-        lines.append(_row(columns, _summary_cells(process, label, units)))
+    for i, (process, label) in enumerate(zip(rows, labels)):
+        cells = _summary_cells(process, label, units)
+        lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
         if details:
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
@@ -174,7 +179,7 @@ def _summary_columns(name_width: int) -> list[tuple[str, int, str]]:
 def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
     """Cells of a process (or of the aggregate, with ``pid=""``)."""
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -241,7 +246,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
 
 def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -261,6 +266,24 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
 def _count(value) -> str:
     """A connection count; "?" when it could not be read."""
     return UNKNOWN if value is None else str(value)
+
+
+def _pid_cell(stats) -> str:
+    """The PID, or for a row folded by --group-by the number of its processes."""
+    if getattr(stats, "pids", None) is not None:
+        return f"{len(stats.pids)}x"
+    return str(stats.pid)
+
+
+def workload_label(process: ProcessStats) -> str:
+    """The container (its ID cut to 12 digits, as docker ps shows it) or unit,
+    else the cgroup path; "" for the root cgroup or none."""
+    if process.container:
+        runtime, sep, ident = process.container.partition("://")
+        if sep and len(ident) == 64:
+            return f"{runtime}://{ident[:12]}"
+        return process.container if len(process.container) != 64 else process.container[:12]
+    return "" if process.cgroup in (None, "/") else process.cgroup
 
 
 def _label(process: ProcessStats) -> str:

@@ -13,7 +13,8 @@ import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import backends, headers, layout
+from procnetmon import cgroups as cgroupfs
+from procnetmon.kernel import backends, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
                                bpf_source, expand_includes)
@@ -51,7 +52,7 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
@@ -62,6 +63,8 @@ def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Option
         flags.append("-DEXCLUDE_LOOPBACK")
     if details:
         flags.append("-DDETAILS")
+    if cgroups:
+        flags.append("-DFILTER_CGROUPS")
     return flags
 
 
@@ -91,13 +94,20 @@ class BccProbe:
     requirement = ""  # what the kernel must offer, for the error message
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
-                 include_loopback: bool = False, details: bool = False, backend: str = "auto"):
+                 include_loopback: bool = False, details: bool = False, backend: str = "auto",
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None):
         self.wanted_backend = backend
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
         self.include_loopback = include_loopback
         self.details = details
+        # --cgroup: paths below the cgroup2 mount; the kernel counts only
+        # tasks in a cgroup whose id is in target_cgroups.
+        self.cgroups = cgroups
+        self.cgroup_mount = cgroup_mount
+        self._cgroup_ids: set[int] = set()
+        self._exited_cgroups: dict[int, int] = {}
         self._bpf = None
         # Counters and names of exited processes, taken out of the kernel's
         # maps so that they stay small however long procnetmon runs.
@@ -120,7 +130,13 @@ class BccProbe:
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
-                             include_loopback=self.include_loopback, details=self.details)
+                             include_loopback=self.include_loopback, details=self.details,
+                             cgroups=self.cgroups is not None)
+        if self.cgroups is not None:
+            try:
+                flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
+            except BTFError as e:
+                raise ProbeError(f"kernel struct layout for the cgroup filter unavailable: {e}") from e
         flags += backend_cflags(self.backend, facts)
         return bpf_source(self.source), flags, header_dir
 
@@ -138,8 +154,9 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
             raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
+                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
             if self.backend.name == "kprobe":
@@ -175,6 +192,23 @@ class BccProbe:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
+        self._refresh_cgroups()
+
+    def _refresh_cgroups(self) -> None:
+        """Put every cgroup now at or below a --cgroup path in target_cgroups,
+        and take out those that were removed (the kernel adds new ones itself)."""
+        if self.cgroups is None:
+            return
+        table = self._bpf["target_cgroups"]
+        now = {cgroup_id for top in self.cgroups for cgroup_id, _ in cgroupfs.walk_ids(self.cgroup_mount, top)}
+        for cgroup_id in now - self._cgroup_ids:
+            table[table.Key(cgroup_id)] = table.Leaf(1)
+        for cgroup_id in self._cgroup_ids - now:
+            try:
+                del table[table.Key(cgroup_id)]
+            except KeyError:
+                pass
+        self._cgroup_ids = now
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
@@ -192,6 +226,7 @@ class BccProbe:
         again: the cost of a read follows the processes still counted.
         """
         newly_exited = self._collect_exits()
+        self._refresh_cgroups()
         table = self._bpf["counters"]
         counters: dict[CounterKey, int] = {}
         for k, v in table.items():
@@ -211,12 +246,14 @@ class BccProbe:
 
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
-        # Only this read's exits: the engine keeps the names it needs.
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
         self._exited_names = {}
+        self._exited_cgroups = {}
         for k, v in list(table.items()):
             # surrogateescape: bytes that are not UTF-8 stay recoverable, and
             # the outputs write them as \xHH like psutil's names.
             self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
+            self._exited_cgroups[k.value] = v.cgroup_id
             try:
                 del table[k]
             except KeyError:
@@ -227,6 +264,22 @@ class BccProbe:
         """Names of the counted processes whose exit the latest read collected
         (each exit is reported by one read only)."""
         return dict(self._exited_names)
+
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call: who they are has changed."""
+        table = self._bpf["execed"]
+        fresh = set()
+        for k in list(table.keys()):
+            fresh.add(k.value)
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return fresh
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each counted process that exited was in at its exit."""
+        return dict(self._exited_cgroups)
 
     def sockets(self) -> list[SocketBytes]:
         return []

@@ -52,7 +52,7 @@ class FakeBpf:
         leaf.value += nbytes
 
     def exit(self, tgid, comm: bytes):
-        self.maps["exited"][Key(value=tgid)] = SimpleNamespace(comm=comm)
+        self.maps["exited"][Key(value=tgid)] = SimpleNamespace(comm=comm, cgroup_id=1)
 
 
 class _Lost:
@@ -78,9 +78,10 @@ def test_read_reports_an_exited_process_once_then_forgets_it():
     snap = probe.read()
     assert snap.counters[CounterKey(20, "tcp", "out")] == 10  # its last, complete count
     assert probe.exited() == {20: "curl"}
+    assert probe.exited_cgroups() == {20: 1}
     snap = probe.read()
     assert snap.counters == {CounterKey(10, "tcp", "out"): 100}  # gone from the reads
-    assert probe.exited() == {}
+    assert probe.exited() == {} and probe.exited_cgroups() == {}
     assert probe._retired == {} and probe._exited_names == {}
 
 
