@@ -219,12 +219,18 @@ class BccProbe:
         """Fold counts kept outside the counters map into ``counters``."""
 
     def read(self) -> Snapshot:
-        # Exits first: a process gone before its counters are read can add
-        # nothing more, so its counters move to user space for good.
+        """Cumulative counters of the processes in the kernel's map: live ones,
+        and those whose exit this read collected, for the last time.
+
+        Exits first: a process gone before its counters are read can add
+        nothing more, so its counters leave the map after this read and the
+        engine keeps its totals. Nothing of past processes is merged in
+        again: the cost of a read follows the processes still counted.
+        """
         newly_exited = self._collect_exits()
         self._refresh_cgroups()
         table = self._bpf["counters"]
-        counters: dict[CounterKey, int] = dict(self._retired)
+        counters: dict[CounterKey, int] = {}
         for k, v in table.items():
             protocol = PROTOCOLS.get(k.protocol)
             if protocol is None:
@@ -232,7 +238,6 @@ class BccProbe:
             key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
             counters[key] = counters.get(key, 0) + v.value
             if k.tgid in newly_exited:
-                self._retired[key] = self._retired.get(key, 0) + v.value
                 try:
                     del table[k]
                 except KeyError:
@@ -243,19 +248,23 @@ class BccProbe:
 
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
-        fresh = set()
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
+        self._exited_names = {}
+        self._exited_cgroups = {}
         for k, v in list(table.items()):
-            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
+            # the outputs write them as \xHH like psutil's names.
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
             self._exited_cgroups[k.value] = v.cgroup_id
-            fresh.add(k.value)
             try:
                 del table[k]
             except KeyError:
                 pass
-        return fresh
+        return set(self._exited_names)
 
     def exited(self) -> dict[int, str]:
-        """Names of counted processes whose last thread has exited."""
+        """Names of the counted processes whose exit the latest read collected
+        (each exit is reported by one read only)."""
         return dict(self._exited_names)
 
     def execed(self) -> set[int]:

@@ -162,7 +162,11 @@ class FakeStop:
 
 
 class FakeProbe:
-    """Scripted cumulative counters, one snapshot per read (the last repeats)."""
+    """Scripted cumulative counters, one snapshot per read (the last repeats).
+
+    ``exited`` names processes that exit; like BccProbe, the probe reports
+    an exit once, at the read of the last scripted snapshot showing it.
+    """
 
     mode = "payload"
 
@@ -170,6 +174,7 @@ class FakeProbe:
         self.snapshots = list(snapshots)
         self.exec_script = list(execs or [])  # pids that exec'd, per read
         self.exited_names = exited or {}
+        self.reported: set = set()
         self.socket_script = list(sockets or [[]])
         self.lost = lost
         self.reads = 0
@@ -181,7 +186,15 @@ class FakeProbe:
         return Snapshot(counters=dict(snap), lost_updates=self.lost)
 
     def exited(self) -> dict:
-        return dict(self.exited_names)
+        now = self.snapshots[min(self.reads, len(self.snapshots)) - 1]
+        later = self.snapshots[self.reads:]
+        out = {}
+        for pid, name in self.exited_names.items():
+            shown = any(k.pid == pid for k in now)
+            if shown and pid not in self.reported and not any(k.pid == pid for snap in later for k in snap):
+                out[pid] = name
+                self.reported.add(pid)
+        return out
 
     def execed(self) -> set:
         return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
@@ -677,7 +690,8 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
             return Snapshot(counters={CounterKey(42, "tcp", "out"): 100 * self.reads})
 
         def exited(self):
-            return {42: "original"}
+            # A probe reports an exit once, at the read that collects it.
+            return {42: "original"} if self.reads == 3 else {}
 
         def sockets(self):
             return []
