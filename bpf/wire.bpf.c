@@ -37,6 +37,7 @@
 struct owner {
     u32 tgid;
     u32 netns;
+    u64 ino; /* the socket's inode number: user space finds live sockets by it */
 };
 
 struct pending_key {
@@ -118,7 +119,7 @@ static __always_inline void note_owner(const void *sk)
     u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return;
-    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk)};
+    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk), .ino = socket_ino(sk)};
     if (cookie) {
         owners.update(&cookie, &fresh);
     } else {
