@@ -118,6 +118,21 @@ static __always_inline u16 read_u16(const void *base, long off)
     return v;
 }
 
+/* The inode number of the socket file sk belongs to (what /proc/PID/fd shows
+ * as socket:[N]), or 0 once it has none (closed). The kernel hands inode
+ * numbers out from a counter, so unlike the struct sock's address it names
+ * one socket only, and user space finds live sockets by it. */
+static __always_inline u64 socket_ino(const void *sk)
+{
+    const char *sock = read_ptr(sk, OFF_SK_SOCKET);
+    if (!sock)
+        return 0;
+    u64 ino = 0;
+    bpf_probe_read_kernel(&ino, sizeof(ino),
+                          sock - OFF_SOCKET_ALLOC_SOCKET + OFF_SOCKET_ALLOC_INODE + OFF_INODE_INO);
+    return ino;
+}
+
 static __always_inline void note_lost(void)
 {
     int zero = 0;

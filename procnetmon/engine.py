@@ -488,34 +488,41 @@ class Sampler:
 
     def _connections(self, kind: str, pid: int, live: list[procinfo.Socket],
                      kernel: list[SocketBytes]) -> list[Connection]:
-        """The process's live sockets with the bytes the kernel attributed to each, plus closed ones."""
-        def key(protocol, family, lport, raddr, rport):
-            return (protocol, family, lport, "" if _unspecified(raddr) else raddr, rport if not _unspecified(raddr) else 0)
+        """The process's live sockets with the bytes the kernel attributed to each, plus closed ones.
 
-        counted: dict[tuple, SocketBytes] = {}
-        for s in kernel:
-            counted[key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)] = s
+        Sockets are told apart by identity, never by their addresses: one
+        local port may serve two sockets in a record, and each keeps its row.
+        A live socket is the kernel's socket with the same inode number.
+        """
+        mine = [s for s in kernel if s.pid == pid]
+        by_inode = {s.inode: s for s in mine if s.inode}
+        shown: set[int] = set()
         out = []
         for s in live:
-            k = key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)
-            b_in, b_out = self._socket_window(kind, pid, k, counted.pop(k, None))
+            found = by_inode.get(s.inode) if s.inode else None
+            if found is not None:
+                shown.add(found.sock_id)
+            b_in, b_out = self._socket_window(kind, pid, found)
             out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
                                   _endpoint(s.remote_addr, s.remote_port), s.state, b_in, b_out))
-        for k, s in sorted(counted.items()):
-            b_in, b_out = self._socket_window(kind, pid, k, s)
+        closed = sorted((s for s in mine if s.sock_id not in shown),
+                        key=lambda s: (s.protocol, s.family, s.local_addr, s.local_port,
+                                       s.remote_addr, s.remote_port, s.sock_id))
+        for s in closed:
+            b_in, b_out = self._socket_window(kind, pid, s)
             if b_in or b_out:
                 remote = "" if _unspecified(s.remote_addr) else _endpoint(s.remote_addr, s.remote_port)
                 out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
                                       remote, "CLOSED", b_in, b_out))
         return out
 
-    def _socket_window(self, kind: str, pid: int, k: tuple, s: Optional[SocketBytes]) -> tuple[int, int]:
+    def _socket_window(self, kind: str, pid: int, s: Optional[SocketBytes]) -> tuple[int, int]:
         """Bytes of one socket in this record's window (cumulative for a summary)."""
         if s is None:
             return 0, 0
         if kind == RECORD_SUMMARY:
             return s.bytes_in, s.bytes_out
         mine = self.socket_totals.setdefault(pid, {})
-        prev_in, prev_out = mine.get(k, (0, 0))
-        mine[k] = (s.bytes_in, s.bytes_out)
+        prev_in, prev_out = mine.get(s.sock_id, (0, 0))
+        mine[s.sock_id] = (s.bytes_in, s.bytes_out)
         return max(0, s.bytes_in - prev_in), max(0, s.bytes_out - prev_out)

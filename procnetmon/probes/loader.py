@@ -76,7 +76,7 @@ def _format_addr(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw[:16]))
 
 
-def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
+def socket_bytes(info, pid: int, inode: int = 0, sock_id: int = 0) -> Optional[SocketBytes]:
     """A ``struct sock_info`` of the BPF programs as plain data (None if not TCP/UDP over IP)."""
     protocol = PROTOCOLS.get(info.protocol)
     if protocol is None or info.family not in (socket.AF_INET, socket.AF_INET6):
@@ -85,7 +85,7 @@ def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
         pid=pid, protocol=protocol, family="ipv4" if info.family == socket.AF_INET else "ipv6",
         local_addr=_format_addr(info.family, bytes(info.laddr)), local_port=info.lport,
         remote_addr=_format_addr(info.family, bytes(info.raddr)), remote_port=info.rport,
-        bytes_in=info.bytes_in, bytes_out=info.bytes_out)
+        bytes_in=info.bytes_in, bytes_out=info.bytes_out, inode=inode, sock_id=sock_id)
 
 
 class BccProbe:
