@@ -38,6 +38,7 @@ FIELDS = {
     "NET_NS_INUM": ("net", "ns.inum"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
+    "TASK_TGID": ("task_struct", "tgid"),  # -p --children, -- COMMAND: the forked child's
     "SOCKET_SK": ("socket", "sk"),
     # splice(2) out of a TCP socket, seen from the syscall (tracepoint backend):
     # the socket behind a file descriptor of the calling task.
