@@ -4,6 +4,11 @@ Everything that can be wrong with the request (a PID that does not exist,
 an unknown interface, missing privileges) is reported before any probe is
 attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
 summary of everything measured is still written.
+
+With ``-- COMMAND`` procnetmon lives as long as COMMAND does: SIGINT and
+SIGQUIT are ignored (a terminal sends them to COMMAND, in the same process
+group, directly, as time(1) expects too), SIGTERM and SIGHUP are passed on
+to COMMAND, and COMMAND's end ends sampling.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from procnetmon import cli, engine, interfaces, procinfo
+from procnetmon import cli, engine, interfaces, launch, procinfo
 from procnetmon.kernel import check
 from procnetmon.model import MODE_WIRE
 from procnetmon.output.writer import Writer
@@ -76,17 +81,25 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
 
-def _make_probe(args):
+def _interface_filter(args) -> tuple[Optional[list[interfaces.InterfaceKey]], bool]:
+    keys = _resolve_interfaces(args.interfaces)
+    include_loopback = args.include_loopback or (args.interfaces is not None
+                                                 and interfaces.names_include_loopback(args.interfaces))
+    return keys, include_loopback
+
+
+def _make_probe(args, pids: Optional[list[int]], keys, include_loopback: bool):
     if args.mode == MODE_WIRE:
         from procnetmon.probes.wire import WireProbe as Probe
     else:
         from procnetmon.probes.payload import PayloadProbe as Probe
 
-    keys = _resolve_interfaces(args.interfaces)
-    include_loopback = args.include_loopback or (args.interfaces is not None
-                                                 and interfaces.names_include_loopback(args.interfaces))
-    return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                 details=args.details, backend=args.backend), include_loopback
+    return Probe(pids=pids, interfaces=keys, include_loopback=include_loopback, details=args.details,
+                 backend=args.backend, follow_children=_follows_children(args))
+
+
+def _follows_children(args) -> bool:
+    return bool(args.command) or (args.children and args.pids is not None)
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -115,18 +128,27 @@ def _seconds_since_launch() -> Optional[float]:
         return None
 
 
-def _describe_scope(args) -> str:
-    who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
+    if command is not None:
+        who = f"{os.path.basename(args.command[0])} (PID {command.pid}) and all it starts"
+    elif args.pids:
+        who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}"
+        if _follows_children(args):
+            who += " and their descendants"
+    else:
+        who = "every process"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.continuous:
-        how_long = "until Ctrl-C"
-    elif args.count is not None:
+    if args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
-    else:
+    elif args.time is not None:
         how_long = f"for {args.time:g} s"
+    else:
+        how_long = "until it ends" if command is not None else "until Ctrl-C"
+    if command is not None and (args.count is not None or args.time is not None):
+        how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
 
 
@@ -138,26 +160,71 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(args, out: TextIO, err: TextIO) -> ExitStatus:
+def _install_command_handlers(command: launch.Command) -> None:
+    def forward(signum, _frame):
+        command.forward(signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+
+
+def _start_command(args) -> launch.Command:
+    """COMMAND forked and waiting at its gate, with procnetmon's signals set for it."""
+    try:
+        launch.check_runnable(args.command)
+    except launch.CommandError as e:
+        raise Fatal(e.status, f"error: {e}") from None
+    command = launch.Command(args.command, launch.invoking_user(os.environ, os.geteuid()))
+    command.start()
+    _install_command_handlers(command)
+    return command
+
+
+def run(args, out: TextIO, err: TextIO) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
-    probe, include_loopback = _make_probe(args)
+    keys, include_loopback = _interface_filter(args)
     if args.ebpf:
-        _print_ebpf(probe, out)
+        _print_ebpf(_make_probe(args, [] if args.command else args.pids, keys, include_loopback), out)
         return ExitStatus.OK
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+    if not args.command:
+        return _measure(args, out, err, keys, include_loopback, None)
+    command = _start_command(args)
+    try:
+        _measure(args, out, err, keys, include_loopback, command)
+    finally:
+        command.abort()  # COMMAND never ran if procnetmon failed before releasing it
+    return command.wait()
 
+
+def _measure(args, out: TextIO, err: TextIO, keys, include_loopback: bool,
+             command: Optional[launch.Command]) -> ExitStatus:
     stop = threading.Event()
-    _install_stop_handlers(stop)
-    options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
-                             interval=args.interval, duration=args.time, count=args.count,
-                             emit_intervals=cli.is_streaming(args), details=args.details)
+    if command is None:
+        _install_stop_handlers(stop)
+        pids = args.pids
+        if _follows_children(args):
+            # Those running now; the kernel adds the ones forked from now on.
+            pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
+    else:
+        pids = [command.pid]
+    probe = _make_probe(args, pids, keys, include_loopback)
+    options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
+                             include_loopback=include_loopback, interval=args.interval, duration=args.time,
+                             count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
+                             follow_children=_follows_children(args), command=args.command)
     from procnetmon.probes import ProbeError
 
-    target = out if args.output in (None, "-") else args.output
+    if command is not None:
+        target = err if args.output is None else args.output  # COMMAND keeps standard output
+    else:
+        target = out if args.output in (None, "-") else args.output
     try:
         writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                         details=args.details, units=args.units, sort=args.sort, top=args.top,
@@ -178,7 +245,16 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}")
+            if command is not None:
+                try:
+                    command.release()
+                except launch.CommandError as e:
+                    raise Fatal(e.status, f"error: {e}") from None
+                command.on_end(stop.set)
+            elif _follows_children(args):
+                # Forked between the look above and the attach: the kernel missed them.
+                probe.add_pids(procinfo.descendants(args.pids))
             summary = sampler.run(writer.write)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
@@ -188,6 +264,8 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
             probe.close()
     finally:
         writer.close()
+    if command is not None and command.status is None and not args.quiet:
+        _say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
 
 

@@ -61,3 +61,15 @@ Socket = sockettable.SocketEntry
 def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
     """The TCP and UDP sockets each process holds now, seen in its own network namespace."""
     return sockettable.sockets_by_pid(pids)
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """PIDs of every process now below ``pids`` in the process tree (children,
+    their children, ...), in no particular order."""
+    found: set[int] = set()
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return sorted(found)
