@@ -78,9 +78,6 @@ def tcp_server(args, result: dict, held: list) -> None:
         # The client's bytes arrive and queue on the not yet accepted socket.
         time.sleep(args.accept_delay)
     conns = []
-    for _ in range(args.connections):
-        conn, _ = srv.accept()
-        conns.append(conn)
     threads = []
     totals = {"tcp_in": 0, "tcp_out": 0}
     lock = threading.Lock()
@@ -92,7 +89,11 @@ def tcp_server(args, result: dict, held: list) -> None:
             totals["tcp_in"] += got
             totals["tcp_out"] += sent
 
-    for conn in conns:
+    # Each connection is served as it comes: clients that run one after
+    # another each wait for their reply.
+    for _ in range(args.connections):
+        conn, _ = srv.accept()
+        conns.append(conn)
         t = threading.Thread(target=serve, args=(conn,))
         t.start()
         threads.append(t)
