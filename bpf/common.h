@@ -9,6 +9,9 @@
  *   FOLLOW_CHILDREN   with FILTER_PIDS: a process forked by a target becomes
  *                     a target itself, and leaves target_pids when it exits
  *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
+ *   FILTER_CGROUPS    count only tasks of the cgroups (v2 ids) in target_cgroups;
+ *                     needs OFF_CGROUP_* and OFF_KERNFS_NODE_* (cgroups created
+ *                     below a target are added as they are made)
  *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
  *   MAX_COUNTERS, MAX_PIDS, MAX_SOCKETS, MAX_EXITED   map sizes
  */
@@ -37,6 +40,9 @@
 #endif
 #ifndef MAX_EXITED
 #define MAX_EXITED 16384
+#endif
+#ifndef MAX_CGROUPS
+#define MAX_CGROUPS 16384
 #endif
 
 struct counter_key {
@@ -70,16 +76,26 @@ struct sock_info {
 struct exit_info {
     char comm[16];
     u64 exit_ns;
+    u64 cgroup_id; /* cgroup v2 id (directory inode) the process exited in */
 };
 
 BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
 BPF_HASH(target_pids, u32, u8, MAX_PIDS);
 BPF_HASH(target_ifaces, struct iface_key, u8, 256);
+#ifdef FILTER_CGROUPS
+/* Every cgroup at or below a --cgroup path, by id: the task's own cgroup is
+ * looked up, since bpf_get_current_ancestor_cgroup_id() is not offered to
+ * tracing programs before Linux 5.14. */
+BPF_HASH(target_cgroups, u64, u8, MAX_CGROUPS);
+#endif
 /* Thread groups with counters: only their exits are worth noting. */
 BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
 /* Name of each counted process that exited, since /proc forgets it. User
  * space takes the entries out as it reads them. */
 BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
+/* Thread groups that called exec since user space last looked: the name and
+ * command line it knows for them are stale. User space takes them out. */
+BPF_TABLE("lru_hash", u32, u8, execed, MAX_PIDS);
 /* Counter updates lost because a map was full: never silently. */
 BPF_ARRAY(lost, u64, 1);
 
@@ -115,10 +131,15 @@ static __always_inline void note_lost(void)
 static __always_inline int is_target(u32 tgid)
 {
 #ifdef FILTER_PIDS
-    return target_pids.lookup(&tgid) != 0;
-#else
-    return 1;
+    if (!target_pids.lookup(&tgid))
+        return 0;
 #endif
+#ifdef FILTER_CGROUPS
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    if (!target_cgroups.lookup(&cgroup_id))
+        return 0;
+#endif
+    return 1;
 }
 
 /* The inode number of a socket's network namespace (tracing programs only). */
@@ -162,18 +183,43 @@ static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u6
     __sync_fetch_and_add(val, bytes);
 }
 
+/* Whether user space names tgid in its records: each given PID, or (without
+ * -p) each process with counters. */
+static __always_inline int is_reported(u32 tgid)
+{
+#ifdef FILTER_PIDS
+    return is_target(tgid);
+#else
+    return counted.lookup(&tgid) != 0;
+#endif
+}
+
+/* args: struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm.
+ * Runs in the task that exec'd, which is its thread group's leader by now. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_reported(tgid))
+        return 0;
+    u8 one = 1;
+    execed.update(&tgid, &one);
+    return 0;
+}
+
 /* args: struct task_struct *p, bool group_dead. Keeps the name of a process
- * whose last thread exits, so its totals are still named in the summary. */
+ * whose last thread exits (after an exec, the new program's), so its totals
+ * are still named in the summary. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
     if (!(ctx->args[1] & 1))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    int reported = is_reported(tgid);
 #if defined(FILTER_PIDS) && defined(FOLLOW_CHILDREN)
     /* Room for new children, and a later process reusing the PID is no target. */
     target_pids.delete(&tgid);
 #endif
-    if (!counted.lookup(&tgid))
+    if (!reported)
         return 0;
     counted.delete(&tgid);
     struct exit_info info = {};
@@ -181,6 +227,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     void *leader = read_ptr(task, OFF_TASK_GROUP_LEADER);
     bpf_probe_read_kernel(info.comm, sizeof(info.comm), (const char *)(leader ? leader : task) + OFF_TASK_COMM);
     info.exit_ns = bpf_ktime_get_ns();
+    info.cgroup_id = bpf_get_current_cgroup_id();
     exited.update(&tgid, &info);
     return 0;
 }
@@ -201,6 +248,29 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
     u8 one = 1;
     if (target_pids.update(&child, &one) != 0)
         note_lost(); /* target_pids full: this child goes uncounted */
+    return 0;
+}
+#endif
+
+#ifdef FILTER_CGROUPS
+/* args: struct cgroup *cgrp, const char *path. A cgroup made below a target
+ * is a target from its first moment, before any task can be moved into it
+ * (user space also rescans the targets every interval). */
+RAW_TRACEPOINT_PROBE(cgroup_mkdir)
+{
+    const void *cgrp = (const void *)ctx->args[0];
+    void *root = read_ptr(cgrp, OFF_CGROUP_ROOT);
+    if (read_u32(root, OFF_CGROUP_ROOT_HIERARCHY_ID) != 0)
+        return 0; /* a cgroup v1 hierarchy: its ids are another numbering */
+    void *kn = read_ptr(cgrp, OFF_CGROUP_KN);
+    void *parent = read_ptr(kn, OFF_KERNFS_NODE_PARENT);
+    u64 parent_id = 0, id = 0;
+    bpf_probe_read_kernel(&parent_id, sizeof(parent_id), (const char *)parent + OFF_KERNFS_NODE_ID);
+    if (!parent || !target_cgroups.lookup(&parent_id))
+        return 0;
+    bpf_probe_read_kernel(&id, sizeof(id), (const char *)kn + OFF_KERNFS_NODE_ID);
+    u8 one = 1;
+    target_cgroups.update(&id, &one);
     return 0;
 }
 #endif

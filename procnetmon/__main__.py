@@ -3,16 +3,19 @@
 Everything that can be wrong with the request (a PID that does not exist,
 an unknown interface, missing privileges) is reported before any probe is
 attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
-summary of everything measured is still written.
+summary of everything measured is still written. Before that, they end the
+program at once (status 130 or 143, no traceback): nothing is attached and
+nothing has been written yet. A signal after the summary changes nothing.
 
-With ``-- COMMAND`` procnetmon lives as long as COMMAND does: SIGINT and
-SIGQUIT are ignored (a terminal sends them to COMMAND, in the same process
-group, directly, as time(1) expects too), SIGTERM and SIGHUP are passed on
-to COMMAND, and COMMAND's end ends sampling.
+With ``-- COMMAND`` procnetmon lives as long as COMMAND does: once COMMAND is
+forked, SIGINT and SIGQUIT are ignored (a terminal sends them to COMMAND, in
+the same process group, directly, as time(1) expects too), SIGTERM and
+SIGHUP are passed on to COMMAND, and COMMAND's end ends sampling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import signal
@@ -21,17 +24,15 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from procnetmon import cli, engine, interfaces, launch, procinfo
-from procnetmon.kernel import check
-from procnetmon.model import MODE_WIRE
-from procnetmon.output.writer import Writer
+from procnetmon import cgroups, cli, launch
 
 
 class ExitStatus(enum.IntEnum):
     OK = 0
-    ERROR = 1  # measurement failed at run time
+    ERROR = 1  # measurement failed at run time, or the output could not be written
     USAGE = 2  # bad options, nonexistent PID, unknown interface
     UNAVAILABLE = 3  # missing privileges or a kernel feature
+    INTERRUPTED = 128  # + the signal number: stopped before sampling began
 
 
 class Fatal(Exception):
@@ -44,12 +45,61 @@ def _say(stream: TextIO, message: str) -> None:
     try:
         stream.write(f"procnetmon: {message}\n")
         stream.flush()
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr closed or full: the exit status still tells
+
+
+def _load_modules() -> None:
+    """The rest of procnetmon (psutil, the BTF reader, the engine), imported
+    after the early signal handlers are in place: a Ctrl-C during these
+    imports ends the program quietly instead of with a traceback."""
+    global check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import engine, interfaces, procinfo  # noqa: F811
+    from procnetmon.kernel import check  # noqa: F811
+    from procnetmon.model import MODE_WIRE  # noqa: F811
+    from procnetmon.output.writer import OutputError, Writer  # noqa: F811
+
+
+def _quit_before_sampling(signum, _frame) -> None:
+    # Nothing is attached and nothing written yet: leave at once, as the
+    # default action would, but without KeyboardInterrupt's traceback.
+    os._exit(ExitStatus.INTERRUPTED + signum)
+
+
+def _install_early_handlers() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _quit_before_sampling)
+
+
+def _repair_std_streams() -> bool:
+    """Point closed standard descriptors at /dev/null so that nothing opened
+    later (the -o file) takes their number and no write to them raises.
+    Returns whether standard output was closed: then nobody reads it, as
+    after ``| head`` has exited."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    return 1 in closed
 
 
 def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     findings = check.run_checks()
+    # What each mode needs beyond loading BPF programs, after that line.
+    after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
+    capabilities = check.check_capabilities()
+    findings[after:after] = capabilities
     width = max(len(f.name) for f in findings)
     for f in findings:
         mark = "ok " if f.ok else ("NO " if f.required else "-- ")
@@ -59,6 +109,9 @@ def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     ready, backend = check.payload_backend(findings, wanted_backend)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
     wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
+    wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
+    if wire_ready and not wire_privileges.ok:
+        wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
     out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
@@ -72,6 +125,24 @@ def _check_pids(pids: Optional[list[int]]) -> None:
         raise Fatal(ExitStatus.USAGE, f"error: no process{plural} with PID {names}")
 
 
+def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], Optional[str]]:
+    """--cgroup paths as paths below the cgroup2 mount, each an existing directory."""
+    if paths is None:
+        return None, None
+    mount = cgroups.cgroup2_mount()
+    if mount is None:
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: --cgroup needs the cgroup v2 hierarchy mounted "
+                                            "(mount -t cgroup2 none /sys/fs/cgroup)")
+    resolved = []
+    for path in paths:
+        below = cgroups.relative_path(path, mount)
+        if below is None or not os.path.isdir(os.path.normpath(mount + "/" + below)):
+            raise Fatal(ExitStatus.USAGE, f"error: no cgroup {path} under the cgroup v2 mount {mount}")
+        if below not in resolved:
+            resolved.append(below)
+    return resolved, mount
+
+
 def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
     if names is None:
         return None
@@ -81,21 +152,20 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
 
-def _interface_filter(args) -> tuple[Optional[list[interfaces.InterfaceKey]], bool]:
-    keys = _resolve_interfaces(args.interfaces)
-    include_loopback = args.include_loopback or (args.interfaces is not None
-                                                 and interfaces.names_include_loopback(args.interfaces))
-    return keys, include_loopback
-
-
-def _make_probe(args, pids: Optional[list[int]], keys, include_loopback: bool):
+def _make_probe(args, pids: Optional[list[int]] = None):
+    """The probe for ``pids`` (default: -p's), and whether loopback counts."""
     if args.mode == MODE_WIRE:
         from procnetmon.probes.wire import WireProbe as Probe
     else:
         from procnetmon.probes.payload import PayloadProbe as Probe
 
-    return Probe(pids=pids, interfaces=keys, include_loopback=include_loopback, details=args.details,
-                 backend=args.backend, follow_children=_follows_children(args))
+    keys = _resolve_interfaces(args.interfaces)
+    include_loopback = args.include_loopback or (args.interfaces is not None
+                                                 and interfaces.names_include_loopback(args.interfaces))
+    targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
+    return Probe(pids=args.pids if pids is None else pids, interfaces=keys, include_loopback=include_loopback,
+                 details=args.details, backend=args.backend, cgroups=targets,
+                 cgroup_mount=mount, follow_children=_follows_children(args)), include_loopback
 
 
 def _follows_children(args) -> bool:
@@ -137,6 +207,8 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
             who += " and their descendants"
     else:
         who = "every process"
+    if args.cgroups:
+        who += f" in {', '.join(args.cgroups)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
@@ -150,6 +222,26 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
     if command is not None and (args.count is not None or args.time is not None):
         how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
+
+
+def _warn_on_unknown_counts(write, err: TextIO):
+    """``write``, saying once on stderr why connection counts are unknown
+    (null, "?") when a record first has such a process."""
+    warned = False
+
+    def emit(record) -> bool:
+        nonlocal warned
+        if not warned:
+            unknown = [p.pid for p in record.processes if p.tcp_connections is None]
+            if unknown:
+                warned = True
+                _say(err, f"warning: connection counts of {len(unknown)} process"
+                          f"{'es' if len(unknown) > 1 else ''} (PID {', '.join(map(str, unknown[:5]))}"
+                          f"{', ...' if len(unknown) > 5 else ''}) are unknown: their /proc/PID/fd is not "
+                          "readable without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+        return write(record)
+
+    return emit
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -182,55 +274,73 @@ def _start_command(args) -> launch.Command:
     return command
 
 
-def run(args, out: TextIO, err: TextIO) -> int:
+def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
-    keys, include_loopback = _interface_filter(args)
     if args.ebpf:
-        _print_ebpf(_make_probe(args, [] if args.command else args.pids, keys, include_loopback), out)
+        _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)
         return ExitStatus.OK
+    if args.command:
+        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+    if args.mode == MODE_WIRE and not check.has_wire_privileges():
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
+                                            "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
+                                            "run with sudo, or use --mode payload")
     if not args.command:
-        return _measure(args, out, err, keys, include_loopback, None)
+        return _measure(args, out, err, None, stdout_closed)
     command = _start_command(args)
     try:
-        _measure(args, out, err, keys, include_loopback, command)
+        _measure(args, out, err, command, stdout_closed)
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
     return command.wait()
 
 
-def _measure(args, out: TextIO, err: TextIO, keys, include_loopback: bool,
-             command: Optional[launch.Command]) -> ExitStatus:
-    stop = threading.Event()
-    if command is None:
-        _install_stop_handlers(stop)
-        pids = args.pids
-        if _follows_children(args):
-            # Those running now; the kernel adds the ones forked from now on.
-            pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
-    else:
+def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
+             stdout_closed: bool) -> ExitStatus:
+    if command is not None:
         pids = [command.pid]
-    probe = _make_probe(args, pids, keys, include_loopback)
+    elif _follows_children(args):
+        # Those running now; the kernel adds the ones forked from now on.
+        pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
+    else:
+        pids = args.pids
+    probe, include_loopback = _make_probe(args, pids)
     options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
                              include_loopback=include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
-                             follow_children=_follows_children(args), command=args.command)
+                             group_by=args.group_by, follow_children=_follows_children(args),
+                             command=args.command)
     from procnetmon.probes import ProbeError
 
     if command is not None:
-        target = err if args.output is None else args.output  # COMMAND keeps standard output
+        # COMMAND keeps standard output; the records go where time(1) puts its own.
+        to_stdout = False
+        target = err if args.output is None else args.output
+        where = "standard error" if args.output is None else args.output
     else:
-        target = out if args.output in (None, "-") else args.output
+        to_stdout = args.output in (None, "-")
+        target = out if to_stdout else args.output
+        where = "standard output" if to_stdout else args.output
+    if to_stdout and stdout_closed:
+        return ExitStatus.OK  # nobody reads: nothing to measure for
     try:
+        # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
         writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                         details=args.details, units=args.units, sort=args.sort, top=args.top,
                         no_header=args.no_header)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    stop = threading.Event()
+    if command is None:
+        _install_stop_handlers(stop)
+    # A reader that leaves (| head) ends the run within an interval, even
+    # when nothing is being written.
+    writer.watch(stop.set)
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -255,15 +365,19 @@ def _measure(args, out: TextIO, err: TextIO, keys, include_loopback: bool,
             elif _follows_children(args):
                 # Forked between the look above and the attach: the kernel missed them.
                 probe.add_pids(procinfo.descendants(args.pids))
-            summary = sampler.run(writer.write)
+            emit = _warn_on_unknown_counts(writer.write, err)
+            summary = sampler.run(emit)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
             if not writer.closed:
-                writer.write(summary)
+                emit(summary)
         finally:
             probe.close()
-    finally:
         writer.close()
+    except OutputError as e:
+        raise Fatal(ExitStatus.ERROR, f"error: cannot write to {where}: {e.strerror}") from None
+    finally:
+        writer.close(quiet=True)
     if command is not None and command.status is None and not args.quiet:
         _say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
@@ -271,14 +385,36 @@ def _measure(args, out: TextIO, err: TextIO, keys, include_loopback: bool,
 
 def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
+    """Run procnetmon and return its exit status. Called without streams it
+    is the program itself: it also takes care of closed standard
+    descriptors and of signals before and after sampling."""
+    whole_program = stdout is None and stderr is None
+    stdout_closed = False
+    if whole_program:
+        _install_early_handlers()
+        stdout_closed = _repair_std_streams()
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args = cli.parse_args(argv)
     try:
-        return int(run(args, out, err))
-    except Fatal as e:
-        _say(err, str(e))
-        return int(e.status)
+        try:
+            # argparse prints --help, --version and usage errors itself.
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                args = cli.parse_args(argv)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (ExitStatus.OK if e.code is None else ExitStatus.USAGE)
+        _load_modules()
+        try:
+            return int(run(args, out, err, stdout_closed=stdout_closed))
+        except Fatal as e:
+            _say(err, str(e))
+            return int(e.status)
+    finally:
+        if whole_program:
+            # The summary is out: a late second Ctrl-C must not turn the
+            # status into death by signal while the interpreter shuts down
+            # (which puts back the default handlers).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

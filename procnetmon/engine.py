@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
-from procnetmon import procinfo
+from procnetmon import cgroups, grouping, procinfo
 from procnetmon.model import (RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection,
                               ProcessStats, Record)
 from procnetmon.probes import CounterKey, SocketBytes
@@ -113,6 +113,7 @@ class Options:
     count: Optional[int] = None  # -n: stop after this many intervals
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
+    group_by: str = "pid"  # or "name", "cgroup": rows folded per group
     # -p --children and -- COMMAND: the kernel adds descendants of the pids
     # to its filter; those that moved bytes are rows too.
     follow_children: bool = False
@@ -123,6 +124,17 @@ def _endpoint(addr: str, port: int) -> str:
     if not addr:
         return ""
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _count(sockets: Optional[list], protocol: str, state: Optional[str] = None) -> Optional[int]:
+    """Sockets of ``protocol`` (in ``state``); None when the process's sockets could not be read."""
+    if sockets is None:
+        return None
+    return sum(1 for s in sockets if s.protocol == protocol and (state is None or s.state == state))
+
+
+def _add_known(total: Optional[int], value: Optional[int]) -> Optional[int]:
+    return None if total is None or value is None else total + value
 
 
 def _unspecified(addr: str) -> bool:
@@ -143,9 +155,17 @@ class Sampler:
         self.wallclock = wallclock
         self.processes = processes
         self.tally = Tally(options.interval)
+        # --group-by: the same tally over folded counters, for the groups' peaks.
+        self.group_tally = Tally(options.interval)
+        self.group_of: dict[int, str] = {}
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.socket_totals: dict[tuple, tuple[int, int]] = {}
         self.lost_updates = 0
+        # Where each process was last seen alive, and cgroup ids (noted by
+        # the kernel at exit) back to paths.
+        self.cgroup_seen: dict[int, str] = {}
+        self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
+        self._remembered: set[str] = set()
         if options.command is None:
             for pid in options.pids or []:
                 self._identify(pid)
@@ -157,7 +177,27 @@ class Sampler:
         never lent the name of a later process reusing the PID): already gone."""
         if pid not in self.identities:
             self.identities[pid] = self.processes.identify(pid)
+            if self.identities[pid] is not None:
+                self._live_cgroup(pid)
         return self.identities[pid]
+
+    def _live_cgroup(self, pid: int) -> Optional[str]:
+        reader = getattr(self.processes, "cgroup_of", None)
+        path = reader(pid) if reader else None
+        if path:
+            self.cgroup_seen[pid] = path
+            if path not in self._remembered:
+                self._remembered.add(path)
+                self.cgroup_names.remember(path)
+        return path or self.cgroup_seen.get(pid)
+
+    def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
+        """A live process's cgroup now; an exited one's where it exited."""
+        if alive:
+            return self._live_cgroup(pid)
+        cgroup_id = exited_cgroups.get(pid)
+        path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
+        return path or self.cgroup_seen.get(pid)
 
     def run(self, on_interval: Callable[[Record], bool]) -> Record:
         """Sample until -t, -n or a stop; return the summary.
@@ -200,11 +240,41 @@ class Sampler:
     def _sample(self, seconds: float) -> None:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
-        self.tally.advance(usage_by_pid(snap.counters), seconds)
+        cumulative = usage_by_pid(snap.counters)
+        self.tally.advance(cumulative, seconds)
+        self._forget_execed()
         for pid in self.options.pids or []:
             self._identify(pid)
         for pid in self.tally.window:
             self._identify(pid)
+        if self.options.group_by != "pid":
+            folded: dict[str, Usage] = {}
+            for pid, u in cumulative.items():
+                g = folded.setdefault(self._group_key(pid), Usage())
+                g.tcp_in, g.tcp_out = g.tcp_in + u.tcp_in, g.tcp_out + u.tcp_out
+                g.udp_in, g.udp_out = g.udp_in + u.udp_in, g.udp_out + u.udp_out
+            self.group_tally.advance(folded, seconds)
+
+    def _group_key(self, pid: int) -> str:
+        """The group of a process, fixed when first seen so that folded
+        counters only grow."""
+        if pid not in self.group_of:
+            identity = self.identities.get(pid)
+            if self.options.group_by == "name":
+                key = identity.name if identity is not None else self.probe.exited().get(pid, "?")
+            else:
+                exited_ids = getattr(self.probe, "exited_cgroups", dict)()
+                key = self._cgroup(pid, identity is not None and pid not in exited_ids, exited_ids) or ""
+            self.group_of[pid] = key
+        return self.group_of[pid]
+
+    def _forget_execed(self) -> None:
+        """A process that exec'd is named by what it runs now. One already gone
+        again is named by the kernel's name at exit, not by the old program's."""
+        execed = getattr(self.probe, "execed", None)
+        for pid in execed() if execed else ():
+            if pid in self.identities:
+                self.identities[pid] = self.processes.identify(pid)
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
@@ -222,6 +292,7 @@ class Sampler:
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
         exited = self.probe.exited()
+        exited_cgroups = getattr(self.probe, "exited_cgroups", dict)()
         kernel_sockets = self.probe.sockets() if self.options.details else []
         rows = []
         agg = Aggregate()
@@ -233,13 +304,23 @@ class Sampler:
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
                                           exited, kernel_sockets))
+            rows[-1].cgroup = self._cgroup(pid, pid in alive, exited_cgroups)
+            workload = cgroups.parse_path(rows[-1].cgroup)
+            rows[-1].container, rows[-1].pod = workload.container, workload.pod
+        if self.options.group_by != "pid":
+            for pid in pids:
+                self._group_key(pid)
+            rows = grouping.fold(rows, self.group_of, self.options.group_by, seconds, self.group_tally)
         for row in rows:
             agg.bytes_in += row.bytes_in
             agg.bytes_out += row.bytes_out
             agg.total_bytes_in += row.total_bytes_in
             agg.total_bytes_out += row.total_bytes_out
-            agg.tcp_connections += row.tcp_connections
-            agg.udp_connections += row.udp_connections
+            # One unknown count makes the sum unknown: never a low number
+            # that looks exact.
+            agg.tcp_connections = _add_known(agg.tcp_connections, row.tcp_connections)
+            agg.udp_connections = _add_known(agg.udp_connections, row.udp_connections)
+            agg.tcp_listening = _add_known(agg.tcp_listening, row.tcp_listening)
         agg.rate_in = _rate(agg.bytes_in, seconds)
         agg.rate_out = _rate(agg.bytes_out, seconds)
         agg.peak_rate_in = self.tally.aggregate_peaks.rate_in
@@ -250,7 +331,7 @@ class Sampler:
                       lost_updates=self.lost_updates)
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
-                     live_sockets: list[procinfo.Socket], exited: dict[int, str],
+                     live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],
                      kernel_sockets: list[SocketBytes]) -> ProcessStats:
         total = self.tally.totals.get(pid, Usage())
         usage = total if kind == RECORD_SUMMARY else self.tally.window.get(pid, Usage())
@@ -271,11 +352,12 @@ class Sampler:
             rate_in=_rate(usage.bytes_in, seconds), rate_out=_rate(usage.bytes_out, seconds),
             peak_rate_in=peaks.rate_in, peak_rate_out=peaks.rate_out,
             tcp=Bytes(usage.tcp_in, usage.tcp_out), udp=Bytes(usage.udp_in, usage.udp_out),
-            tcp_connections=sum(1 for s in live_sockets if s.protocol == "tcp"),
-            udp_connections=sum(1 for s in live_sockets if s.protocol == "udp"),
-            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out)
+            tcp_connections=_count(live_sockets, "tcp"),
+            udp_connections=_count(live_sockets, "udp"),
+            total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
+            tcp_listening=_count(live_sockets, "tcp", state="LISTEN"))
         if self.options.details:
-            row.connections = self._connections(kind, pid, live_sockets, kernel_sockets)
+            row.connections = self._connections(kind, pid, live_sockets or [], kernel_sockets)
         return row
 
     def _connections(self, kind: str, pid: int, live: list[procinfo.Socket],

@@ -69,11 +69,15 @@ def parse_table(text: str, protocol: str, family: str,
 
 
 def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
+    """Inodes of the sockets ``pid`` holds. PermissionError when its
+    descriptors are not ours to read (no CAP_SYS_PTRACE)."""
     inodes = set()
     fd_dir = f"{proc}/{pid}/fd"
     for fd in os.listdir(fd_dir):
         try:
             target = os.readlink(f"{fd_dir}/{fd}")
+        except PermissionError:
+            raise
         except OSError:
             continue  # closed while we looked
         if target.startswith("socket:["):
@@ -81,22 +85,26 @@ def socket_inodes(pid: int, proc: str = "/proc") -> set[int]:
     return inodes
 
 
-def sockets_by_pid(pids: Iterable[int], proc: str = "/proc") -> dict[int, list[SocketEntry]]:
-    """The TCP and UDP sockets each of ``pids`` holds (a PID gone or hidden has none).
+def sockets_by_pid(pids: Iterable[int], proc: str = "/proc") -> dict[int, Optional[list[SocketEntry]]]:
+    """The TCP and UDP sockets each of ``pids`` holds: a PID gone has none,
+    one whose descriptors we may not read has None (unknown, not zero).
 
     Each network namespace's four tables are read once, whatever the number
     of processes in it: reading /proc/net/tcp costs milliseconds on a busy host.
     """
     holders: dict[int, dict[int, list[int]]] = {}  # netns -> socket inode -> pids holding it
-    found: dict[int, list[SocketEntry]] = {}
+    found: dict[int, Optional[list[SocketEntry]]] = {}
     reader: dict[int, int] = {}  # netns -> a pid whose /proc/PID/net shows its tables
     for pid in pids:
         found[pid] = []
         try:
             inodes = socket_inodes(pid, proc)
             netns = os.stat(f"{proc}/{pid}/ns/net").st_ino
+        except PermissionError:
+            found[pid] = None  # not ours to look at: unknown
+            continue
         except OSError:
-            continue  # gone, or not ours to look at
+            continue  # gone
         for inode in inodes:
             holders.setdefault(netns, {}).setdefault(inode, []).append(pid)
         reader.setdefault(netns, pid)

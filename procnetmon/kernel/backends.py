@@ -43,7 +43,7 @@ REQUIRED = ("inet_sendmsg", "inet_recvmsg", "tcp_splice_read")
 FUNCTIONS = SEND + RECV + SENDPAGE + SPLICE_READ + UDP_CONSUME
 
 TRACEPOINTS = ("sock_send_length", "sock_recv_length")
-# Tells the tracepoint backend a UDP datagram's interface (Linux 6.6+?).
+# Tells the tracepoint backend a UDP datagram's interface (Linux 6.3+).
 OPTIONAL_TRACEPOINTS = ("sk_data_ready",)
 SPLICE_SYSCALL_EVENTS = ("syscalls/sys_enter_splice", "syscalls/sys_exit_splice")
 

@@ -13,7 +13,8 @@ import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import backends, headers, layout
+from procnetmon import cgroups as cgroupfs
+from procnetmon.kernel import backends, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
                                bpf_source, expand_includes)
@@ -51,7 +52,8 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool, follow_children: bool = False) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False,
+                 follow_children: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
@@ -64,6 +66,8 @@ def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Option
         flags.append("-DEXCLUDE_LOOPBACK")
     if details:
         flags.append("-DDETAILS")
+    if cgroups:
+        flags.append("-DFILTER_CGROUPS")
     return flags
 
 
@@ -94,6 +98,7 @@ class BccProbe:
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
                  include_loopback: bool = False, details: bool = False, backend: str = "auto",
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None,
                  follow_children: bool = False):
         self.wanted_backend = backend
         self.follow_children = follow_children
@@ -102,6 +107,12 @@ class BccProbe:
         self.interfaces = interfaces
         self.include_loopback = include_loopback
         self.details = details
+        # --cgroup: paths below the cgroup2 mount; the kernel counts only
+        # tasks in a cgroup whose id is in target_cgroups.
+        self.cgroups = cgroups
+        self.cgroup_mount = cgroup_mount
+        self._cgroup_ids: set[int] = set()
+        self._exited_cgroups: dict[int, int] = {}
         self._bpf = None
         # Counters and names of exited processes, taken out of the kernel's
         # maps so that they stay small however long procnetmon runs.
@@ -125,7 +136,13 @@ class BccProbe:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details,
+                             cgroups=self.cgroups is not None,
                              follow_children=self.follow_children)
+        if self.cgroups is not None:
+            try:
+                flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
+            except BTFError as e:
+                raise ProbeError(f"kernel struct layout for the cgroup filter unavailable: {e}") from e
         flags += backend_cflags(self.backend, facts)
         return bpf_source(self.source), flags, header_dir
 
@@ -143,8 +160,9 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
             raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
+                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
             if self.backend.name == "kprobe":
@@ -178,6 +196,23 @@ class BccProbe:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
+        self._refresh_cgroups()
+
+    def _refresh_cgroups(self) -> None:
+        """Put every cgroup now at or below a --cgroup path in target_cgroups,
+        and take out those that were removed (the kernel adds new ones itself)."""
+        if self.cgroups is None:
+            return
+        table = self._bpf["target_cgroups"]
+        now = {cgroup_id for top in self.cgroups for cgroup_id, _ in cgroupfs.walk_ids(self.cgroup_mount, top)}
+        for cgroup_id in now - self._cgroup_ids:
+            table[table.Key(cgroup_id)] = table.Leaf(1)
+        for cgroup_id in self._cgroup_ids - now:
+            try:
+                del table[table.Key(cgroup_id)]
+            except KeyError:
+                pass
+        self._cgroup_ids = now
 
     def add_pids(self, pids) -> None:
         """Put more thread groups in the kernel's PID filter (with -p only)."""
@@ -195,6 +230,7 @@ class BccProbe:
         # Exits first: a process gone before its counters are read can add
         # nothing more, so its counters move to user space for good.
         newly_exited = self._collect_exits()
+        self._refresh_cgroups()
         table = self._bpf["counters"]
         counters: dict[CounterKey, int] = dict(self._retired)
         for k, v in table.items():
@@ -218,6 +254,7 @@ class BccProbe:
         fresh = set()
         for k, v in list(table.items()):
             self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            self._exited_cgroups[k.value] = v.cgroup_id
             fresh.add(k.value)
             try:
                 del table[k]
@@ -228,6 +265,22 @@ class BccProbe:
     def exited(self) -> dict[int, str]:
         """Names of counted processes whose last thread has exited."""
         return dict(self._exited_names)
+
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call: who they are has changed."""
+        table = self._bpf["execed"]
+        fresh = set()
+        for k in list(table.keys()):
+            fresh.add(k.value)
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return fresh
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each counted process that exited was in at its exit."""
+        return dict(self._exited_cgroups)
 
     def sockets(self) -> list[SocketBytes]:
         return []

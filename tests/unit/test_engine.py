@@ -3,6 +3,7 @@ and whole runs of ``Sampler`` over a scripted fake probe and a fake clock."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,6 +11,7 @@ from typing import NamedTuple
 
 import pytest
 
+from procnetmon import cgroups
 from procnetmon.engine import Options, Peaks, Sampler, Tally, Usage, usage_by_pid
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY
 from procnetmon.probes import CounterKey, Snapshot, SocketBytes
@@ -164,8 +166,9 @@ class FakeProbe:
 
     mode = "payload"
 
-    def __init__(self, snapshots, exited=None, sockets=None, lost=0):
+    def __init__(self, snapshots, exited=None, sockets=None, lost=0, execs=None):
         self.snapshots = list(snapshots)
+        self.exec_script = list(execs or [])  # pids that exec'd, per read
         self.exited_names = exited or {}
         self.socket_script = list(sockets or [[]])
         self.lost = lost
@@ -179,6 +182,9 @@ class FakeProbe:
 
     def exited(self) -> dict:
         return dict(self.exited_names)
+
+    def execed(self) -> set:
+        return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
 
     def sockets(self) -> list:
         s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]
@@ -508,8 +514,9 @@ def test_connection_counts_come_from_live_sockets():
     probe = FakeProbe([counters(p10=dict(tcp_in=1))])
     summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
     row = by_pid(summary)[10]
-    assert (row.tcp_connections, row.udp_connections) == (2, 1)
-    assert (summary.aggregated.tcp_connections, summary.aggregated.udp_connections) == (2, 1)
+    assert (row.tcp_connections, row.udp_connections, row.tcp_listening) == (2, 1, 1)
+    agg = summary.aggregated
+    assert (agg.tcp_connections, agg.udp_connections, agg.tcp_listening) == (2, 1, 1)
     assert row.connections is None  # only with details
     assert probe.socket_reads == 0
 
@@ -590,6 +597,55 @@ def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     assert [(c.bytes_in, c.bytes_out) for c in by_pid(summary)[10].connections] == [(5, 6)]
 
 
+class ExecingProcesses(FakeProcesses):
+    """pid 10 is sh until it execs curl at the second read (``after``: who it is then)."""
+
+    def __init__(self, after):
+        super().__init__({10: ident(10, "sh")})
+        self.after = after
+
+    def exec_now(self):
+        self.identities[10] = self.after
+        if self.after is None:
+            self.alive.discard(10)
+
+
+def test_a_process_that_execs_is_named_by_its_new_program_in_the_next_record():
+    processes = ExecingProcesses(ident(10, "curl"))
+    snaps = [counters(p10=dict(tcp_out=n)) for n in (1, 2, 3)]
+    probe = FakeProbe(snaps, execs=[set(), {10}, set()])
+    sampler = make(probe, processes=processes, interval=1.0, count=3, emit_intervals=True)
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, records = collect(sampler)
+    assert [(r.processes[0].name, r.processes[0].cmdline) for r in records] == \
+        [("sh", "sh --flag"), ("curl", "curl --flag"), ("curl", "curl --flag")]
+    assert summary.processes[0].name == "curl"
+
+
+def test_a_process_that_execs_then_exits_is_named_as_the_kernel_last_named_it():
+    processes = ExecingProcesses(None)  # gone by the time procnetmon looks again
+    probe = FakeProbe([counters(p10=dict(tcp_out=1)), counters(p10=dict(tcp_out=2))],
+                      execs=[set(), {10}], exited={10: "curl"})
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=2))
+    (row,) = summary.processes
+    assert (row.name, row.cmdline, row.alive, row.bytes_out) == ("curl", "", False, 2)
+
+
 def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
     """The first answer about a PID is kept: a later process reusing it lends no name."""
     answers = {"calls": 0}
@@ -631,3 +687,72 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
     (row,) = summary.processes
     assert (row.name, row.alive) == ("original", False)
     assert answers["calls"] == 1
+
+
+# -- cgroups -------------------------------------------------------------------------
+
+
+def test_rows_carry_cgroup_and_container_and_exited_keep_theirs(tmp_path):
+    docker = "ab" * 32
+    (tmp_path / "system.slice" / "nginx.service").mkdir(parents=True)
+    (tmp_path / f"docker-{docker}.scope").mkdir()
+    exit_id = os.stat(tmp_path / f"docker-{docker}.scope").st_ino
+
+    class Procs(FakeProcesses):
+        def cgroup_of(self, pid):
+            return {10: "/system.slice/nginx.service"}.get(pid) if pid in self.alive else None
+
+    class Probe(FakeProbe):
+        def exited_cgroups(self):
+            return {20: exit_id}
+
+    probe = Probe([counters(p10=dict(tcp_in=100), p20=dict(udp_out=7))], exited={20: "curl"})
+    sampler = make(probe, Procs({10: ident(10, "nginx")}), duration=1.0)
+    sampler.cgroup_names = cgroups.CgroupNames(str(tmp_path))
+    summary, _ = collect(sampler)
+    rows = by_pid(summary)
+    assert (rows[10].cgroup, rows[10].container) == ("/system.slice/nginx.service", "nginx.service")
+    assert rows[20].alive is False
+    assert (rows[20].cgroup, rows[20].container) == (f"/docker-{docker}.scope", f"docker://{docker}")
+
+
+# -- --group-by ------------------------------------------------------------------------
+
+
+def two_nginx_and_a_curl():
+    return FakeProcesses({10: ident(10, "nginx"), 11: ident(11, "nginx"), 20: ident(20, "curl")})
+
+
+def test_group_by_name_folds_bytes_and_takes_peaks_of_the_group():
+    # nginx 10 peaks in the first interval, nginx 11 in the second: the
+    # group never moved more than 100 B in one second, not 200.
+    probe = FakeProbe([counters(p10=dict(tcp_in=100), p20=dict(udp_out=5)),
+                       counters(p10=dict(tcp_in=100), p11=dict(tcp_in=100), p20=dict(udp_out=5))])
+    summary, records = collect(make(probe, two_nginx_and_a_curl(), interval=1.0, duration=2.0,
+                                    emit_intervals=True, group_by="name"))
+    rows = {p.name: p for p in summary.processes}
+    assert set(rows) == {"nginx", "curl"}
+    nginx = rows["nginx"]
+    assert (nginx.pid, nginx.pids) == (None, [10, 11])
+    assert nginx.bytes_in == nginx.tcp.bytes_in == 200
+    assert nginx.rate_in == 100.0
+    assert nginx.peak_rate_in == 100.0
+    assert summary.aggregated.bytes_in == 200
+    second = {p.name: p for p in records[1].processes}
+    assert set(second) == {"nginx"}  # curl moved nothing in the second interval
+    assert (second["nginx"].bytes_in, second["nginx"].total_bytes_in) == (100, 200)
+
+
+def test_group_by_cgroup_folds_per_cgroup_path():
+    class Procs(FakeProcesses):
+        def cgroup_of(self, pid):
+            return {10: "/a/docker-" + "cd" * 32 + ".scope", 11: "/a/docker-" + "cd" * 32 + ".scope",
+                    20: "/system.slice/foo.service"}[pid]
+
+    probe = FakeProbe([counters(p10=dict(tcp_in=10), p11=dict(tcp_out=20), p20=dict(udp_in=3))])
+    summary, _ = collect(make(probe, Procs(two_nginx_and_a_curl().identities), duration=1.0, group_by="cgroup"))
+    rows = {p.cgroup: p for p in summary.processes}
+    docker = rows["/a/docker-" + "cd" * 32 + ".scope"]
+    assert (docker.bytes_in, docker.bytes_out, docker.pids, docker.name) == (10, 20, [10, 11], "nginx")
+    assert docker.container == "docker://" + "cd" * 32
+    assert rows["/system.slice/foo.service"].container == "foo.service"
