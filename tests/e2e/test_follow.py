@@ -239,3 +239,17 @@ def test_children_of_a_running_shell_old_and_new(peer, tmp_path):
     for row in rows:
         assert (row["bytes_out"], row["bytes_in"]) == (SEND, REPLY), row
     assert summary["aggregated"]["bytes_out"] == (clients + 1) * SEND
+
+
+def test_under_sudo_command_runs_as_the_invoking_user_where_it_was_started(tmp_path):
+    # As sudo leaves it: SUDO_UID/SUDO_GID name who ran "sudo procnetmon".
+    nobody = 65534
+    env = dict(os.environ, SUDO_UID=str(nobody), SUDO_GID=str(nobody), SUDO_USER="nobody",
+               PROCNETMON_TEST_MARK="kept")
+    os.chmod(tmp_path, 0o755)
+    run = subprocess.run(procnetmon_cmd("-q", "--json", "--", "sh", "-c",
+                                        'id -u; id -g; pwd; echo "$PROCNETMON_TEST_MARK"'),
+                         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [str(nobody), str(nobody), str(tmp_path), "kept"]
+    assert json.loads(run.stderr)["processes"][0]["name"] == "sh"
