@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pty
 import re
 import select
 import shlex
@@ -256,3 +257,38 @@ def test_under_sudo_command_runs_as_the_invoking_user_where_it_was_started(tmp_p
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [str(nobody), str(nobody), str(tmp_path), "kept"]
     assert json.loads(run.stderr)["processes"][0]["name"] == "sh"
+
+
+def test_ctrl_c_at_a_terminal_reaches_command_and_the_summary_follows():
+    # procnetmon in the foreground of a terminal of its own; ^C typed there.
+    script = 'trap "kill $!; echo interrupted; exit 7" INT; sleep 30 & wait'
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, procnetmon_cmd("--json", "--", "sh", "-c", script))
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"probes attached" not in output and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                output += os.read(master, 65536)
+        assert b"probes attached" in output, output
+        time.sleep(0.5)
+        os.write(master, b"\x03")
+        while True:
+            if not select.select([master], [], [], 30)[0]:
+                break
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last user has gone
+                break
+            if not chunk:
+                break
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    text = output.decode().replace("\r\n", "\n")
+    assert os.waitstatus_to_exitcode(status) == 7, text  # COMMAND's status: it got the ^C, we did not die
+    assert "interrupted" in text
+    doc = json.loads(text[text.index("\n{") + 1:])
+    assert [(p["name"], p["alive"]) for p in doc["processes"]][0] == ("sh", False)
