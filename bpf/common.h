@@ -6,6 +6,8 @@
  *
  * Options (-D):
  *   FILTER_PIDS       count only thread groups in target_pids
+ *   FOLLOW_CHILDREN   with FILTER_PIDS: a process forked by a target becomes
+ *                     a target itself, and leaves target_pids when it exits
  *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
  *   FILTER_CGROUPS    count only tasks of the cgroups (v2 ids) in target_cgroups;
  *                     needs OFF_CGROUP_* and OFF_KERNFS_NODE_* (cgroups created
@@ -240,7 +242,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     if (!group_dead(ctx))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!is_reported(tgid))
+    int reported = is_reported(tgid);
+#if defined(FILTER_PIDS) && defined(FOLLOW_CHILDREN)
+    /* Room for new children, and a later process reusing the PID is no target. */
+    target_pids.delete(&tgid);
+#endif
+    if (!reported)
         return 0;
     counted.delete(&tgid);
     struct exit_info info = {};
@@ -252,6 +259,26 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     exited.update(&tgid, &info);
     return 0;
 }
+
+#if defined(FILTER_PIDS) && defined(FOLLOW_CHILDREN)
+/* args: struct task_struct *parent (the forking task, current), struct
+ * task_struct *child. Fires in kernel_clone() before the child is first
+ * woken up, so a child of a target is one before it runs an instruction.
+ * A new thread (CLONE_THREAD) shares its parent's tgid: nothing to add. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!target_pids.lookup(&parent))
+        return 0;
+    u32 child = read_u32((const void *)ctx->args[1], OFF_TASK_TGID);
+    if (child == parent || child == 0)
+        return 0;
+    u8 one = 1;
+    if (target_pids.update(&child, &one) != 0)
+        note_lost(); /* target_pids full: this child goes uncounted */
+    return 0;
+}
+#endif
 
 #ifdef FILTER_CGROUPS
 /* args: struct cgroup *cgrp, const char *path. A cgroup made below a target

@@ -10,6 +10,7 @@ everything counted up to that moment.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from array import array
@@ -164,6 +165,10 @@ class Options:
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
     group_by: str = "pid"  # or "name", "cgroup": rows folded per group
+    # -p --children and -- COMMAND: the kernel adds descendants of the pids
+    # to its filter; those that moved bytes are rows too.
+    follow_children: bool = False
+    command: Optional[list[str]] = None  # -- COMMAND: pids holds its PID alone
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -222,8 +227,11 @@ class Sampler:
         self.cgroup_seen: dict[int, str] = {}
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
-        for pid in options.pids or []:
-            self._identify(pid)
+        if options.command is None:
+            for pid in options.pids or []:
+                self._identify(pid)
+        # COMMAND's PID is looked up at the first sample, not now: before its
+        # exec completes /proc still shows procnetmon's name.
 
     def _identify(self, pid: int) -> Optional[procinfo.Identity]:
         """Who ``pid`` was when first seen. None (kept, so not asked again, and
@@ -313,6 +321,8 @@ class Sampler:
             self._retire(pid)
         self.tally.advance(cumulative, seconds)
         self._forget_execed()
+        for pid in self.options.pids or []:
+            self._identify(pid)
         for pid in self.tally.window:
             self._identify(pid)
         if self.options.group_by != "pid":
@@ -371,10 +381,14 @@ class Sampler:
         return self.start_wall + timedelta(seconds=mono - self.start)
 
     def _pids_for(self, kind: str) -> list[int]:
-        if self.options.pids is not None:
-            return list(self.options.pids)
+        """The given PIDs, always; and every other process that moved bytes in
+        the record's window, when there are none or their children are followed."""
+        given = list(self.options.pids) if self.options.pids is not None else []
+        if self.options.pids is not None and not self.options.follow_children:
+            return given
         usage = self.tally.totals if kind == RECORD_SUMMARY else self.tally.window
-        return sorted(pid for pid, u in usage.items() if u.bytes_in or u.bytes_out)
+        moved = sorted(pid for pid, u in usage.items() if u.bytes_in or u.bytes_out)
+        return given + [pid for pid in moved if pid not in given]
 
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
@@ -470,6 +484,11 @@ class Sampler:
         identity = self.identities.get(pid)
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
+        elif self.options.command and pid == self.options.pids[0]:
+            # COMMAND ended before a look at /proc: its name as the kernel
+            # knew it at exit, or as exec(2) sets it, and its arguments.
+            command = self.options.command
+            name, cmdline = exited.get(pid) or os.path.basename(command[0]), " ".join(command)
         else:
             name, cmdline = exited.get(pid, "?"), ""
         row = ProcessStats(

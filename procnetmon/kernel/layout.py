@@ -38,6 +38,7 @@ FIELDS = {
     "NET_NS_INUM": ("net", "ns.inum"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
+    "TASK_TGID": ("task_struct", "tgid"),  # -p --children, -- COMMAND: the forked child's
     "SOCKET_SK": ("socket", "sk"),
     # Whether an exiting task is its group's last (kernels whose
     # sched_process_exit tracepoint does not say).

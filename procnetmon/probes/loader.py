@@ -54,11 +54,14 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool, cgroups: bool = False) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False,
+                 follow_children: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
         flags.append("-DFILTER_PIDS")
+        if follow_children:
+            flags.append("-DFOLLOW_CHILDREN")
     if interfaces is not None:
         flags.append("-DFILTER_IFACES")
     elif not include_loopback:
@@ -97,8 +100,10 @@ class BccProbe:
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
                  include_loopback: bool = False, details: bool = False, backend: str = "auto",
-                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None):
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None,
+                 follow_children: bool = False):
         self.wanted_backend = backend
+        self.follow_children = follow_children
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
@@ -133,7 +138,8 @@ class BccProbe:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details,
-                             cgroups=self.cgroups is not None)
+                             cgroups=self.cgroups is not None,
+                             follow_children=self.follow_children)
         if self.cgroups is not None:
             try:
                 flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
@@ -185,9 +191,7 @@ class BccProbe:
 
     def _fill_filters(self) -> None:
         if self.pids is not None:
-            table = self._bpf["target_pids"]
-            for pid in self.pids:
-                table[table.Key(int(pid))] = table.Leaf(1)
+            self.add_pids(self.pids)
         if self.interfaces is not None:
             table = self._bpf["target_ifaces"]
             for key in self.interfaces:
@@ -211,6 +215,12 @@ class BccProbe:
             except KeyError:
                 pass
         self._cgroup_ids = now
+
+    def add_pids(self, pids) -> None:
+        """Put more thread groups in the kernel's PID filter (with -p only)."""
+        table = self._bpf["target_pids"]
+        for pid in pids:
+            table[table.Key(int(pid))] = table.Leaf(1)
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""

@@ -213,10 +213,10 @@ def tcp_server(args, result: dict, held: list) -> None:
         # The client's bytes arrive and queue on the not yet accepted socket.
         time.sleep(args.accept_delay)
     conns = []
-    for _ in range(args.connections):
-        conn, _ = srv.accept()
-        conns.append(conn)
     if args.reset:
+        for _ in range(args.connections):
+            conn, _ = srv.accept()
+            conns.append(conn)
         for conn in conns:
             # Linger 0: close() sends a RST, and the peer's next calls fail.
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -236,7 +236,11 @@ def tcp_server(args, result: dict, held: list) -> None:
             totals["tcp_in"] += got
             totals["tcp_out"] += sent
 
-    for conn in conns:
+    # Each connection is served as it comes: clients that run one after
+    # another each wait for their reply.
+    for _ in range(args.connections):
+        conn, _ = srv.accept()
+        conns.append(conn)
         t = threading.Thread(target=serve, args=(conn,))
         t.start()
         threads.append(t)
