@@ -143,13 +143,34 @@ def _describe_scope(args) -> str:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.continuous:
-        how_long = "until Ctrl-C"
+    if args.continuous or (args.serve is not None and args.time is None and args.count is None):
+        how_long = "until stopped"
     elif args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
     else:
         how_long = f"for {args.time:g} s"
     return f"{who}, {where}, {how_long}"
+
+
+def _metrics_writer(args, target):
+    """The records' sink for --serve (the HTTP endpoint, started here so that
+    a busy port is a usage error before anything is attached) or for
+    --format prometheus."""
+    from procnetmon.output import prometheus
+
+    if args.serve is None:
+        try:
+            return prometheus.TextfileWriter(target, args.mode, with_pid=args.metrics_pid), ""
+        except OSError as e:
+            raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {e.strerror}: {e.filename}") from None
+    metrics = prometheus.Metrics(args.mode, with_pid=args.metrics_pid)
+    addr, port = args.serve
+    try:
+        prometheus.serve(metrics, addr, port)
+    except OSError as e:
+        raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
+    host = f"[{addr}]" if ":" in addr else addr
+    return prometheus.MetricsSink(metrics), f"; metrics on http://{host}:{port}/metrics"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -181,12 +202,16 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
     from procnetmon.probes import ProbeError
 
     target = out if args.output in (None, "-") else args.output
-    try:
-        writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
-                        details=args.details, units=args.units, sort=args.sort, top=args.top,
-                        no_header=args.no_header)
-    except OSError as e:
-        raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    serving = ""
+    if args.serve is not None or args.format == "prometheus":
+        writer, serving = _metrics_writer(args, target)
+    else:
+        try:
+            writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
+                            details=args.details, units=args.units, sort=args.sort, top=args.top,
+                            no_header=args.no_header)
+        except OSError as e:
+            raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -201,7 +226,7 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}{serving}")
             summary = sampler.run(writer.write)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")

@@ -30,7 +30,7 @@ IFNAME_MAX = 15
 # The highest PID Linux can hand out (PID_MAX_LIMIT on 64-bit).
 PID_MAX = 4194304
 
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "prometheus")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
 UNITS = ("bits", "bytes")
 MODES = ("payload", "wire")
@@ -173,6 +173,20 @@ def _ifname_problem(name: str) -> Optional[str]:
     return None
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``[ADDR:]PORT`` for --serve: "9101", ":9101", "127.0.0.1:9101", "[::1]:9101".
+    Without an address, every IPv4 address (as node_exporter listens)."""
+    addr, sep, port = text.rpartition(":")
+    bracketed = addr.startswith("[") and addr.endswith("]")
+    if bracketed:
+        addr = addr[1:-1]
+    if not port.isdigit() or not 0 < int(port) < 65536 or (":" in addr and not bracketed):
+        raise argparse.ArgumentTypeError(
+            f"invalid listen address {text!r}: write [ADDR:]PORT, e.g. 9101, 127.0.0.1:9101 or [::1]:9101"
+        )
+    return addr or "0.0.0.0", int(port)
+
+
 def positive_int(text: str) -> int:
     """An integer of at least 1 (for ``--count`` and ``--top``)."""
     try:
@@ -311,7 +325,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--format", dest="format", action=_FormatAction, choices=FORMATS, default="text",
-        help="output format: text, json or csv (default: text)",
+        help="output format: text, json, csv, or prometheus (the metrics of --serve in the "
+        "text exposition format; with -o the file is replaced atomically after every record, "
+        "for node_exporter's textfile collector) (default: text)",
     )
     group.add_argument(
         "-o", "--output", metavar="FILE", default=None,
@@ -355,6 +371,16 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_other_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--serve", metavar="[ADDR:]PORT", type=parse_listen, default=None,
+        help="run until stopped and serve Prometheus metrics on http://ADDR:PORT/metrics "
+        "(ADDR defaults to 0.0.0.0); records are not printed",
+    )
+    group.add_argument(
+        "--metrics-pid", action="store_true", dest="metrics_pid",
+        help="add a pid label to the metrics (one series per process: mind the cardinality)",
+    )
     parser.add_argument(
         "--check", action="store_true",
         help="report what the running kernel offers and which probes would be used, then exit",
@@ -404,6 +430,8 @@ def _violations(args: argparse.Namespace):
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
     yield from _duration_violations(args)
+    if args.serve is not None and (args.format_options or args.output not in (None, "-")):
+        yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 
@@ -415,7 +443,7 @@ def _duration_violations(args: argparse.Namespace):
         yield "-c runs until stopped; drop -t, or use -t alone"
     if args.count is not None and args.time is not None:
         yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
-    if args.time is None and not args.continuous and args.count is None:
+    if args.time is None and not args.continuous and args.count is None and args.serve is None:
         yield (
             "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
             "or -n 5 (five intervals)"
@@ -435,7 +463,8 @@ def is_streaming(args: argparse.Namespace) -> bool:
     """Whether a record is printed every interval (before the final summary):
     with -c, with -n, or with -t and an explicit --interval."""
     return bool(
-        args.continuous
+        getattr(args, "serve", None) is not None
+        or args.continuous
         or args.count is not None
         or (args.time is not None and args.interval_given)
     )
