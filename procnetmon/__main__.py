@@ -104,6 +104,13 @@ def _make_probe(args):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
+    if args.serve is not None and not args.ebpf and not args.details:
+        # A daemon keeps no compiler: the probes are loaded by a child
+        # process and read here through libbpf (probes/handoff.py).
+        from procnetmon.probes.fdprobe import FdProbe
+
+        return FdProbe(mode=args.mode, pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+                       backend=args.backend, cgroups=targets, cgroup_mount=mount), include_loopback
     return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
                  details=args.details, backend=args.backend, cgroups=targets,
                  cgroup_mount=mount), include_loopback

@@ -190,3 +190,59 @@ def test_node_exporter_serves_the_textfile(peer, tmp_path):
                 assert s.value == 0
     assert values[(FAMILY, "pnmtxtc", "out", "tcp")] == truth["client"]["tcp_out"] == 150_000
     assert values[(FAMILY, "pnmtxts", "in", "tcp")] == truth["server"]["tcp_in"]
+
+
+@pytest.mark.parametrize("mode", ["payload", "wire"])
+def test_serve_with_a_cgroup_filter(peer, mode):
+    """--serve loads the probes in a child and reads them through libbpf: the
+    filters and both modes work there as in a plain run."""
+    from cgrouptree import CgroupTree
+
+    tree = CgroupTree()
+    server = client = other = serve = None
+    try:
+        docker, ident = tree.docker()
+        server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, connections=2, expect=80_000,
+                                name="pnmsrvs")
+        client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=80_000, name="pnmsrvc")
+        other = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=80_000, name="pnmsrvo")
+        tree.move(client.pid, docker)
+        port = free_port()
+        serve = subprocess.Popen(procnetmon_cmd("--serve", f"127.0.0.1:{port}", "--cgroup", tree.top,
+                                                "--mode", mode, "--interval", "500ms"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The endpoint is up before the probes are: a first sample means they are attached.
+        wait_until(lambda: "procnetmon_last_sample_timestamp_seconds" in
+                   http_get(f"http://127.0.0.1:{port}/metrics"), 60, "procnetmon --serve")
+        for p in (server, client, other):
+            p.go()
+        truth = client.result()
+        server.result()
+        other.result()
+        family = f"procnetmon_{mode}_bytes_total"
+
+        def counted():
+            values = {}
+            for f in text_string_to_metric_families(http_get(f"http://127.0.0.1:{port}/metrics")):
+                for s in f.samples:
+                    if s.name == family:
+                        values[(s.labels["name"], s.labels["direction"], s.labels["protocol"],
+                                s.labels["container"])] = s.value
+            return values if values.get(("pnmsrvc", "out", "tcp", f"docker://{ident}"), 0) >= 80_000 else None
+
+        values = wait_until(counted, 20, "the client's bytes")
+        assert {name for name, *_ in values} == {"pnmsrvc"}  # the server and the other client are outside
+        sent = values[("pnmsrvc", "out", "tcp", f"docker://{ident}")]
+        if mode == "payload":
+            time.sleep(1.5)  # a later interval adds nothing
+            assert counted()[("pnmsrvc", "out", "tcp", f"docker://{ident}")] == sent == truth["tcp_out"]
+        else:
+            assert sent > truth["tcp_out"]
+    finally:
+        if serve:
+            stop(serve)
+        for p in (server, client, other):
+            if p:
+                p.finish()
+        tree.destroy()
+    assert serve.returncode == 0, serve.stderr.read()
