@@ -113,6 +113,9 @@ class Options:
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
     group_by: str = "pid"  # or "name", "cgroup": rows folded per group
+    # A daemon (--serve): once an interval record has carried an exited
+    # process's last bytes, forget it (the summary will not list it).
+    forget_exited: bool = False
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -209,6 +212,8 @@ class Sampler:
                 record = self._record(RECORD_INTERVAL, last, now)
                 if not on_interval(record):
                     stopped = True
+                if opts.forget_exited:
+                    self._forget_exited(record)
             last = now
             if stopped or self.stop.is_set():
                 break
@@ -245,6 +250,23 @@ class Sampler:
                 key = self._cgroup(pid, identity is not None and pid not in exited_ids, exited_ids) or ""
             self.group_of[pid] = key
         return self.group_of[pid]
+
+    def _forget_exited(self, record: Record) -> None:
+        """Forget processes whose exit the kernel reported: their counters have
+        left the kernel's map, so any later byte (a wire packet still in
+        flight) starts from zero and is counted once."""
+        forget = getattr(self.probe, "forget", None)
+        if forget is None:
+            return
+        exited = self.probe.exited()
+        gone = [pid for pid in exited if pid not in (self.options.pids or ())]
+        if not gone:
+            return
+        for pid in gone:
+            for store in (self.identities, self.tally.totals, self.tally.window, self.tally.peaks,
+                          self.cgroup_seen, self.group_of):
+                store.pop(pid, None)
+        forget(gone)
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)

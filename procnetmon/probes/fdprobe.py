@@ -205,6 +205,17 @@ class FdProbe:
     def sockets(self) -> list[SocketBytes]:
         return []
 
+    def forget(self, pids) -> None:
+        """Drop what is kept of exited processes whose bytes were reported for
+        good (a daemon's memory must not grow with every process that ever ran)."""
+        gone = set(pids)
+        for store in (self._retired, self._claimed):
+            for key in [k for k in store if k.pid in gone]:
+                del store[key]
+        for pid in gone:
+            self._exited_names.pop(pid, None)
+            self._exited_cgroups.pop(pid, None)
+
     def close(self) -> None:
         for fd in self._fds:
             try:
