@@ -417,9 +417,11 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
     from procnetmon.kernel import check
 
     check.mount_tracefs()
+    check_started = time.monotonic()
     check_run = subprocess.run([sys.executable, "-m", "procnetmon", "--check"], cwd=ROOT, capture_output=True,
                                text=True, env=dict(os.environ, PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache"))
     record["check"] = check_run.stdout + check_run.stderr
+    record["check_seconds"] = round(time.monotonic() - check_started, 1)
     backends, source = offered_backends()
     record["offered"], record["offered_from"] = backends, source
     for name in BACKENDS:
@@ -590,6 +592,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         boot = guest.get("uptime_at_start")
         timings.append(f"{label}: wall {guest.get('wall', 0):.0f} s"
                        + (f", boot {boot:.0f} s" if boot is not None and "native" not in label else "")
+                       + (f", --check {guest['check_seconds']:.0f} s" if "check_seconds" in guest else "")
                        + (f", runs: {runs}" if runs else "")
                        + (" (TIMED OUT)" if guest.get("timed_out") else ""))
     table = format_table(rows)
