@@ -39,8 +39,8 @@ VIRTME_NG = "virtme-ng"
 BACKENDS = ("tracepoint", "fentry", "kprobe")  # procnetmon's payload backends, as --backend names them
 MATRIX_TESTS = "tests/e2e/test_matrix.py"
 # Hard limits, so that a hung guest or test cannot eat CI's time.
-GUEST_TIMEOUT = 20 * 60  # one boot, all its runs
-RUN_TIMEOUT = 12 * 60  # one pytest run of the matrix module in a guest
+GUEST_TIMEOUT = 40 * 60  # one boot, all its runs
+RUN_TIMEOUT = 20 * 60  # one pytest run of the matrix module in a guest
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,22 @@ def fetch_all(specs=KERNELS, cache: str = CACHE) -> list[Kernel]:
 
 
 
+# Process groups of the guests (and native pytest runs) under way: killed with us, so that a
+# timeout around scripts/vmtest leaves no QEMU behind.
+RUNNING: set = set()
+STOPPED: list = []  # the signal that stopped the matrix, once one has
+
+
+def _kill_running(signum, _frame) -> None:
+    """Kill every guest and test run; the table of what finished is still printed."""
+    STOPPED.append(signum)
+    for pgid in list(RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # ---------------------------------------------------------------- results
 
 @dataclass
@@ -352,7 +368,9 @@ def any_failed(rows: list[Row]) -> bool:
 
 def reasons_from_check(check_text: str, backend: str) -> str:
     """The --check lines that speak of ``backend`` (the reason it is missing), or a plain word."""
-    hits = [line.strip() for line in check_text.splitlines() if backend in line.lower()]
+    lines = [line.strip() for line in check_text.splitlines()]
+    hits = [line for line in lines if f"backend {backend}" in line.lower() and not line.startswith(("payload", "wire"))]
+    hits = hits or [line for line in lines if backend in line.lower()]
     return "; ".join(hits) if hits else "procnetmon --check does not offer it"
 
 
@@ -411,12 +429,15 @@ def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: floa
         try:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
                                     start_new_session=True)
+            RUNNING.add(proc.pid)
             returncode = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             returncode = "timeout"
             f.write(f"\nvmtest: killed after {timeout:.0f} s\n")
+        finally:
+            RUNNING.discard(proc.pid)
     return {"label": label, "backend": backend or "auto", "returncode": returncode,
             "seconds": round(time.monotonic() - started, 1), "log": log}
 
@@ -508,12 +529,16 @@ def boot_and_test(vng: str, kernel: Kernel, out: str, everything: bool, timeout:
     with open(f"{out}/vng.log", "w") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+        RUNNING.add(proc.pid)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        finally:
+            RUNNING.discard(proc.pid)
+    timed_out = timed_out or bool(STOPPED)
     wall = time.monotonic() - started
     try:
         with open(f"{out}/guest.json") as f:
@@ -563,6 +588,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "guest":
         return guest_main(args.out, args.all, args.headers)
 
+    signal.signal(signal.SIGTERM, _kill_running)
+    signal.signal(signal.SIGINT, _kill_running)
     wanted = [k for k in KERNELS if k.name in args.kernels.split(",")]
     started = time.monotonic()
     try:
@@ -586,6 +613,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def one(kernel):
         out = f"{results_dir}/{kernel.spec.name}"
+        if STOPPED:
+            return kernel, out, {"runs": [], "not_run": {"all": "the matrix was stopped (timeout) first"}}
         say(f"booting {kernel.release}")
         guest = boot_and_test(vng, kernel, out, args.all)
         say(f"{kernel.release} done in {guest['wall']:.0f} s")
@@ -600,8 +629,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for label, (out, guest) in results.items():
         rows += rows_of(label, guest, junits_of(out, guest))
         if guest.get("timed_out"):
-            rows.append(Row(label, "-", "-", failed=1, note=f"guest killed after {GUEST_TIMEOUT} s; "
-                                                            f"see {out}/guest.log"))
+            rows.append(Row(label, "-", "-", failed=1, note=f"guest killed after {guest.get('wall', 0):.0f} s "
+                                                            f"(limit {GUEST_TIMEOUT} s, or stopped); "
+                                                            f"see {out}/*.log"))
         runs = ", ".join(f"{r['label']} {r['seconds']:.0f} s" for r in guest.get("runs", []))
         boot = guest.get("uptime_at_start")
         timings.append(f"{label}: wall {guest.get('wall', 0):.0f} s"
