@@ -203,3 +203,16 @@ def test_ensure_modules_links_the_unpacked_modules(tmp_path):
     assert os.readlink(modules / "5.10.0-32-amd64") == str(unpacked)
     vm.ensure_modules("5.10.0-32-amd64", str(modules), str(cache))  # already there: left alone
     assert os.readlink(modules / "5.10.0-32-amd64") == str(unpacked)
+
+
+def test_a_hung_guest_is_killed_and_reported(monkeypatch, tmp_path):
+    fake_vng = tmp_path / "vng"
+    fake_vng.write_text("#!/bin/sh\nsleep 60\n")
+    fake_vng.chmod(0o755)
+    monkeypatch.setattr(vm, "install_boot_config", lambda kernel: None)
+    k = vm.Kernel(vm.KERNELS[1], "6.1.0-50-amd64", str(tmp_path / "k"))
+    guest = vm.boot_and_test(str(fake_vng), k, str(tmp_path / "out"), False, timeout=0.5)
+    assert guest["timed_out"] is True and guest["wall"] < 30
+    assert not vm.RUNNING
+    rows = vm.rows_of("6.1", guest, {})
+    assert rows[0].failed == 1 and "no results" in rows[0].note
