@@ -12,11 +12,12 @@ kernel-only names BCC's helpers use. BCC's helpers refuse to compile without
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import re
 import shutil
-from typing import Optional
+from typing import Callable, Optional
 
 from procnetmon.kernel import cache
 
@@ -125,10 +126,52 @@ def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = N
                 _link(os.path.join(src_dir, name), os.path.join(tmp, sub, name))
         if os.path.isdir(os.path.join(build, sub, "generated")):
             _link(os.path.join(build, sub, "generated"), os.path.join(tmp, sub, "generated"))
-    _write(f"{tmp}/{MERGED_STAMP}", f"{build}\n{source}\n")
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
+    want = f"{build}\n{source}\n"
+    _write(f"{tmp}/{MERGED_STAMP}", want)
+    _put_in_place(tmp, root, lambda tree: _read(os.path.join(tree, MERGED_STAMP)) == want)
     return root
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _put_in_place(tmp: str, root: str, complete: Optional[Callable[[str], bool]]) -> None:
+    """Move the finished tree ``tmp`` to ``root``.
+
+    Two procnetmon starting at once on a fresh cache (payload and wire mode,
+    a daemon and a command) build the same tree side by side: the second
+    must not pull the first one's tree from under its compile. So a tree
+    already in place that ``complete`` accepts is kept and ours dropped;
+    only one it rejects (stale, half made) is moved aside. ``complete``
+    None replaces whatever is there.
+    """
+    try:
+        os.rename(tmp, root)  # atomic, and refused while root is a directory with entries
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if complete is not None and complete(root):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = f"{root}.{os.getpid()}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(root, old)
+    except FileNotFoundError:
+        pass
+    try:
+        os.rename(tmp, root)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another builder's equal tree got there in between
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _arch_asm_dir() -> str:
@@ -211,8 +254,12 @@ def _link(target: str, path: str) -> None:
 
 def build_tree(root: str, release: Optional[str] = None, config_text: Optional[str] = None,
                uapi_dir: str = SYSTEM_UAPI, asm_generic_dir: str = SYSTEM_ASM_GENERIC,
-               asm_dir: Optional[str] = None) -> str:
-    """Build the synthetic tree in ``root`` (replacing what is there) and return ``root``."""
+               asm_dir: Optional[str] = None, replace: bool = True) -> str:
+    """Build the synthetic tree in ``root`` and return ``root``.
+
+    With ``replace`` False a complete tree that another process put there
+    meanwhile is kept (see _put_in_place).
+    """
     release = release or os.uname().release
     asm_dir = asm_dir or _arch_asm_dir()
     for needed in (uapi_dir, asm_generic_dir, asm_dir):
@@ -246,9 +293,7 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
     _link(asm_generic_dir, f"{tmp}/include/uapi/asm-generic")
     _link(asm_dir, f"{tmp}/arch/{arch}/include/uapi/asm")
     _write(f"{tmp}/{STAMP}", f"{release}\n{config_source}\n")
-
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
+    _put_in_place(tmp, root, None if replace else lambda tree: os.path.isfile(os.path.join(tree, STAMP)))
     return root
 
 
@@ -276,7 +321,7 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
     if not os.path.isfile(os.path.join(root, STAMP)):
-        build_tree(root)
+        build_tree(root, replace=False)
     return root, True
 
 

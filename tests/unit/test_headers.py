@@ -346,3 +346,43 @@ def test_ensure_headers_joins_split_headers_once(monkeypatch, tmp_path):
     before = stamp.stat().st_mtime_ns
     assert headers.ensure_headers(str(cache_dir)) == (str(cache_dir / "headers-joined"), False)
     assert stamp.stat().st_mtime_ns == before
+
+
+# -- two procnetmon building the same tree at once --------------------------------------
+
+
+def test_a_complete_tree_in_place_is_kept_not_pulled_from_under_its_user(tmp_path, system):
+    first = headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_A=y\n",
+                               **system)
+    marker = tmp_path / "tree/in-use"
+    marker.write_text("")  # stands for the first procnetmon compiling against it
+    headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_B=y\n",
+                       replace=False, **system)
+    assert marker.exists()
+    assert "CONFIG_A" in (tmp_path / "tree/include/generated/autoconf.h").read_text()
+    assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]  # our own copy dropped
+    assert first == str(tmp_path / "tree")
+
+
+def test_a_tree_without_stamp_is_replaced_even_without_replace(tmp_path, system):
+    (tmp_path / "tree/include").mkdir(parents=True)
+    (tmp_path / "tree/half-made").write_text("")
+    headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_B=y\n",
+                       replace=False, **system)
+    assert not (tmp_path / "tree/half-made").exists()
+    assert (tmp_path / "tree" / headers.STAMP).is_file()
+    assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]
+
+
+def test_merge_split_tree_keeps_an_equal_tree_and_replaces_another(tmp_path):
+    modules, flavour, common = make_modules(tmp_path, "6.12.9-amd64", split=True)
+    root = str(tmp_path / "joined")
+    headers.merge_split_tree(root, flavour, common)
+    (tmp_path / "joined/in-use").write_text("")
+    headers.merge_split_tree(root, flavour, common)
+    assert (tmp_path / "joined/in-use").exists()
+    other = tmp_path / "usr/src/other"
+    (other / "include/generated").mkdir(parents=True)
+    headers.merge_split_tree(root, str(other), common)
+    assert not (tmp_path / "joined/in-use").exists()
+    assert os.readlink(tmp_path / "joined/include/generated") == str(other / "include/generated")
