@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from procnetmon import cgroups, cli, launch
+from procnetmon import cli
 
 
 class ExitStatus(enum.IntEnum):
@@ -53,8 +53,8 @@ def _load_modules() -> None:
     """The rest of procnetmon (psutil, the BTF reader, the engine), imported
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
-    global check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
-    from procnetmon import engine, interfaces, procinfo  # noqa: F811
+    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import cgroups, engine, interfaces, launch, procinfo  # noqa: F811
     from procnetmon.kernel import check  # noqa: F811
     from procnetmon.model import MODE_WIRE  # noqa: F811
     from procnetmon.output.writer import OutputError, Writer  # noqa: F811

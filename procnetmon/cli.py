@@ -181,14 +181,19 @@ def parse_pids(text: str) -> list[int]:
 
 
 def parse_interfaces(text: str) -> list[str]:
-    """A comma-separated list of interface names, checked for syntax only
-    (whether they exist is the engine's business)."""
+    """A comma-separated list of interface names, each IFACE (this network
+    namespace), NETNS/IFACE (a namespace of ``ip netns``) or pid:PID/IFACE
+    (the namespace of process PID); checked for syntax only (whether they
+    exist is the engine's business)."""
     names: list[str] = []
     for item in (part.strip() for part in text.split(",")):
-        problem = _ifname_problem(item)
+        namespace, ifname = item.split("/", 1) if "/" in item else (None, item)
+        problem = _netns_problem(namespace) if namespace is not None else None
+        problem = problem or _ifname_problem(ifname)
         if problem:
             raise argparse.ArgumentTypeError(
-                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, e.g. -i eth0,wlan0"
+                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, "
+                "e.g. -i eth0,wlan0 or -i NETNS/eth0"
             )
         if item not in names:
             names.append(item)
@@ -205,6 +210,20 @@ def _ifname_problem(name: str) -> Optional[str]:
         return "'.' and '..' are not interface names"
     if any(c == "/" or c == ":" or c.isspace() for c in name):
         return "names contain no '/', ':' or whitespace"
+    return None
+
+
+def _netns_problem(namespace: str) -> Optional[str]:
+    """Why NETNS of NETNS/IFACE cannot name a network namespace."""
+    if namespace.startswith("pid:"):
+        pid = namespace[4:]
+        if not (pid.isdigit() and pid.isascii() and 0 < int(pid) <= PID_MAX):
+            return "pid:PID/IFACE needs a PID, e.g. pid:1234/eth0"
+        return None
+    if not namespace:
+        return "NETNS/IFACE needs a namespace name before the '/' (from ip netns)"
+    if namespace in (".", "..") or any(c.isspace() for c in namespace):
+        return "a namespace name (from ip netns) is not '.', '..' and has no whitespace"
     return None
 
 
@@ -300,7 +319,10 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "-i", "--interface", metavar="IFACES", dest="interfaces",
         type=parse_interfaces, default=None,
         help="comma-separated interfaces to count, e.g. eth0,wlan0 "
-        "(default: every interface but loopback); naming lo counts loopback",
+        "(default: every interface but loopback); naming lo counts loopback. "
+        "An interface of another network namespace is NETNS/IFACE, NETNS a name "
+        "that ip netns lists (/run/netns/NETNS), or pid:PID/IFACE, the namespace "
+        "of process PID (a container's eth0: pid:1234/eth0)",
     )
     group.add_argument(
         "--include-loopback", action="store_true", dest="include_loopback",

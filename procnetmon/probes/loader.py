@@ -48,6 +48,8 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
         flags.append("-DHAVE_SK_DATA_READY")
+    if facts is not None and facts.exit_group_dead:
+        flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
 
 
@@ -77,7 +79,7 @@ def _format_addr(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw[:16]))
 
 
-def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
+def socket_bytes(info, pid: int, inode: int = 0, sock_id: int = 0) -> Optional[SocketBytes]:
     """A ``struct sock_info`` of the BPF programs as plain data (None if not TCP/UDP over IP)."""
     protocol = PROTOCOLS.get(info.protocol)
     if protocol is None or info.family not in (socket.AF_INET, socket.AF_INET6):
@@ -86,7 +88,7 @@ def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
         pid=pid, protocol=protocol, family="ipv4" if info.family == socket.AF_INET else "ipv6",
         local_addr=_format_addr(info.family, bytes(info.laddr)), local_port=info.lport,
         remote_addr=_format_addr(info.family, bytes(info.raddr)), remote_port=info.rport,
-        bytes_in=info.bytes_in, bytes_out=info.bytes_out)
+        bytes_in=info.bytes_in, bytes_out=info.bytes_out, inode=inode, sock_id=sock_id)
 
 
 class BccProbe:
@@ -227,12 +229,18 @@ class BccProbe:
         """Fold counts kept outside the counters map into ``counters``."""
 
     def read(self) -> Snapshot:
-        # Exits first: a process gone before its counters are read can add
-        # nothing more, so its counters move to user space for good.
+        """Cumulative counters of the processes in the kernel's map: live ones,
+        and those whose exit this read collected, for the last time.
+
+        Exits first: a process gone before its counters are read can add
+        nothing more, so its counters leave the map after this read and the
+        engine keeps its totals. Nothing of past processes is merged in
+        again: the cost of a read follows the processes still counted.
+        """
         newly_exited = self._collect_exits()
         self._refresh_cgroups()
         table = self._bpf["counters"]
-        counters: dict[CounterKey, int] = dict(self._retired)
+        counters: dict[CounterKey, int] = {}
         for k, v in table.items():
             protocol = PROTOCOLS.get(k.protocol)
             if protocol is None:
@@ -240,7 +248,6 @@ class BccProbe:
             key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
             counters[key] = counters.get(key, 0) + v.value
             if k.tgid in newly_exited:
-                self._retired[key] = self._retired.get(key, 0) + v.value
                 try:
                     del table[k]
                 except KeyError:
@@ -251,19 +258,23 @@ class BccProbe:
 
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
-        fresh = set()
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
+        self._exited_names = {}
+        self._exited_cgroups = {}
         for k, v in list(table.items()):
-            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
+            # the outputs write them as \xHH like psutil's names.
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
             self._exited_cgroups[k.value] = v.cgroup_id
-            fresh.add(k.value)
             try:
                 del table[k]
             except KeyError:
                 pass
-        return fresh
+        return set(self._exited_names)
 
     def exited(self) -> dict[int, str]:
-        """Names of counted processes whose last thread has exited."""
+        """Names of the counted processes whose exit the latest read collected
+        (each exit is reported by one read only)."""
         return dict(self._exited_names)
 
     def execed(self) -> set[int]:

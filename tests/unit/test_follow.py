@@ -187,6 +187,31 @@ def test_followed_children_are_rows_after_the_given_pids():
     assert summary.aggregated.bytes_out == 570
 
 
+class ScriptedProbe(Probe):
+    """One (counters, exits) pair per read, as the real probe reports each exit once."""
+
+    def __init__(self, reads):
+        super().__init__({})
+        self.reads = list(reads)
+
+    def read(self):
+        self.counters, self.exited_names = self.reads.pop(0) if self.reads else ({}, {})
+        return super().read()
+
+
+def test_followed_child_that_exited_stays_in_the_summary_after_the_given_pids():
+    processes = Processes({10: Identity(10, "sh", "sh -c x", 1.0)})
+    probe = ScriptedProbe([({**out(31, 500), **out(12, 1)}, {31: "curl"}),
+                           ({**out(12, 2)}, {}), ({**out(12, 3)}, {})])
+    clock = Clock()
+    sampler = Sampler(probe, Options(pids=[10], follow_children=True, interval=1.0, count=3),
+                      stop=Stop(clock), monotonic=clock, processes=processes)
+    summary = sampler.run(lambda record: True)
+    assert [(p.pid, p.name, p.bytes_out) for p in summary.processes] == [
+        (10, "sh", 0), (12, "?", 3), (31, "curl", 500)]
+    assert summary.aggregated.bytes_out == 503
+
+
 def test_without_follow_only_the_given_pids_are_rows():
     processes = Processes({10: Identity(10, "sh", "sh", 1.0)})
     summary = run_sampler({**out(31, 500)}, processes, pids=[10])
