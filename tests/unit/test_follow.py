@@ -365,3 +365,21 @@ def test_command_inherits_no_ignored_signal():
     command.release()
     command.on_end(lambda: None)
     assert command.wait() == 0
+
+
+def test_descendants_are_found_and_exclude_procnetmon_itself():
+    import subprocess
+
+    from procnetmon import procinfo
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(procinfo.descendants([shell.pid])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(procinfo.descendants([shell.pid])) == 2
+        assert procinfo.descendants([os.getppid()]).count(os.getpid()) == 0
+    finally:
+        for pid in procinfo.descendants([shell.pid]):
+            os.kill(pid, signal.SIGTERM)
+        shell.wait(5)
