@@ -169,6 +169,9 @@ class Options:
     # to its filter; those that moved bytes are rows too.
     follow_children: bool = False
     command: Optional[list[str]] = None  # -- COMMAND: pids holds its PID alone
+    # A daemon (--serve): once an interval record has carried an exited
+    # process's last bytes, forget it (the summary will not list it).
+    forget_exited: bool = False
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -290,6 +293,8 @@ class Sampler:
                 record = self._record(RECORD_INTERVAL, last, now)
                 if not on_interval(record):
                     stopped = True
+                if opts.forget_exited:
+                    self._forget_exited(record)
             last = now
             if stopped or self.stop.is_set():
                 break
@@ -372,11 +377,24 @@ class Sampler:
         self.cgroup_seen.pop(pid, None)
         self.socket_totals.pop(pid, None)
         group = self.group_of.pop(pid, "")
+        if self.options.forget_exited:
+            return  # a daemon keeps no history: its metrics already carry the bytes
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
         else:
             name, cmdline = kernel_name, ""
         self.archive.add(pid, total, peaks, name, cmdline, cgroup, group)
+
+    def _forget_exited(self, record: Record) -> None:
+        """Forget processes whose exit the kernel reported: their counters have
+        left the kernel's map, so any later byte (a wire packet still in
+        flight) starts from zero and is counted once."""
+        forget = getattr(self.probe, "forget", None)
+        if forget is None:
+            return
+        gone = [pid for pid in self.exiting if pid not in (self.options.pids or ())]
+        if gone:
+            forget(gone)  # the engine's own state goes in _retire, without an archive
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
