@@ -548,6 +548,8 @@ def _command_violations(args: argparse.Namespace):
         if args.output == "-":
             yield ("-o - would mix the records into COMMAND's standard output: they go to "
                    "standard error by default, or give -o FILE")
+        if getattr(args, "serve", None) is not None:
+            yield "--serve runs until stopped and -- COMMAND until COMMAND ends: use one of them"
     elif args.children and args.pids is None:
         yield ("--children follows the descendants of the -p PIDS: add -p "
                "(without -p every process is measured already)")

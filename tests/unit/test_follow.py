@@ -82,6 +82,11 @@ def test_stdout_output_with_a_command_is_refused(capsys):
     assert "standard error by default" in err
 
 
+def test_serve_with_a_command_is_a_usage_error(capsys):
+    err = refused(capsys, "--serve", "9101", "--", "true")
+    assert "--serve runs until stopped and -- COMMAND until COMMAND ends" in err
+
+
 def test_output_file_with_a_command():
     assert cli.parse_args(["-o", "x.json", "--json", "--", "true"]).output == "x.json"
 
