@@ -7,6 +7,9 @@
  * Options (-D):
  *   FILTER_PIDS       count only thread groups in target_pids
  *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
+ *   FILTER_CGROUPS    count only tasks of the cgroups (v2 ids) in target_cgroups;
+ *                     needs OFF_CGROUP_* and OFF_KERNFS_NODE_* (cgroups created
+ *                     below a target are added as they are made)
  *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
  *   MAX_COUNTERS, MAX_PIDS, MAX_SOCKETS, MAX_EXITED   map sizes
  */
@@ -35,6 +38,9 @@
 #endif
 #ifndef MAX_EXITED
 #define MAX_EXITED 16384
+#endif
+#ifndef MAX_CGROUPS
+#define MAX_CGROUPS 16384
 #endif
 
 struct counter_key {
@@ -68,11 +74,18 @@ struct sock_info {
 struct exit_info {
     char comm[16];
     u64 exit_ns;
+    u64 cgroup_id; /* cgroup v2 id (directory inode) the process exited in */
 };
 
 BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
 BPF_HASH(target_pids, u32, u8, MAX_PIDS);
 BPF_HASH(target_ifaces, struct iface_key, u8, 256);
+#ifdef FILTER_CGROUPS
+/* Every cgroup at or below a --cgroup path, by id: the task's own cgroup is
+ * looked up, since bpf_get_current_ancestor_cgroup_id() is not offered to
+ * tracing programs before Linux 5.14. */
+BPF_HASH(target_cgroups, u64, u8, MAX_CGROUPS);
+#endif
 /* Thread groups with counters: only their exits are worth noting. */
 BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
 /* Name of each counted process that exited, since /proc forgets it. User
@@ -131,10 +144,15 @@ static __always_inline void note_lost(void)
 static __always_inline int is_target(u32 tgid)
 {
 #ifdef FILTER_PIDS
-    return target_pids.lookup(&tgid) != 0;
-#else
-    return 1;
+    if (!target_pids.lookup(&tgid))
+        return 0;
 #endif
+#ifdef FILTER_CGROUPS
+    u64 cgroup_id = bpf_get_current_cgroup_id();
+    if (!target_cgroups.lookup(&cgroup_id))
+        return 0;
+#endif
+    return 1;
 }
 
 /* The inode number of a socket's network namespace (tracing programs only). */
@@ -201,12 +219,25 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     return 0;
 }
 
-/* args: struct task_struct *p, bool group_dead. Keeps the name of a process
+/* Whether the exiting task is the last of its thread group. Recent kernels
+ * passes it to the tracepoint (-DHAVE_EXIT_GROUP_DEAD); before, do_exit()
+ * has already counted the task out of signal->live when the tracepoint fires. */
+static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef HAVE_EXIT_GROUP_DEAD
+    return ctx->args[1] & 1;
+#else
+    void *signal = read_ptr((void *)bpf_get_current_task(), OFF_TASK_SIGNAL);
+    return signal && read_u32(signal, OFF_SIGNAL_LIVE) == 0;
+#endif
+}
+
+/* args: struct task_struct *p (, bool group_dead). Keeps the name of a process
  * whose last thread exits (after an exec, the new program's), so its totals
  * are still named in the summary. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-    if (!(ctx->args[1] & 1))
+    if (!group_dead(ctx))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_reported(tgid))
@@ -217,8 +248,32 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     void *leader = read_ptr(task, OFF_TASK_GROUP_LEADER);
     bpf_probe_read_kernel(info.comm, sizeof(info.comm), (const char *)(leader ? leader : task) + OFF_TASK_COMM);
     info.exit_ns = bpf_ktime_get_ns();
+    info.cgroup_id = bpf_get_current_cgroup_id();
     exited.update(&tgid, &info);
     return 0;
 }
+
+#ifdef FILTER_CGROUPS
+/* args: struct cgroup *cgrp, const char *path. A cgroup made below a target
+ * is a target from its first moment, before any task can be moved into it
+ * (user space also rescans the targets every interval). */
+RAW_TRACEPOINT_PROBE(cgroup_mkdir)
+{
+    const void *cgrp = (const void *)ctx->args[0];
+    void *root = read_ptr(cgrp, OFF_CGROUP_ROOT);
+    if (read_u32(root, OFF_CGROUP_ROOT_HIERARCHY_ID) != 0)
+        return 0; /* a cgroup v1 hierarchy: its ids are another numbering */
+    void *kn = read_ptr(cgrp, OFF_CGROUP_KN);
+    void *parent = read_ptr(kn, OFF_KERNFS_NODE_PARENT);
+    u64 parent_id = 0, id = 0;
+    bpf_probe_read_kernel(&parent_id, sizeof(parent_id), (const char *)parent + OFF_KERNFS_NODE_ID);
+    if (!parent || !target_cgroups.lookup(&parent_id))
+        return 0;
+    bpf_probe_read_kernel(&id, sizeof(id), (const char *)kn + OFF_KERNFS_NODE_ID);
+    u8 one = 1;
+    target_cgroups.update(&id, &one);
+    return 0;
+}
+#endif
 
 #endif /* PROCNETMON_COMMON_H */

@@ -3,11 +3,14 @@
 Everything that can be wrong with the request (a PID that does not exist,
 an unknown interface, missing privileges) is reported before any probe is
 attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
-summary of everything measured is still written.
+summary of everything measured is still written. Before that, they end the
+program at once (status 130 or 143, no traceback): nothing is attached and
+nothing has been written yet. A signal after the summary changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import signal
@@ -16,17 +19,15 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from procnetmon import cli, engine, interfaces, procinfo
-from procnetmon.kernel import check
-from procnetmon.model import MODE_WIRE
-from procnetmon.output.writer import Writer
+from procnetmon import cli
 
 
 class ExitStatus(enum.IntEnum):
     OK = 0
-    ERROR = 1  # measurement failed at run time
+    ERROR = 1  # measurement failed at run time, or the output could not be written
     USAGE = 2  # bad options, nonexistent PID, unknown interface
     UNAVAILABLE = 3  # missing privileges or a kernel feature
+    INTERRUPTED = 128  # + the signal number: stopped before sampling began
 
 
 class Fatal(Exception):
@@ -39,12 +40,61 @@ def _say(stream: TextIO, message: str) -> None:
     try:
         stream.write(f"procnetmon: {message}\n")
         stream.flush()
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr closed or full: the exit status still tells
+
+
+def _load_modules() -> None:
+    """The rest of procnetmon (psutil, the BTF reader, the engine), imported
+    after the early signal handlers are in place: a Ctrl-C during these
+    imports ends the program quietly instead of with a traceback."""
+    global cgroups, check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import cgroups, engine, interfaces, procinfo  # noqa: F811
+    from procnetmon.kernel import check  # noqa: F811
+    from procnetmon.model import MODE_WIRE  # noqa: F811
+    from procnetmon.output.writer import OutputError, Writer  # noqa: F811
+
+
+def _quit_before_sampling(signum, _frame) -> None:
+    # Nothing is attached and nothing written yet: leave at once, as the
+    # default action would, but without KeyboardInterrupt's traceback.
+    os._exit(ExitStatus.INTERRUPTED + signum)
+
+
+def _install_early_handlers() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _quit_before_sampling)
+
+
+def _repair_std_streams() -> bool:
+    """Point closed standard descriptors at /dev/null so that nothing opened
+    later (the -o file) takes their number and no write to them raises.
+    Returns whether standard output was closed: then nobody reads it, as
+    after ``| head`` has exited."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    return 1 in closed
 
 
 def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     findings = check.run_checks()
+    # What each mode needs beyond loading BPF programs, after that line.
+    after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
+    capabilities = check.check_capabilities()
+    findings[after:after] = capabilities
     width = max(len(f.name) for f in findings)
     for f in findings:
         mark = "ok " if f.ok else ("NO " if f.required else "-- ")
@@ -54,6 +104,9 @@ def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     ready, backend = check.payload_backend(findings, wanted_backend)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
     wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
+    wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
+    if wire_ready and not wire_privileges.ok:
+        wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
     out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
@@ -65,6 +118,24 @@ def _check_pids(pids: Optional[list[int]]) -> None:
         names = ", ".join(str(p) for p in missing)
         plural = "es" if len(missing) > 1 else ""
         raise Fatal(ExitStatus.USAGE, f"error: no process{plural} with PID {names}")
+
+
+def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], Optional[str]]:
+    """--cgroup paths as paths below the cgroup2 mount, each an existing directory."""
+    if paths is None:
+        return None, None
+    mount = cgroups.cgroup2_mount()
+    if mount is None:
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: --cgroup needs the cgroup v2 hierarchy mounted "
+                                            "(mount -t cgroup2 none /sys/fs/cgroup)")
+    resolved = []
+    for path in paths:
+        below = cgroups.relative_path(path, mount)
+        if below is None or not os.path.isdir(os.path.normpath(mount + "/" + below)):
+            raise Fatal(ExitStatus.USAGE, f"error: no cgroup {path} under the cgroup v2 mount {mount}")
+        if below not in resolved:
+            resolved.append(below)
+    return resolved, mount
 
 
 def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
@@ -85,8 +156,10 @@ def _make_probe(args):
     keys = _resolve_interfaces(args.interfaces)
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
+    targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
     return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                 details=args.details, backend=args.backend), include_loopback
+                 details=args.details, backend=args.backend, cgroups=targets,
+                 cgroup_mount=mount), include_loopback
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -117,6 +190,8 @@ def _seconds_since_launch() -> Optional[float]:
 
 def _describe_scope(args) -> str:
     who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+    if args.cgroups:
+        who += f" in {', '.join(args.cgroups)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
@@ -130,6 +205,26 @@ def _describe_scope(args) -> str:
     return f"{who}, {where}, {how_long}"
 
 
+def _warn_on_unknown_counts(write, err: TextIO):
+    """``write``, saying once on stderr why connection counts are unknown
+    (null, "?") when a record first has such a process."""
+    warned = False
+
+    def emit(record) -> bool:
+        nonlocal warned
+        if not warned:
+            unknown = [p.pid for p in record.processes if p.tcp_connections is None]
+            if unknown:
+                warned = True
+                _say(err, f"warning: connection counts of {len(unknown)} process"
+                          f"{'es' if len(unknown) > 1 else ''} (PID {', '.join(map(str, unknown[:5]))}"
+                          f"{', ...' if len(unknown) > 5 else ''}) are unknown: their /proc/PID/fd is not "
+                          "readable without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+        return write(record)
+
+    return emit
+
+
 def _install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum, _frame):
         stop.set()
@@ -138,7 +233,7 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(args, out: TextIO, err: TextIO) -> ExitStatus:
+def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitStatus:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
@@ -149,21 +244,34 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+    if args.mode == MODE_WIRE and not check.has_wire_privileges():
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
+                                            "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
+                                            "run with sudo, or use --mode payload")
 
-    stop = threading.Event()
-    _install_stop_handlers(stop)
     options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
                              interval=args.interval, duration=args.time, count=args.count,
-                             emit_intervals=cli.is_streaming(args), details=args.details)
+                             emit_intervals=cli.is_streaming(args), details=args.details,
+                             group_by=args.group_by)
     from procnetmon.probes import ProbeError
 
-    target = out if args.output in (None, "-") else args.output
+    to_stdout = args.output in (None, "-")
+    if to_stdout and stdout_closed:
+        return ExitStatus.OK  # nobody reads: nothing to measure for
+    target = out if to_stdout else args.output
+    where = "standard output" if to_stdout else args.output
     try:
+        # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
         writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                         details=args.details, units=args.units, sort=args.sort, top=args.top,
                         no_header=args.no_header)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    # A reader that leaves (| head) ends the run within an interval, even
+    # when nothing is being written.
+    writer.watch(stop.set)
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -179,28 +287,54 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
                           f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
-            summary = sampler.run(writer.write)
+            emit = _warn_on_unknown_counts(writer.write, err)
+            summary = sampler.run(emit)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
             if not writer.closed:
-                writer.write(summary)
+                emit(summary)
         finally:
             probe.close()
-    finally:
         writer.close()
+    except OutputError as e:
+        raise Fatal(ExitStatus.ERROR, f"error: cannot write to {where}: {e.strerror}") from None
+    finally:
+        writer.close(quiet=True)
     return ExitStatus.OK
 
 
 def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
+    """Run procnetmon and return its exit status. Called without streams it
+    is the program itself: it also takes care of closed standard
+    descriptors and of signals before and after sampling."""
+    whole_program = stdout is None and stderr is None
+    stdout_closed = False
+    if whole_program:
+        _install_early_handlers()
+        stdout_closed = _repair_std_streams()
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args = cli.parse_args(argv)
     try:
-        return int(run(args, out, err))
-    except Fatal as e:
-        _say(err, str(e))
-        return int(e.status)
+        try:
+            # argparse prints --help, --version and usage errors itself.
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                args = cli.parse_args(argv)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (ExitStatus.OK if e.code is None else ExitStatus.USAGE)
+        _load_modules()
+        try:
+            return int(run(args, out, err, stdout_closed=stdout_closed))
+        except Fatal as e:
+            _say(err, str(e))
+            return int(e.status)
+    finally:
+        if whole_program:
+            # The summary is out: a late second Ctrl-C must not turn the
+            # status into death by signal while the interpreter shuts down
+            # (which puts back the default handlers).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

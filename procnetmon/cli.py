@@ -29,11 +29,20 @@ MIN_INTERVAL = 0.1  # seconds; shorter intervals cost more than they tell
 IFNAME_MAX = 15
 # The highest PID Linux can hand out (PID_MAX_LIMIT on 64-bit).
 PID_MAX = 4194304
+# How many PIDs -p takes: the size of the kernel's PID filter map (MAX_PIDS
+# in bpf/common.h). Refused here, before anything is attached.
+MAX_PIDS = 4096
+# The longest -t and --interval: a year. Longer ones overflow the timers
+# they end up in, and nobody samples for longer in one run.
+MAX_DURATION = 365 * 24 * 3600.0
+# The largest -n and --top.
+MAX_COUNT = 1_000_000_000
 
 FORMATS = ("text", "json", "csv")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
 UNITS = ("bits", "bytes")
 MODES = ("payload", "wire")
+GROUP_BY = ("pid", "name", "cgroup")
 # Where the socket-call hooks attach, best first; "auto" takes the best the
 # kernel offers (procnetmon --check says which).
 BACKENDS = ("auto", "tracepoint", "fentry", "kprobe")
@@ -48,7 +57,9 @@ per-process totals, rates, peaks and TCP/UDP connection counts as a table,
 JSON or CSV. Connection counts are the sockets a process holds at the end of
 a record: tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
-Needs root, or CAP_BPF and CAP_PERFMON."""
+Needs root, or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
+without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
+counts are unknown). --check says what is missing."""
 
 EXAMPLES = """\
 examples:
@@ -72,6 +83,14 @@ _DURATION_RE = re.compile(
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when it is long (a
+    list of thousands of PIDs, a number of thousands of digits)."""
+    if len(text) <= 60:
+        return repr(text)
+    return f"{text[:40]!r}... ({len(text)} characters)"
+
+
 # --------------------------------------------------------------------------
 # Argument types: each turns one command-line string into a value or raises
 # ArgumentTypeError with a message that shows what to write instead.
@@ -86,11 +105,15 @@ def parse_duration(text: str) -> float:
         seconds = -1.0  # reported as "not more than zero" below
     if seconds is None:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: write a number with a unit, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: write a number with a unit, {DURATION_EXAMPLES}"
         )
     if seconds <= 0:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: it must be more than zero, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: it must be more than zero, {DURATION_EXAMPLES}"
+        )
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_shown(text)}: the longest is a year (8760h), {DURATION_EXAMPLES}"
         )
     return seconds
 
@@ -98,7 +121,7 @@ def parse_duration(text: str) -> float:
 def _duration_seconds(compact: str) -> Optional[float]:
     """Seconds in a whitespace-free, lower-case duration, or None if malformed."""
     if re.fullmatch(_NUMBER, compact):
-        return float(compact)
+        return float(compact)  # may be inf (400 digits): refused as too long
     match = _DURATION_RE.fullmatch(compact)
     if not compact or match is None:
         return None
@@ -107,7 +130,7 @@ def _duration_seconds(compact: str) -> Optional[float]:
         for unit, value in match.groupdict().items()
         if value is not None
     )
-    return seconds if math.isfinite(seconds) else None
+    return None if math.isnan(seconds) else seconds
 
 
 def parse_interval(text: str) -> float:
@@ -115,7 +138,7 @@ def parse_interval(text: str) -> float:
     seconds = parse_duration(text)
     if seconds < MIN_INTERVAL:
         raise argparse.ArgumentTypeError(
-            f"interval {text!r} is too short: the shortest is 100ms, e.g. --interval 1s"
+            f"interval {_shown(text)} is too short: the shortest is 100ms, e.g. --interval 1s"
         )
     return seconds
 
@@ -124,24 +147,31 @@ def parse_pids(text: str) -> list[int]:
     """A comma-separated list of PIDs; spaces and empty items are tolerated,
     duplicates dropped, order kept."""
     pids: list[int] = []
+    seen: set[int] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue  # "1,2," and the like: harmless
         if not item.isdigit() or not item.isascii() or int(item) == 0:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: PIDs are positive integers, e.g. -p 1234,5678"
+                f"invalid PID {_shown(item)} in {_shown(text)}: PIDs are positive integers, e.g. -p 1234,5678"
             )
         pid = int(item)
         if pid > PID_MAX:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: Linux PIDs are at most {PID_MAX}"
+                f"invalid PID {_shown(item)} in {_shown(text)}: Linux PIDs are at most {PID_MAX}"
             )
-        if pid not in pids:
+        if pid not in seen:
+            seen.add(pid)
             pids.append(pid)
+            if len(pids) > MAX_PIDS:
+                raise argparse.ArgumentTypeError(
+                    f"too many PIDs: at most {MAX_PIDS} can be measured at once "
+                    "(leave out -p to measure every process)"
+                )
     if not pids:
         # Typically $(pgrep ...) that matched nothing.
         raise argparse.ArgumentTypeError(
-            f"no PID in {text!r}: give at least one, e.g. -p 1234,5678 "
+            f"no PID in {_shown(text)}: give at least one, e.g. -p 1234,5678 "
             "(if it came from pgrep, nothing matched)"
         )
     return pids
@@ -159,7 +189,7 @@ def parse_interfaces(text: str) -> list[str]:
         problem = problem or _ifname_problem(ifname)
         if problem:
             raise argparse.ArgumentTypeError(
-                f"invalid interface name {item!r} in {text!r}: {problem}, "
+                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, "
                 "e.g. -i eth0,wlan0 or -i NETNS/eth0"
             )
         if item not in names:
@@ -195,14 +225,21 @@ def _netns_problem(namespace: str) -> Optional[str]:
 
 
 def positive_int(text: str) -> int:
-    """An integer of at least 1 (for ``--count`` and ``--top``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    """An integer from 1 to ``MAX_COUNT`` (for ``--count`` and ``--top``)."""
+    stripped = text.strip()
+    # Checked before int(): a number of thousands of digits is refused by
+    # length, not by Python's digit limit.
+    if not (stripped.isascii() and stripped.isdigit()) or len(stripped) > 12:
+        value = 0 if not (stripped.isascii() and stripped.isdigit()) else MAX_COUNT + 1
+    else:
+        value = int(stripped)
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"invalid number {text!r}: give a whole number of 1 or more, e.g. 5"
+            f"invalid number {_shown(text)}: give a whole number of 1 or more, e.g. 5"
+        )
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"invalid number {_shown(text)}: the largest is {MAX_COUNT}"
         )
     return value
 
@@ -263,7 +300,8 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to measure")
     group.add_argument(
         "-p", "--pids", metavar="PIDS", type=parse_pids, default=None,
-        help="comma-separated PIDs to measure, e.g. 1234,5678 (default: every process); "
+        help="comma-separated PIDs to measure, e.g. 1234,5678, at most 4096 "
+        "(default: every process); "
         "a PID that does not exist is an error, one that exits during the run is "
         "reported as not alive",
     )
@@ -282,6 +320,12 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "it is not bandwidth on any wire",
     )
     group.add_argument(
+        "--cgroup", metavar="PATH", action="append", dest="cgroups", default=None,
+        help="count only processes in the cgroup v2 PATH or any cgroup below it, decided in "
+        "the kernel; PATH is a directory under the cgroup2 mount, absolute or relative to it "
+        "(e.g. system.slice/nginx.service); repeat for several",
+    )
+    group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
         "wire: bytes of its sockets' IP packets on the interface, IP and TCP/UDP headers, "
@@ -297,7 +341,8 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
-        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES})",
+        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES}; "
+        "at most a year)",
     )
     group.add_argument(
         "-c", "--continuous", action="store_true",
@@ -305,13 +350,13 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-n", "--count", metavar="N", type=positive_int, default=None,
-        help="print N interval records, then the summary",
+        help="print N interval records, then the summary (N from 1 to 1000000000)",
     )
     group.add_argument(
         "--interval", metavar="DURATION", type=parse_interval,
         default=DEFAULT_INTERVAL, action=_StoreGiven,
         help="length of one interval, which is also the window of the peak rates "
-        "(default: 1s, at least 100ms)",
+        "(default: 1s, at least 100ms, at most a year)",
     )
 
 
@@ -338,6 +383,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-header", action="store_true", dest="no_header",
         help="leave out the CSV header row and the column headings of the table",
+    )
+    group.add_argument(
+        "--group-by", choices=GROUP_BY, default="pid", dest="group_by",
+        help="one row per process (pid), per process name, or per cgroup; totals, rates "
+        "and peaks are those of the folded rows (default: %(default)s)",
     )
     group.add_argument(
         "-a", "--aggregate", action="store_true",

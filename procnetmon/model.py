@@ -67,7 +67,7 @@ class ProcessStats:
     one-interval rate seen so far.
     """
 
-    pid: int
+    pid: Optional[int]  # None in a row folded by --group-by name or cgroup
     name: str
     cmdline: str = ""
     alive: bool = True
@@ -79,12 +79,17 @@ class ProcessStats:
     peak_rate_out: float = 0.0
     tcp: Bytes = field(default_factory=Bytes)
     udp: Bytes = field(default_factory=Bytes)
-    tcp_connections: int = 0  # every TCP socket held, listening ones included (as ss -a)
-    udp_connections: int = 0
+    # None: unknown, the process's sockets could not be read (JSON null).
+    tcp_connections: Optional[int] = 0  # every TCP socket held, listening ones included (as ss -a)
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
-    tcp_listening: int = 0  # the listening TCP sockets among tcp_connections
+    tcp_listening: Optional[int] = 0  # the listening TCP sockets among tcp_connections
+    cgroup: Optional[str] = None  # cgroup v2 path ("/system.slice/nginx.service"); at exit for exited ones
+    container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
+    pod: Optional[str] = None  # Kubernetes pod UID the path names
+    pids: Optional[list[int]] = None  # a row folded by --group-by: its processes (pid is None)
 
 
 @dataclass
@@ -97,11 +102,11 @@ class Aggregate:
     rate_out: float = 0.0
     peak_rate_in: float = 0.0
     peak_rate_out: float = 0.0
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    tcp_connections: Optional[int] = 0  # None when any process's count is unknown
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
-    tcp_listening: int = 0
+    tcp_listening: Optional[int] = 0
 
 
 @dataclass
@@ -120,6 +125,18 @@ class Record:
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
 
 
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a name or command line that were
+    not UTF-8 (which Python carries as lone surrogates) become ``\\xHH``,
+    a backslash, ``x`` and two hex digits, as Python's ``backslashreplace``
+    writes them. Everything else is kept as it is."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def timestamp(moment: datetime) -> str:
     """ISO 8601 to the millisecond: records a fraction of a second apart stay apart."""
     return moment.isoformat(timespec="milliseconds")
@@ -132,8 +149,8 @@ def _round_rate(value: float) -> float:
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d = {
         "pid": p.pid,
-        "name": p.name,
-        "cmdline": p.cmdline,
+        "name": clean_text(p.name),
+        "cmdline": clean_text(p.cmdline),
         "alive": p.alive,
         "bytes_in": p.bytes_in,
         "bytes_out": p.bytes_out,
@@ -150,6 +167,11 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = p.total_bytes_in
         d["total_bytes_out"] = p.total_bytes_out
+    d["cgroup"] = p.cgroup
+    d["container"] = p.container
+    d["pod"] = p.pod
+    if p.pids is not None:
+        d["pids"] = list(p.pids)
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
     return d

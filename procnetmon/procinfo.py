@@ -11,7 +11,7 @@ from typing import Optional
 
 import psutil
 
-from procnetmon import sockettable
+from procnetmon import cgroups, sockettable
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,8 @@ Socket = sockettable.SocketEntry
 def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
     """The TCP and UDP sockets each process holds now, seen in its own network namespace."""
     return sockettable.sockets_by_pid(pids)
+
+
+def cgroup_of(pid: int) -> Optional[str]:
+    """The cgroup v2 path of a live process (None once it is gone)."""
+    return cgroups.process_cgroup(pid)

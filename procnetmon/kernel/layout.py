@@ -39,6 +39,10 @@ FIELDS = {
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
     "SOCKET_SK": ("socket", "sk"),
+    # Whether an exiting task is its group's last (kernels whose
+    # sched_process_exit tracepoint does not say).
+    "TASK_SIGNAL": ("task_struct", "signal"),
+    "SIGNAL_LIVE": ("signal_struct", "live"),
     # A socket's inode number (socket:[N] in /proc/PID/fd): unique per socket
     # for the whole run, where the struct sock address is reused (details).
     "SK_SOCKET": ("sock", "sk_socket"),

@@ -41,6 +41,10 @@ CSV_COLUMNS = (
     "total_bytes_out",
     "interfaces",  # "all" or names joined by ";"
     "tcp_listening",  # listening TCP sockets, also counted in tcp_connections
+    "cgroup",  # cgroup v2 path; empty when unknown
+    "container",  # container or systemd unit the path names; empty for none
+    "pod",  # Kubernetes pod UID; empty for none
+    "pids",  # a row folded by --group-by: its PIDs joined by ";"; else empty
 )
 
 TOTAL_NAME = "TOTAL"
@@ -78,7 +82,7 @@ def _process_fields(process, record_type: str) -> dict:
     d = process_to_dict(process, record_type)
     in_total, out_total = _totals(d, record_type)
     return {
-        "pid": d["pid"],
+        "pid": "" if d["pid"] is None else d["pid"],
         "name": d["name"],
         "cmdline": d["cmdline"],
         "alive": _bool(d["alive"]),
@@ -89,6 +93,10 @@ def _process_fields(process, record_type: str) -> dict:
         "udp_bytes_out": d["udp"]["bytes_out"],
         "total_bytes_in": in_total,
         "total_bytes_out": out_total,
+        "cgroup": d["cgroup"] or "",
+        "container": d["container"] or "",
+        "pod": d["pod"] or "",
+        "pids": ";".join(str(p) for p in d.get("pids", [])),
     }
 
 

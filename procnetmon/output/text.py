@@ -5,17 +5,22 @@ process per interval when streaming (the column headings printed once, so
 Sizes are scaled with powers of 1000 (B, KB, MB, GB, TB); rates are shown in
 bits (bps, Kbps, Mbps, ...) or bytes (B/s, KB/s, ...) per second.  Only ASCII
 is used in the frame, so the text survives any locale and log file.
+
+Any user can name a process: control characters in names (an escape
+sequence, a newline) are shown as ``\\xHH`` so that they neither drive the
+terminal nor break rows, and bytes that are not UTF-8 as ``\\xHH`` too.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record
+from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record, clean_text
 
 NO_TRAFFIC = "no traffic measured"
 EXITED = " (exited)"
 TOTAL_NAME = "TOTAL"
+UNKNOWN = "?"  # a count that could not be read
 
 # Widths fit the widest scaled value ("999.9 KB", "999.9 Mbps") so that the
 # lines of successive intervals line up; a wider value only widens its row.
@@ -33,12 +38,28 @@ _BYTE_RATE_UNITS = ("B/s", "KB/s", "MB/s", "GB/s", "TB/s", "PB/s")
 
 _SORT_KEYS: dict[str, tuple[Callable[[ProcessStats], object], bool]] = {
     # key: (value, descending)
-    "pid": (lambda p: p.pid, False),
+    "pid": (lambda p: p.pid or 0, False),
     "name": (lambda p: p.name.lower(), False),
     "in": (lambda p: p.bytes_in, True),
     "out": (lambda p: p.bytes_out, True),
     "total": (lambda p: p.bytes_in + p.bytes_out, True),
 }
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL
+    as ``\\xHH``, undecodable bytes as ``\\xHH`` (see ``clean_text``)."""
+    text = clean_text(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +128,7 @@ def sorted_processes(
 ) -> list[ProcessStats]:
     """The processes in table order (ties by PID), cut to ``top`` rows."""
     key, descending = _SORT_KEYS[sort]
-    ordered = sorted(processes, key=lambda p: p.pid)  # the tie-break order
+    ordered = sorted(processes, key=lambda p: (p.pid or 0, p.name))  # the tie-break order
     ordered.sort(key=key, reverse=descending)  # stable: ties keep PID order
     return ordered if top is None else ordered[:top]
 
@@ -123,10 +144,15 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     labels = [_label(p) for p in rows]
     name_width = max([NAME_MIN_WIDTH] + [len(label) for label in labels])
     columns = _summary_columns(name_width)
+    # The workload column only when a row is in some cgroup other than the root.
+    workloads = [workload_label(p) for p in rows] if any(workload_label(p) for p in rows) else None
+    if workloads:
+        columns.append(("CONTAINER/CGROUP", 0, "<"))
     if header:
         lines.append(_row(columns, [c[0] for c in columns]))
-    for process, label in zip(rows, labels):
-        lines.append(_row(columns, _summary_cells(process, label, units)))
+    for i, (process, label) in enumerate(zip(rows, labels)):
+        cells = _summary_cells(process, label, units)
+        lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
         if details:
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
@@ -153,7 +179,7 @@ def _summary_columns(name_width: int) -> list[tuple[str, int, str]]:
 def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
     """Cells of a process (or of the aggregate, with ``pid=""``)."""
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -161,8 +187,8 @@ def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_rate(stats.peak_rate_in, units),
         human_rate(stats.peak_rate_out, units),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
@@ -178,7 +204,7 @@ def _title(record: Record) -> str:
 def _interfaces(record: Record) -> str:
     if record.interfaces is None:
         return "all" if record.include_loopback else "all but lo"
-    return ",".join(record.interfaces)
+    return printable(",".join(record.interfaces))
 
 
 # --------------------------------------------------------------------------
@@ -208,7 +234,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
     if not record.processes:
         return lines + [f"{clock}  {NO_TRAFFIC}"]
     for process in rows:
-        label = _fit(process.name, not process.alive, STREAM_NAME_WIDTH)
+        label = _fit(printable(process.name), not process.alive, STREAM_NAME_WIDTH)
         lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
         if details:
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
@@ -220,7 +246,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
 
 def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
     return [
-        str(stats.pid if pid is None else pid),
+        _pid_cell(stats) if pid is None else pid,
         label,
         human_bytes(stats.bytes_in),
         human_bytes(stats.bytes_out),
@@ -228,8 +254,8 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_bytes(stats.total_bytes_in),
         human_bytes(stats.total_bytes_out),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
@@ -237,8 +263,31 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
 # Shared pieces.
 
 
+def _count(value) -> str:
+    """A connection count; "?" when it could not be read."""
+    return UNKNOWN if value is None else str(value)
+
+
+def _pid_cell(stats) -> str:
+    """The PID, or for a row folded by --group-by the number of its processes."""
+    if getattr(stats, "pids", None) is not None:
+        return f"{len(stats.pids)}x"
+    return str(stats.pid)
+
+
+def workload_label(process: ProcessStats) -> str:
+    """The container (its ID cut to 12 digits, as docker ps shows it) or unit,
+    else the cgroup path; "" for the root cgroup or none."""
+    if process.container:
+        runtime, sep, ident = process.container.partition("://")
+        if sep and len(ident) == 64:
+            return f"{runtime}://{ident[:12]}"
+        return process.container if len(process.container) != 64 else process.container[:12]
+    return "" if process.cgroup in (None, "/") else process.cgroup
+
+
 def _label(process: ProcessStats) -> str:
-    return process.name + (EXITED if not process.alive else "")
+    return printable(process.name) + (EXITED if not process.alive else "")
 
 
 def _fit(name: str, exited: bool, width: int) -> str:

@@ -13,7 +13,8 @@ import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import backends, headers, layout
+from procnetmon import cgroups as cgroupfs
+from procnetmon.kernel import backends, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
                                bpf_source, expand_includes)
@@ -47,11 +48,13 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
         flags.append("-DHAVE_SK_DATA_READY")
+    if facts is not None and facts.exit_group_dead:
+        flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
@@ -62,6 +65,8 @@ def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Option
         flags.append("-DEXCLUDE_LOOPBACK")
     if details:
         flags.append("-DDETAILS")
+    if cgroups:
+        flags.append("-DFILTER_CGROUPS")
     return flags
 
 
@@ -91,13 +96,20 @@ class BccProbe:
     requirement = ""  # what the kernel must offer, for the error message
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
-                 include_loopback: bool = False, details: bool = False, backend: str = "auto"):
+                 include_loopback: bool = False, details: bool = False, backend: str = "auto",
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None):
         self.wanted_backend = backend
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
         self.include_loopback = include_loopback
         self.details = details
+        # --cgroup: paths below the cgroup2 mount; the kernel counts only
+        # tasks in a cgroup whose id is in target_cgroups.
+        self.cgroups = cgroups
+        self.cgroup_mount = cgroup_mount
+        self._cgroup_ids: set[int] = set()
+        self._exited_cgroups: dict[int, int] = {}
         self._bpf = None
         # Counters and names of exited processes, taken out of the kernel's
         # maps so that they stay small however long procnetmon runs.
@@ -120,7 +132,13 @@ class BccProbe:
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
-                             include_loopback=self.include_loopback, details=self.details)
+                             include_loopback=self.include_loopback, details=self.details,
+                             cgroups=self.cgroups is not None)
+        if self.cgroups is not None:
+            try:
+                flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
+            except BTFError as e:
+                raise ProbeError(f"kernel struct layout for the cgroup filter unavailable: {e}") from e
         flags += backend_cflags(self.backend, facts)
         return bpf_source(self.source), flags, header_dir
 
@@ -138,8 +156,9 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
             raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
+                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
             if self.backend.name == "kprobe":
@@ -175,6 +194,23 @@ class BccProbe:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
+        self._refresh_cgroups()
+
+    def _refresh_cgroups(self) -> None:
+        """Put every cgroup now at or below a --cgroup path in target_cgroups,
+        and take out those that were removed (the kernel adds new ones itself)."""
+        if self.cgroups is None:
+            return
+        table = self._bpf["target_cgroups"]
+        now = {cgroup_id for top in self.cgroups for cgroup_id, _ in cgroupfs.walk_ids(self.cgroup_mount, top)}
+        for cgroup_id in now - self._cgroup_ids:
+            table[table.Key(cgroup_id)] = table.Leaf(1)
+        for cgroup_id in self._cgroup_ids - now:
+            try:
+                del table[table.Key(cgroup_id)]
+            except KeyError:
+                pass
+        self._cgroup_ids = now
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
@@ -183,11 +219,18 @@ class BccProbe:
         """Fold counts kept outside the counters map into ``counters``."""
 
     def read(self) -> Snapshot:
-        # Exits first: a process gone before its counters are read can add
-        # nothing more, so its counters move to user space for good.
+        """Cumulative counters of the processes in the kernel's map: live ones,
+        and those whose exit this read collected, for the last time.
+
+        Exits first: a process gone before its counters are read can add
+        nothing more, so its counters leave the map after this read and the
+        engine keeps its totals. Nothing of past processes is merged in
+        again: the cost of a read follows the processes still counted.
+        """
         newly_exited = self._collect_exits()
+        self._refresh_cgroups()
         table = self._bpf["counters"]
-        counters: dict[CounterKey, int] = dict(self._retired)
+        counters: dict[CounterKey, int] = {}
         for k, v in table.items():
             protocol = PROTOCOLS.get(k.protocol)
             if protocol is None:
@@ -195,7 +238,6 @@ class BccProbe:
             key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
             counters[key] = counters.get(key, 0) + v.value
             if k.tgid in newly_exited:
-                self._retired[key] = self._retired.get(key, 0) + v.value
                 try:
                     del table[k]
                 except KeyError:
@@ -206,18 +248,23 @@ class BccProbe:
 
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
-        fresh = set()
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
+        self._exited_names = {}
+        self._exited_cgroups = {}
         for k, v in list(table.items()):
-            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
-            fresh.add(k.value)
+            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
+            # the outputs write them as \xHH like psutil's names.
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
+            self._exited_cgroups[k.value] = v.cgroup_id
             try:
                 del table[k]
             except KeyError:
                 pass
-        return fresh
+        return set(self._exited_names)
 
     def exited(self) -> dict[int, str]:
-        """Names of counted processes whose last thread has exited."""
+        """Names of the counted processes whose exit the latest read collected
+        (each exit is reported by one read only)."""
         return dict(self._exited_names)
 
     def execed(self) -> set[int]:
@@ -231,6 +278,10 @@ class BccProbe:
             except KeyError:
                 pass
         return fresh
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each counted process that exited was in at its exit."""
+        return dict(self._exited_cgroups)
 
     def sockets(self) -> list[SocketBytes]:
         return []

@@ -72,7 +72,8 @@ class Peer:
 class TrafficProcess:
     """One traffic.py process, optionally inside a peer's namespace."""
 
-    def __init__(self, role: str, addr: str, port: int = 0, *, netns: Optional[str] = None, **opts):
+    def __init__(self, role: str, addr: str, port: int = 0, *, netns: Optional[str] = None,
+                 wait: bool = True, **opts):
         cmd = [sys.executable, TRAFFIC, role, addr, str(port)]
         for key, value in opts.items():
             flag = "--" + key.replace("_", "-")
@@ -83,12 +84,19 @@ class TrafficProcess:
         if netns:
             # ip netns exec execs the command: the PID stays the traffic process's.
             cmd = ["ip", "netns", "exec", netns] + cmd
+        self.role = role
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self._readline(10)
-        if not line.startswith("ready"):
-            raise RuntimeError(f"{role} did not start: {line!r}")
-        self.port = int(line.split()[1])
         self.pid = self.proc.pid
+        self.port = 0
+        if wait:
+            self.wait_ready(10)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for ``ready <port>`` (many processes can be started first, then waited for)."""
+        line = self._readline(timeout)
+        if not line.startswith("ready"):
+            raise RuntimeError(f"{self.role} did not start: {line!r}")
+        self.port = int(line.split()[1])
 
     def _readline(self, timeout: float) -> str:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -136,12 +144,13 @@ def procnetmon_cmd(*args: str) -> list[str]:
 
 def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, timeout: float = 60,
                    after_start: Optional[Callable[[subprocess.Popen], None]] = None,
-                   while_running: Optional[Callable[[subprocess.Popen], None]] = None) -> Run:
+                   while_running: Optional[Callable[[subprocess.Popen], None]] = None,
+                   attach_timeout: float = 30) -> Run:
     """Run procnetmon; once its probes are attached, call ``during`` (drive the
     traffic), or ``while_running`` with the procnetmon process."""
     proc = subprocess.Popen(procnetmon_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + attach_timeout
     attached = False
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stderr], [], [], 1)

@@ -207,6 +207,20 @@ def test_sendfile_is_counted(peer):
     assert_exact(by_pid(doc)[server.pid], truth["server"])
 
 
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_splice_out_of_and_into_a_tcp_socket_is_counted(peer, family):
+    """splice(2) out of a TCP socket (HAProxy, Go's io.Copy) reads without
+    recvmsg; into one it sends without sendmsg on older kernels. Both count."""
+    addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
+    server = TrafficProcess("tcp-server", addr, netns=peer.netns, expect=300_000, reply=100_000, splice_in=True)
+    client = TrafficProcess("tcp-client", addr, server.port, send=300_000, expect=100_000,
+                            splice_in=True, splice_out=True)
+    doc, truth = sample({"server": server, "client": client})
+    assert truth["server"]["tcp_in"] == 300_000 and truth["client"]["tcp_in"] == 100_000
+    assert_exact(by_pid(doc)[client.pid], truth["client"])
+    assert_exact(by_pid(doc)[server.pid], truth["server"])
+
+
 def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_exit(peer):
     """sh -c '...; exec python3 traffic.py ...': after the exec the row is named
     python3 with the new command line, and still so once it has exited."""

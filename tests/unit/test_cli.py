@@ -255,3 +255,46 @@ def test_short_time_keeps_an_explicit_interval_error(capsys):
     assert e.value.code == 2
     assert "longer than -t" in capsys.readouterr().err
 
+
+
+# --------------------------------------------------------------------------
+# Ranges: refused while parsing, before anything is attached (issue 14, 7 and 8)
+
+
+def test_more_pids_than_the_kernel_map_holds_are_refused(capsys):
+    many = ",".join(str(p) for p in range(1, cli.MAX_PIDS + 2))
+    err = refused(capsys, "-p", many, "-t", "1s")
+    assert f"at most {cli.MAX_PIDS}" in err
+    assert len(cli.parse_pids(",".join(str(p) for p in range(1, cli.MAX_PIDS + 1)))) == cli.MAX_PIDS
+    # Duplicates do not count against the limit.
+    assert cli.parse_pids(",".join(["7"] * (cli.MAX_PIDS + 10))) == [7]
+
+
+def test_pid_limit_matches_the_bpf_map():
+    import os
+    import re
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(root, "bpf", "common.h")) as f:
+        size = int(re.search(r"#define MAX_PIDS (\d+)", f.read()).group(1))
+    assert cli.MAX_PIDS == size
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-t", "1" + "0" * 400], "the longest is a year"),
+    (["-t", "1" + "0" * 20 + "h"], "the longest is a year"),
+    (["-t", "367d"], "invalid duration"),
+    (["--interval", "10000000000", "-n", "1"], "the longest is a year"),
+    (["-t", "8761h"], "the longest is a year"),
+    (["-n", "1" + "0" * 5000], "the largest is 1000000000"),
+    (["-n", "1000000001"], "the largest is 1000000000"),
+    (["-t", "1s", "--top", "99999999999999"], "the largest is 1000000000"),
+])
+def test_values_out_of_range_are_usage_errors(capsys, argv, message):
+    err = refused(capsys, *argv)
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_longest_values_are_accepted(capsys):
+    assert parse(capsys, "-t", "8760h").time == cli.MAX_DURATION
+    assert parse(capsys, "-n", "1000000000", "--interval", "8760h").count == cli.MAX_COUNT

@@ -3,6 +3,7 @@ and whole runs of ``Sampler`` over a scripted fake probe and a fake clock."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,6 +11,7 @@ from typing import NamedTuple
 
 import pytest
 
+from procnetmon import cgroups
 from procnetmon.engine import Options, Peaks, Sampler, Tally, Usage, usage_by_pid
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY
 from procnetmon.probes import CounterKey, Snapshot, SocketBytes
@@ -160,7 +162,11 @@ class FakeStop:
 
 
 class FakeProbe:
-    """Scripted cumulative counters, one snapshot per read (the last repeats)."""
+    """Scripted cumulative counters, one snapshot per read (the last repeats).
+
+    ``exited`` names processes that exit; like BccProbe, the probe reports
+    an exit once, at the read of the last scripted snapshot showing it.
+    """
 
     mode = "payload"
 
@@ -168,6 +174,7 @@ class FakeProbe:
         self.snapshots = list(snapshots)
         self.exec_script = list(execs or [])  # pids that exec'd, per read
         self.exited_names = exited or {}
+        self.reported: set = set()
         self.socket_script = list(sockets or [[]])
         self.lost = lost
         self.reads = 0
@@ -179,7 +186,15 @@ class FakeProbe:
         return Snapshot(counters=dict(snap), lost_updates=self.lost)
 
     def exited(self) -> dict:
-        return dict(self.exited_names)
+        now = self.snapshots[min(self.reads, len(self.snapshots)) - 1]
+        later = self.snapshots[self.reads:]
+        out = {}
+        for pid, name in self.exited_names.items():
+            shown = any(k.pid == pid for k in now)
+            if shown and pid not in self.reported and not any(k.pid == pid for snap in later for k in snap):
+                out[pid] = name
+                self.reported.add(pid)
+        return out
 
     def execed(self) -> set:
         return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
@@ -697,7 +712,8 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
             return Snapshot(counters={CounterKey(42, "tcp", "out"): 100 * self.reads})
 
         def exited(self):
-            return {42: "original"}
+            # A probe reports an exit once, at the read that collects it.
+            return {42: "original"} if self.reads == 3 else {}
 
         def sockets(self):
             return []
@@ -707,3 +723,72 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
     (row,) = summary.processes
     assert (row.name, row.alive) == ("original", False)
     assert answers["calls"] == 1
+
+
+# -- cgroups -------------------------------------------------------------------------
+
+
+def test_rows_carry_cgroup_and_container_and_exited_keep_theirs(tmp_path):
+    docker = "ab" * 32
+    (tmp_path / "system.slice" / "nginx.service").mkdir(parents=True)
+    (tmp_path / f"docker-{docker}.scope").mkdir()
+    exit_id = os.stat(tmp_path / f"docker-{docker}.scope").st_ino
+
+    class Procs(FakeProcesses):
+        def cgroup_of(self, pid):
+            return {10: "/system.slice/nginx.service"}.get(pid) if pid in self.alive else None
+
+    class Probe(FakeProbe):
+        def exited_cgroups(self):
+            return {20: exit_id}
+
+    probe = Probe([counters(p10=dict(tcp_in=100), p20=dict(udp_out=7))], exited={20: "curl"})
+    sampler = make(probe, Procs({10: ident(10, "nginx")}), duration=1.0)
+    sampler.cgroup_names = cgroups.CgroupNames(str(tmp_path))
+    summary, _ = collect(sampler)
+    rows = by_pid(summary)
+    assert (rows[10].cgroup, rows[10].container) == ("/system.slice/nginx.service", "nginx.service")
+    assert rows[20].alive is False
+    assert (rows[20].cgroup, rows[20].container) == (f"/docker-{docker}.scope", f"docker://{docker}")
+
+
+# -- --group-by ------------------------------------------------------------------------
+
+
+def two_nginx_and_a_curl():
+    return FakeProcesses({10: ident(10, "nginx"), 11: ident(11, "nginx"), 20: ident(20, "curl")})
+
+
+def test_group_by_name_folds_bytes_and_takes_peaks_of_the_group():
+    # nginx 10 peaks in the first interval, nginx 11 in the second: the
+    # group never moved more than 100 B in one second, not 200.
+    probe = FakeProbe([counters(p10=dict(tcp_in=100), p20=dict(udp_out=5)),
+                       counters(p10=dict(tcp_in=100), p11=dict(tcp_in=100), p20=dict(udp_out=5))])
+    summary, records = collect(make(probe, two_nginx_and_a_curl(), interval=1.0, duration=2.0,
+                                    emit_intervals=True, group_by="name"))
+    rows = {p.name: p for p in summary.processes}
+    assert set(rows) == {"nginx", "curl"}
+    nginx = rows["nginx"]
+    assert (nginx.pid, nginx.pids) == (None, [10, 11])
+    assert nginx.bytes_in == nginx.tcp.bytes_in == 200
+    assert nginx.rate_in == 100.0
+    assert nginx.peak_rate_in == 100.0
+    assert summary.aggregated.bytes_in == 200
+    second = {p.name: p for p in records[1].processes}
+    assert set(second) == {"nginx"}  # curl moved nothing in the second interval
+    assert (second["nginx"].bytes_in, second["nginx"].total_bytes_in) == (100, 200)
+
+
+def test_group_by_cgroup_folds_per_cgroup_path():
+    class Procs(FakeProcesses):
+        def cgroup_of(self, pid):
+            return {10: "/a/docker-" + "cd" * 32 + ".scope", 11: "/a/docker-" + "cd" * 32 + ".scope",
+                    20: "/system.slice/foo.service"}[pid]
+
+    probe = FakeProbe([counters(p10=dict(tcp_in=10), p11=dict(tcp_out=20), p20=dict(udp_in=3))])
+    summary, _ = collect(make(probe, Procs(two_nginx_and_a_curl().identities), duration=1.0, group_by="cgroup"))
+    rows = {p.cgroup: p for p in summary.processes}
+    docker = rows["/a/docker-" + "cd" * 32 + ".scope"]
+    assert (docker.bytes_in, docker.bytes_out, docker.pids, docker.name) == (10, 20, [10, 11], "nginx")
+    assert docker.container == "docker://" + "cd" * 32
+    assert rows["/system.slice/foo.service"].container == "foo.service"

@@ -9,25 +9,26 @@ HEADER = (
     "timestamp,type,pid,name,cmdline,alive,mode,duration_s,bytes_in,bytes_out,"
     "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
     "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
-    "total_bytes_in,total_bytes_out,interfaces,tcp_listening\n"
+    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids\n"
 )
 
 SUMMARY_ROWS = (
     "2026-11-22T10:01:00.000+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
-    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1\n"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,\n"
     "2026-11-22T10:01:00.000+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
-    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0\n"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,\n"
 )
 
 SUMMARY_TOTAL = (
     "2026-11-22T10:01:00.000+00:00,summary,,TOTAL,,,payload,60.0,"
-    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1\n"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,\n"
 )
 
 
-def test_tcp_listening_is_the_last_column():
-    # Added after the first release: appended, so older column positions stay.
-    assert CSV_COLUMNS[-2:] == ("interfaces", "tcp_listening")
+def test_columns_added_after_the_first_release_come_after_interfaces():
+    # Appended, so older column positions stay.
+    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):] == (
+        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids")
 
 
 def test_columns_start_as_documented():
@@ -55,7 +56,7 @@ def test_interval_rows_carry_running_totals_and_interfaces(records):
 
 def test_several_interfaces_are_joined_with_semicolons(records):
     text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
-    assert text.rstrip("\n").endswith(",eth0;wlan0,1")
+    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,,")
 
 
 def test_quoting_of_commas_quotes_and_newlines(records):
@@ -91,3 +92,14 @@ def test_timestamp_has_milliseconds(records):
 def test_every_row_has_every_column(records):
     text = format_csv(records.interval(), header=True, aggregate=True)
     assert {len(row) for row in csv.reader(io.StringIO(text))} == {len(CSV_COLUMNS)}
+
+
+def test_cgroup_columns_come_last(records):
+    # Appended at the end: cron files written before keep their column layout.
+    assert CSV_COLUMNS[-4:] == ("cgroup", "container", "pod", "pids")
+    record = records.summary([records.nginx()])
+    record.processes[0].cgroup = "/system.slice/nginx.service"
+    record.processes[0].container = "nginx.service"
+    row = next(csv.DictReader(io.StringIO(format_csv(record, True, False))))
+    assert (row["cgroup"], row["container"], row["pod"], row["pids"]) == \
+        ("/system.slice/nginx.service", "nginx.service", "", "")

@@ -194,3 +194,16 @@ def test_interval_long_name_is_cut_keeping_the_exited_marker(records):
 
 def test_empty_interval(records):
     assert format_text(records.interval([]), header=False) == "10:01:00  no traffic measured\n"
+
+
+def test_workload_column_only_when_a_row_is_in_a_cgroup(records):
+    plain = format_text(records.summary())
+    assert "CONTAINER/CGROUP" not in plain
+    record = records.summary()
+    record.processes[0].cgroup = "/system.slice/docker-" + "ab" * 32 + ".scope"
+    record.processes[0].container = "docker://" + "ab" * 32
+    record.processes[1].cgroup = "/pnm/x"
+    text = format_text(record)
+    assert "CONTAINER/CGROUP" in text.splitlines()[1]
+    assert "docker://abababababab\n" in text and "docker://" + "ab" * 7 not in text
+    assert "/pnm/x" in text
