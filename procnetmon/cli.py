@@ -424,7 +424,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-d", "--details", action="store_true",
-        help="list every connection of each process: protocol, addresses, state, bytes",
+        help="list every connection of each process: protocol, addresses, state, bytes; "
+        "each socket has its own row (one closed during the record as CLOSED), "
+        "and a process's rows add up to its totals",
     )
     group.add_argument(
         "--units", choices=UNITS, default="bits",
