@@ -325,6 +325,14 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     command = _start_command(args)
     try:
         _measure(args, out, err, command, stdout_closed)
+    except Fatal as e:
+        if not command.released:
+            raise
+        # The records are lost (say, -o on a full disk); COMMAND is not left
+        # running on its own.
+        _say(err, str(e))
+        command.wait()
+        return e.status
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
     return command.wait()

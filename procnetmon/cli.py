@@ -424,7 +424,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-d", "--details", action="store_true",
-        help="list every connection of each process: protocol, addresses, state, bytes",
+        help="list every connection of each process: protocol, addresses, state, bytes; "
+        "each socket has its own row (one closed during the record as CLOSED), "
+        "and a process's rows add up to its totals",
     )
     group.add_argument(
         "--units", choices=UNITS, default="bits",
@@ -548,6 +550,8 @@ def _command_violations(args: argparse.Namespace):
         if args.output == "-":
             yield ("-o - would mix the records into COMMAND's standard output: they go to "
                    "standard error by default, or give -o FILE")
+        if getattr(args, "serve", None) is not None:
+            yield "--serve runs until stopped and -- COMMAND until COMMAND ends: use one of them"
     elif args.children and args.pids is None:
         yield ("--children follows the descendants of the -p PIDS: add -p "
                "(without -p every process is measured already)")

@@ -223,6 +223,7 @@ class Sampler:
         # With -p (at most a few thousand PIDs) an exited process keeps its
         # row in every record: its totals are carried here, not archived.
         self.carried: dict[int, Usage] = {}
+        self.given = frozenset(options.pids or ())
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
         self.lost_updates = 0
         # Where each process was last seen alive, and cgroup ids (noted by
@@ -365,7 +366,7 @@ class Sampler:
         if self.options.group_by != "pid":
             key = self._group_key(pid)
             self.group_carried[key] = self.group_carried.get(key, Usage()).plus(total)
-        if self.options.pids is not None:
+        if pid in self.given:
             self.carried[pid] = self.carried.get(pid, Usage()).plus(total)
             return
         peaks = self.tally.peaks.pop(pid, Peaks())
@@ -487,9 +488,12 @@ class Sampler:
             row.rate_in, row.rate_out = _rate(row.bytes_in, seconds), _rate(row.bytes_out, seconds)
             row.peak_rate_in = max(row.peak_rate_in, peaks.rate_in)
             row.peak_rate_out = max(row.peak_rate_out, peaks.rate_out)
-        if not added or self.options.pids is not None:
+        if not added:
             return rows, group_of
-        return sorted(rows + added, key=lambda row: row.pid), group_of
+        # The given PIDs first (followed descendants, archived or not, after them).
+        head = [row for row in rows if row.pid in self.given]
+        rest = sorted([row for row in rows if row.pid not in self.given] + added, key=lambda row: row.pid)
+        return head + rest, group_of
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
                      live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],

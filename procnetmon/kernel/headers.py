@@ -12,12 +12,13 @@ kernel-only names BCC's helpers use. BCC's helpers refuse to compile without
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import fcntl
 import gzip
 import os
 import re
 import shutil
-from typing import Callable, Optional
+from typing import Optional
 
 from procnetmon.kernel import cache
 
@@ -126,52 +127,10 @@ def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = N
                 _link(os.path.join(src_dir, name), os.path.join(tmp, sub, name))
         if os.path.isdir(os.path.join(build, sub, "generated")):
             _link(os.path.join(build, sub, "generated"), os.path.join(tmp, sub, "generated"))
-    want = f"{build}\n{source}\n"
-    _write(f"{tmp}/{MERGED_STAMP}", want)
-    _put_in_place(tmp, root, lambda tree: _read(os.path.join(tree, MERGED_STAMP)) == want)
+    _write(f"{tmp}/{MERGED_STAMP}", f"{build}\n{source}\n")
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
     return root
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _put_in_place(tmp: str, root: str, complete: Optional[Callable[[str], bool]]) -> None:
-    """Move the finished tree ``tmp`` to ``root``.
-
-    Two procnetmon starting at once on a fresh cache (payload and wire mode,
-    a daemon and a command) build the same tree side by side: the second
-    must not pull the first one's tree from under its compile. So a tree
-    already in place that ``complete`` accepts is kept and ours dropped;
-    only one it rejects (stale, half made) is moved aside. ``complete``
-    None replaces whatever is there.
-    """
-    try:
-        os.rename(tmp, root)  # atomic, and refused while root is a directory with entries
-        return
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-    if complete is not None and complete(root):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = f"{root}.{os.getpid()}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.rename(root, old)
-    except FileNotFoundError:
-        pass
-    try:
-        os.rename(tmp, root)
-    except OSError as e:
-        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another builder's equal tree got there in between
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _arch_asm_dir() -> str:
@@ -254,12 +213,8 @@ def _link(target: str, path: str) -> None:
 
 def build_tree(root: str, release: Optional[str] = None, config_text: Optional[str] = None,
                uapi_dir: str = SYSTEM_UAPI, asm_generic_dir: str = SYSTEM_ASM_GENERIC,
-               asm_dir: Optional[str] = None, replace: bool = True) -> str:
-    """Build the synthetic tree in ``root`` and return ``root``.
-
-    With ``replace`` False a complete tree that another process put there
-    meanwhile is kept (see _put_in_place).
-    """
+               asm_dir: Optional[str] = None) -> str:
+    """Build the synthetic tree in ``root`` (replacing what is there) and return ``root``."""
     release = release or os.uname().release
     asm_dir = asm_dir or _arch_asm_dir()
     for needed in (uapi_dir, asm_generic_dir, asm_dir):
@@ -293,7 +248,9 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
     _link(asm_generic_dir, f"{tmp}/include/uapi/asm-generic")
     _link(asm_dir, f"{tmp}/arch/{arch}/include/uapi/asm")
     _write(f"{tmp}/{STAMP}", f"{release}\n{config_source}\n")
-    _put_in_place(tmp, root, None if replace else lambda tree: os.path.isfile(os.path.join(tree, STAMP)))
+
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
     return root
 
 
@@ -317,12 +274,35 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
         except OSError:
             fresh = False
         if not fresh:
-            merge_split_tree(root, *split)
+            with _building(root):
+                try:
+                    with open(os.path.join(root, MERGED_STAMP)) as f:
+                        fresh = f.read() == want
+                except OSError:
+                    fresh = False
+                if not fresh:
+                    merge_split_tree(root, *split)
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
     if not os.path.isfile(os.path.join(root, STAMP)):
-        build_tree(root, replace=False)
+        with _building(root):
+            if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
+                build_tree(root)
     return root, True
+
+
+@contextlib.contextmanager
+def _building(root: str):
+    """Hold the lock on ``root``'s tree while it is (re)made: procnetmons
+    started together (cron jobs, a payload and a wire run) must not replace
+    the tree under one that is compiling with it."""
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(root + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def tree_config_source(header_dir: str) -> Optional[str]:

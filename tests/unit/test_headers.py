@@ -348,41 +348,29 @@ def test_ensure_headers_joins_split_headers_once(monkeypatch, tmp_path):
     assert stamp.stat().st_mtime_ns == before
 
 
-# -- two procnetmon building the same tree at once --------------------------------------
+def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path):
+    """One builds, the others wait for it and use its tree: none replaces a
+    tree another is compiling with."""
+    import threading
+    import time as _time
 
+    calls = []
 
-def test_a_complete_tree_in_place_is_kept_not_pulled_from_under_its_user(tmp_path, system):
-    first = headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_A=y\n",
-                               **system)
-    marker = tmp_path / "tree/in-use"
-    marker.write_text("")  # stands for the first procnetmon compiling against it
-    headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_B=y\n",
-                       replace=False, **system)
-    assert marker.exists()
-    assert "CONFIG_A" in (tmp_path / "tree/include/generated/autoconf.h").read_text()
-    assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]  # our own copy dropped
-    assert first == str(tmp_path / "tree")
+    def slow_build(root, *a, **k):
+        calls.append(root)
+        _time.sleep(0.2)
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, headers.STAMP), "w") as f:
+            f.write("x\n")
 
-
-def test_a_tree_without_stamp_is_replaced_even_without_replace(tmp_path, system):
-    (tmp_path / "tree/include").mkdir(parents=True)
-    (tmp_path / "tree/half-made").write_text("")
-    headers.build_tree(str(tmp_path / "tree"), release="6.1.0-50-amd64", config_text="CONFIG_B=y\n",
-                       replace=False, **system)
-    assert not (tmp_path / "tree/half-made").exists()
-    assert (tmp_path / "tree" / headers.STAMP).is_file()
-    assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]
-
-
-def test_merge_split_tree_keeps_an_equal_tree_and_replaces_another(tmp_path):
-    modules, flavour, common = make_modules(tmp_path, "6.12.9-amd64", split=True)
-    root = str(tmp_path / "joined")
-    headers.merge_split_tree(root, flavour, common)
-    (tmp_path / "joined/in-use").write_text("")
-    headers.merge_split_tree(root, flavour, common)
-    assert (tmp_path / "joined/in-use").exists()
-    other = tmp_path / "usr/src/other"
-    (other / "include/generated").mkdir(parents=True)
-    headers.merge_split_tree(root, str(other), common)
-    assert not (tmp_path / "joined/in-use").exists()
-    assert os.readlink(tmp_path / "joined/include/generated") == str(other / "include/generated")
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "build_tree", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(headers.ensure_headers(str(tmp_path))))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(got) == 4 and len(set(got)) == 1
