@@ -6,6 +6,11 @@ attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
 summary of everything measured is still written. Before that, they end the
 program at once (status 130 or 143, no traceback): nothing is attached and
 nothing has been written yet. A signal after the summary changes nothing.
+
+With ``-- COMMAND`` procnetmon lives as long as COMMAND does: once COMMAND is
+forked, SIGINT and SIGQUIT are ignored (a terminal sends them to COMMAND, in
+the same process group, directly, as time(1) expects too), SIGTERM and
+SIGHUP are passed on to COMMAND, and COMMAND's end ends sampling.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def _load_modules() -> None:
     """The rest of procnetmon (psutil, the BTF reader, the engine), imported
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
-    global cgroups, check, engine, interfaces, procinfo, MODE_WIRE, Writer, OutputError
-    from procnetmon import cgroups, engine, interfaces, procinfo  # noqa: F811
+    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import cgroups, engine, interfaces, launch, procinfo  # noqa: F811
     from procnetmon.kernel import check  # noqa: F811
     from procnetmon.model import MODE_WIRE  # noqa: F811
     from procnetmon.output.writer import OutputError, Writer  # noqa: F811
@@ -147,7 +152,8 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
 
-def _make_probe(args):
+def _make_probe(args, pids: Optional[list[int]] = None):
+    """The probe for ``pids`` (default: -p's), and whether loopback counts."""
     if args.mode == MODE_WIRE:
         from procnetmon.probes.wire import WireProbe as Probe
     else:
@@ -157,9 +163,13 @@ def _make_probe(args):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
-    return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+    return Probe(pids=args.pids if pids is None else pids, interfaces=keys, include_loopback=include_loopback,
                  details=args.details, backend=args.backend, cgroups=targets,
-                 cgroup_mount=mount), include_loopback
+                 cgroup_mount=mount, follow_children=_follows_children(args)), include_loopback
+
+
+def _follows_children(args) -> bool:
+    return bool(args.command) or (args.children and args.pids is not None)
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -188,20 +198,29 @@ def _seconds_since_launch() -> Optional[float]:
         return None
 
 
-def _describe_scope(args) -> str:
-    who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
+    if command is not None:
+        who = f"{os.path.basename(args.command[0])} (PID {command.pid}) and all it starts"
+    elif args.pids:
+        who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}"
+        if _follows_children(args):
+            who += " and their descendants"
+    else:
+        who = "every process"
     if args.cgroups:
         who += f" in {', '.join(args.cgroups)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.continuous:
-        how_long = "until Ctrl-C"
-    elif args.count is not None:
+    if args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
-    else:
+    elif args.time is not None:
         how_long = f"for {args.time:g} s"
+    else:
+        how_long = "until it ends" if command is not None else "until Ctrl-C"
+    if command is not None and (args.count is not None or args.time is not None):
+        how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
 
 
@@ -233,14 +252,37 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitStatus:
+def _install_command_handlers(command: launch.Command) -> None:
+    def forward(signum, _frame):
+        command.forward(signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+
+
+def _start_command(args) -> launch.Command:
+    """COMMAND forked and waiting at its gate, with procnetmon's signals set for it."""
+    try:
+        launch.check_runnable(args.command)
+    except launch.CommandError as e:
+        raise Fatal(e.status, f"error: {e}") from None
+    command = launch.Command(args.command, launch.invoking_user(os.environ, os.geteuid()))
+    command.start()
+    _install_command_handlers(command)
+    return command
+
+
+def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
-    probe, include_loopback = _make_probe(args)
     if args.ebpf:
-        _print_ebpf(probe, out)
+        _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)
         return ExitStatus.OK
+    if args.command:
+        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
@@ -248,18 +290,44 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
         raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
                                             "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
                                             "run with sudo, or use --mode payload")
+    if not args.command:
+        return _measure(args, out, err, None, stdout_closed)
+    command = _start_command(args)
+    try:
+        _measure(args, out, err, command, stdout_closed)
+    finally:
+        command.abort()  # COMMAND never ran if procnetmon failed before releasing it
+    return command.wait()
 
-    options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
-                             interval=args.interval, duration=args.time, count=args.count,
-                             emit_intervals=cli.is_streaming(args), details=args.details,
-                             group_by=args.group_by)
+
+def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
+             stdout_closed: bool) -> ExitStatus:
+    if command is not None:
+        pids = [command.pid]
+    elif _follows_children(args):
+        # Those running now; the kernel adds the ones forked from now on.
+        pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
+    else:
+        pids = args.pids
+    probe, include_loopback = _make_probe(args, pids)
+    options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
+                             include_loopback=include_loopback, interval=args.interval, duration=args.time,
+                             count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
+                             group_by=args.group_by, follow_children=_follows_children(args),
+                             command=args.command)
     from procnetmon.probes import ProbeError
 
-    to_stdout = args.output in (None, "-")
+    if command is not None:
+        # COMMAND keeps standard output; the records go where time(1) puts its own.
+        to_stdout = False
+        target = err if args.output is None else args.output
+        where = "standard error" if args.output is None else args.output
+    else:
+        to_stdout = args.output in (None, "-")
+        target = out if to_stdout else args.output
+        where = "standard output" if to_stdout else args.output
     if to_stdout and stdout_closed:
         return ExitStatus.OK  # nobody reads: nothing to measure for
-    target = out if to_stdout else args.output
-    where = "standard output" if to_stdout else args.output
     try:
         # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
         writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
@@ -268,7 +336,8 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    if command is None:
+        _install_stop_handlers(stop)
     # A reader that leaves (| head) ends the run within an interval, even
     # when nothing is being written.
     writer.watch(stop.set)
@@ -286,7 +355,16 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}")
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}")
+            if command is not None:
+                try:
+                    command.release()
+                except launch.CommandError as e:
+                    raise Fatal(e.status, f"error: {e}") from None
+                command.on_end(stop.set)
+            elif _follows_children(args):
+                # Forked between the look above and the attach: the kernel missed them.
+                probe.add_pids(procinfo.descendants(args.pids))
             emit = _warn_on_unknown_counts(writer.write, err)
             summary = sampler.run(emit)
             if summary.lost_updates:
@@ -300,6 +378,8 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> ExitS
         raise Fatal(ExitStatus.ERROR, f"error: cannot write to {where}: {e.strerror}") from None
     finally:
         writer.close(quiet=True)
+    if command is not None and command.status is None and not args.quiet:
+        _say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
 
 

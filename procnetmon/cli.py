@@ -68,6 +68,9 @@ examples:
   sudo procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
   sudo procnetmon -t 60s --csv -o /var/log/net.csv     # cron: appends rows, header only once
   sudo procnetmon -p "$(pgrep -d, nginx)" -t 5s --json | jq '.processes[] | select(.bytes_out > 1e6)'
+  sudo procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
+  sudo procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
+  sudo procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
   sudo procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -178,14 +181,19 @@ def parse_pids(text: str) -> list[int]:
 
 
 def parse_interfaces(text: str) -> list[str]:
-    """A comma-separated list of interface names, checked for syntax only
-    (whether they exist is the engine's business)."""
+    """A comma-separated list of interface names, each IFACE (this network
+    namespace), NETNS/IFACE (a namespace of ``ip netns``) or pid:PID/IFACE
+    (the namespace of process PID); checked for syntax only (whether they
+    exist is the engine's business)."""
     names: list[str] = []
     for item in (part.strip() for part in text.split(",")):
-        problem = _ifname_problem(item)
+        namespace, ifname = item.split("/", 1) if "/" in item else (None, item)
+        problem = _netns_problem(namespace) if namespace is not None else None
+        problem = problem or _ifname_problem(ifname)
         if problem:
             raise argparse.ArgumentTypeError(
-                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, e.g. -i eth0,wlan0"
+                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, "
+                "e.g. -i eth0,wlan0 or -i NETNS/eth0"
             )
         if item not in names:
             names.append(item)
@@ -202,6 +210,20 @@ def _ifname_problem(name: str) -> Optional[str]:
         return "'.' and '..' are not interface names"
     if any(c == "/" or c == ":" or c.isspace() for c in name):
         return "names contain no '/', ':' or whitespace"
+    return None
+
+
+def _netns_problem(namespace: str) -> Optional[str]:
+    """Why NETNS of NETNS/IFACE cannot name a network namespace."""
+    if namespace.startswith("pid:"):
+        pid = namespace[4:]
+        if not (pid.isdigit() and pid.isascii() and 0 < int(pid) <= PID_MAX):
+            return "pid:PID/IFACE needs a PID, e.g. pid:1234/eth0"
+        return None
+    if not namespace:
+        return "NETNS/IFACE needs a namespace name before the '/' (from ip netns)"
+    if namespace in (".", "..") or any(c.isspace() for c in namespace):
+        return "a namespace name (from ip netns) is not '.', '..' and has no whitespace"
     return None
 
 
@@ -274,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing_options(parser)
     _add_output_options(parser)
     _add_other_options(parser)
+    _add_command_argument(parser)
     return parser
 
 
@@ -287,10 +310,19 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "reported as not alive",
     )
     group.add_argument(
+        "--children", action="store_true",
+        help="with -p: also measure every descendant of the PIDs, those running now and "
+        "those they start while sampling, however short-lived (the kernel adds each "
+        "to the PID filter when it is forked); each is a row once it has moved bytes",
+    )
+    group.add_argument(
         "-i", "--interface", metavar="IFACES", dest="interfaces",
         type=parse_interfaces, default=None,
         help="comma-separated interfaces to count, e.g. eth0,wlan0 "
-        "(default: every interface but loopback); naming lo counts loopback",
+        "(default: every interface but loopback); naming lo counts loopback. "
+        "An interface of another network namespace is NETNS/IFACE, NETNS a name "
+        "that ip netns lists (/run/netns/NETNS), or pid:PID/IFACE, the namespace "
+        "of process PID (a container's eth0: pid:1234/eth0)",
     )
     group.add_argument(
         "--include-loopback", action="store_true", dest="include_loopback",
@@ -315,16 +347,19 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "how long",
         "Give one of -t, -c or -n. -t alone prints one summary at the end;\n"
-        "-c, -n, or -t with --interval also print a record every interval.",
+        "-c, -n, or -t with --interval also print a record every interval.\n"
+        "With -- COMMAND none is needed: sampling ends when COMMAND ends.",
     )
     group.add_argument(
         "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
         help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES}; "
-        "at most a year)",
+        "at most a year); with -- COMMAND at most that long: COMMAND keeps running "
+        "when DURATION ends first",
     )
     group.add_argument(
         "-c", "--continuous", action="store_true",
-        help="print a record every interval until Ctrl-C or SIGTERM, then the summary",
+        help="print a record every interval until Ctrl-C or SIGTERM (with -- COMMAND: "
+        "until COMMAND ends), then the summary",
     )
     group.add_argument(
         "-n", "--count", metavar="N", type=positive_int, default=None,
@@ -411,6 +446,26 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command_argument(parser: argparse.ArgumentParser) -> None:
+    # Only shown here: parse_args() takes COMMAND from after the first "--"
+    # itself, so that nothing before it is mistaken for a command.
+    group = parser.add_argument_group("measuring a command")
+    group.add_argument(
+        "command", nargs="*", metavar="-- COMMAND",
+        help="start COMMAND [ARGS...] and measure it and every process it starts, "
+        "however short-lived, until COMMAND ends; then print the summary and exit with "
+        "COMMAND's exit status (128 + N when signal N killed it; 127 when it cannot be "
+        "found). COMMAND keeps standard input, output and error, the environment and "
+        "the working directory; under sudo it runs as the invoking user (SUDO_UID, "
+        "SUDO_GID and that user's groups). The records go to standard error, or to -o "
+        "FILE. Ctrl-C reaches COMMAND as without procnetmon, and procnetmon still "
+        "writes the summary; SIGTERM and SIGHUP sent to procnetmon are passed on to "
+        "COMMAND. -t or -n may end sampling first: the summary is written then, "
+        "COMMAND keeps running unmeasured, and procnetmon still waits for it "
+        "and exits with its status",
+    )
+
+
 def _default_backend() -> str:
     return os.environ.get(BACKEND_ENV, "").strip() or "auto"
 
@@ -444,9 +499,24 @@ def _violations(args: argparse.Namespace):
                f"use one of {', '.join(BACKENDS)}")
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
+    yield from _command_violations(args)
     yield from _duration_violations(args)
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
+
+
+def _command_violations(args: argparse.Namespace):
+    command = getattr(args, "command", None)
+    if command:
+        if args.pids is not None:
+            yield ("-p measures running processes and -- COMMAND the one it starts: "
+                   "use one of them (-p PIDS --children follows running processes' children)")
+        if args.output == "-":
+            yield ("-o - would mix the records into COMMAND's standard output: they go to "
+                   "standard error by default, or give -o FILE")
+    elif args.children and args.pids is None:
+        yield ("--children follows the descendants of the -p PIDS: add -p "
+               "(without -p every process is measured already)")
 
 
 def _duration_violations(args: argparse.Namespace):
@@ -456,7 +526,7 @@ def _duration_violations(args: argparse.Namespace):
         yield "-c runs until stopped; drop -t, or use -t alone"
     if args.count is not None and args.time is not None:
         yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
-    if args.time is None and not args.continuous and args.count is None:
+    if args.time is None and not args.continuous and args.count is None and not getattr(args, "command", None):
         yield (
             "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
             "or -n 5 (five intervals)"
@@ -474,15 +544,34 @@ def _seconds(value: float) -> str:
 
 def is_streaming(args: argparse.Namespace) -> bool:
     """Whether a record is printed every interval (before the final summary):
-    with -c, with -n, or with -t and an explicit --interval."""
+    with -c, with -n, or with -t or -- COMMAND and an explicit --interval."""
     return bool(
         args.continuous
         or args.count is not None
-        or (args.time is not None and args.interval_given)
+        or ((args.time is not None or getattr(args, "command", None)) and args.interval_given)
     )
+
+
+def split_command(argv: list[str]) -> tuple[list[str], Optional[list[str]]]:
+    """procnetmon's own arguments, and COMMAND: what follows the first ``--``
+    (None without one, [] when nothing follows it)."""
+    if "--" not in argv:
+        return list(argv), None
+    at = argv.index("--")
+    return list(argv[:at]), list(argv[at + 1:])
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse and validate ``argv`` (default: ``sys.argv[1:]``)."""
+    import sys
+
     parser = build_parser()
-    return validate(parser.parse_args(argv), parser)
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if args.command:
+        parser.error(f"unexpected argument {args.command[0]!r}: to measure a command, "
+                     f"put -- before it, e.g. {PROG} -- {args.command[0]}")
+    if command is not None and not command:
+        parser.error(f"nothing to run after --: give a command, e.g. {PROG} -- curl -sO URL")
+    args.command = command
+    return validate(args, parser)

@@ -10,6 +10,7 @@ everything counted up to that moment.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from array import array
@@ -164,6 +165,10 @@ class Options:
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
     group_by: str = "pid"  # or "name", "cgroup": rows folded per group
+    # -p --children and -- COMMAND: the kernel adds descendants of the pids
+    # to its filter; those that moved bytes are rows too.
+    follow_children: bool = False
+    command: Optional[list[str]] = None  # -- COMMAND: pids holds its PID alone
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -222,8 +227,11 @@ class Sampler:
         self.cgroup_seen: dict[int, str] = {}
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
-        for pid in options.pids or []:
-            self._identify(pid)
+        if options.command is None:
+            for pid in options.pids or []:
+                self._identify(pid)
+        # COMMAND's PID is looked up at the first sample, not now: before its
+        # exec completes /proc still shows procnetmon's name.
 
     def _identify(self, pid: int) -> Optional[procinfo.Identity]:
         """Who ``pid`` was when first seen. None (kept, so not asked again, and
@@ -313,6 +321,8 @@ class Sampler:
             self._retire(pid)
         self.tally.advance(cumulative, seconds)
         self._forget_execed()
+        for pid in self.options.pids or []:
+            self._identify(pid)
         for pid in self.tally.window:
             self._identify(pid)
         if self.options.group_by != "pid":
@@ -371,10 +381,14 @@ class Sampler:
         return self.start_wall + timedelta(seconds=mono - self.start)
 
     def _pids_for(self, kind: str) -> list[int]:
-        if self.options.pids is not None:
-            return list(self.options.pids)
+        """The given PIDs, always; and every other process that moved bytes in
+        the record's window, when there are none or their children are followed."""
+        given = list(self.options.pids) if self.options.pids is not None else []
+        if self.options.pids is not None and not self.options.follow_children:
+            return given
         usage = self.tally.totals if kind == RECORD_SUMMARY else self.tally.window
-        return sorted(pid for pid, u in usage.items() if u.bytes_in or u.bytes_out)
+        moved = sorted(pid for pid, u in usage.items() if u.bytes_in or u.bytes_out)
+        return given + [pid for pid in moved if pid not in given]
 
     def _record(self, kind: str, begin: float, end: float) -> Record:
         seconds = end - begin
@@ -470,6 +484,11 @@ class Sampler:
         identity = self.identities.get(pid)
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
+        elif self.options.command and pid == self.options.pids[0]:
+            # COMMAND ended before a look at /proc: its name as the kernel
+            # knew it at exit, or as exec(2) sets it, and its arguments.
+            command = self.options.command
+            name, cmdline = exited.get(pid) or os.path.basename(command[0]), " ".join(command)
         else:
             name, cmdline = exited.get(pid, "?"), ""
         row = ProcessStats(
@@ -488,34 +507,41 @@ class Sampler:
 
     def _connections(self, kind: str, pid: int, live: list[procinfo.Socket],
                      kernel: list[SocketBytes]) -> list[Connection]:
-        """The process's live sockets with the bytes the kernel attributed to each, plus closed ones."""
-        def key(protocol, family, lport, raddr, rport):
-            return (protocol, family, lport, "" if _unspecified(raddr) else raddr, rport if not _unspecified(raddr) else 0)
+        """The process's live sockets with the bytes the kernel attributed to each, plus closed ones.
 
-        counted: dict[tuple, SocketBytes] = {}
-        for s in kernel:
-            counted[key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)] = s
+        Sockets are told apart by identity, never by their addresses: one
+        local port may serve two sockets in a record, and each keeps its row.
+        A live socket is the kernel's socket with the same inode number.
+        """
+        mine = [s for s in kernel if s.pid == pid]
+        by_inode = {s.inode: s for s in mine if s.inode}
+        shown: set[int] = set()
         out = []
         for s in live:
-            k = key(s.protocol, s.family, s.local_port, s.remote_addr, s.remote_port)
-            b_in, b_out = self._socket_window(kind, pid, k, counted.pop(k, None))
+            found = by_inode.get(s.inode) if s.inode else None
+            if found is not None:
+                shown.add(found.sock_id)
+            b_in, b_out = self._socket_window(kind, pid, found)
             out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
                                   _endpoint(s.remote_addr, s.remote_port), s.state, b_in, b_out))
-        for k, s in sorted(counted.items()):
-            b_in, b_out = self._socket_window(kind, pid, k, s)
+        closed = sorted((s for s in mine if s.sock_id not in shown),
+                        key=lambda s: (s.protocol, s.family, s.local_addr, s.local_port,
+                                       s.remote_addr, s.remote_port, s.sock_id))
+        for s in closed:
+            b_in, b_out = self._socket_window(kind, pid, s)
             if b_in or b_out:
                 remote = "" if _unspecified(s.remote_addr) else _endpoint(s.remote_addr, s.remote_port)
                 out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
                                       remote, "CLOSED", b_in, b_out))
         return out
 
-    def _socket_window(self, kind: str, pid: int, k: tuple, s: Optional[SocketBytes]) -> tuple[int, int]:
+    def _socket_window(self, kind: str, pid: int, s: Optional[SocketBytes]) -> tuple[int, int]:
         """Bytes of one socket in this record's window (cumulative for a summary)."""
         if s is None:
             return 0, 0
         if kind == RECORD_SUMMARY:
             return s.bytes_in, s.bytes_out
         mine = self.socket_totals.setdefault(pid, {})
-        prev_in, prev_out = mine.get(k, (0, 0))
-        mine[k] = (s.bytes_in, s.bytes_out)
+        prev_in, prev_out = mine.get(s.sock_id, (0, 0))
+        mine[s.sock_id] = (s.bytes_in, s.bytes_out)
         return max(0, s.bytes_in - prev_in), max(0, s.bytes_out - prev_out)

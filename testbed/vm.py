@@ -391,7 +391,7 @@ def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: floa
     if backend:
         env["PROCNETMON_BACKEND"] = backend
     junit, log = f"{out}/{label}.xml", f"{out}/{label}.log"
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-rA", f"--junitxml={junit}",
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "-rA", f"--junitxml={junit}",
            MATRIX_TESTS]
     started = time.monotonic()
     with open(log, "w") as f:
@@ -424,7 +424,10 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
     record["offered"], record["offered_from"] = backends, source
     for name in BACKENDS:
         if name not in backends:
-            record["missing"][name] = reasons_from_check(record["check"], name)
+            reason = reasons_from_check(record["check"], name)
+            if source != "check.usable_backends()":
+                reason = f"procnetmon has no {name} backend yet (--check: {reason})"
+            record["missing"][name] = reason
     if not backends:
         record["missing"]["auto"] = "no payload backend on this kernel"
     to_run = backends if everything else backends[:1]

@@ -14,6 +14,7 @@ reads it): scripts/vmtest runs this module once per backend a kernel offers.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -93,6 +94,11 @@ WIRE_CASES = [
 ]
 
 
+def note(text: str) -> None:
+    """Progress with a time stamp, for the guest's log (pytest -s shows it): guests are slow to watch."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 @dataclass
 class Exchange:
     """What one procnetmon run over a set of cases gave, and what the processes say they moved."""
@@ -132,11 +138,14 @@ def start(cases, peers, *, ready_timeout=STEP_TIMEOUT):
 
 def exchange(cases, peers, *args) -> Exchange:
     """One procnetmon run (options ``args``) over all ``cases``, stopped with SIGINT once all reported."""
+    note(f"starting {2 * len(cases)} traffic processes")
     procs = start(cases, peers)
+    note("starting procnetmon " + " ".join(args))
     truth, veth, before, after = {}, {}, {}, {}
     wire = "wire" in args
 
     def while_running(procnetmon):
+        note("probes attached; traffic starts")
         try:
             if wire:
                 for c in cases:
@@ -153,6 +162,7 @@ def exchange(cases, peers, *args) -> Exchange:
             for key, p in procs.items():
                 if "--exit" in p.proc.args:
                     p.proc.wait(STEP_TIMEOUT)
+            note("every process reported")
             time.sleep(1.0)  # connection teardown and the last counters
             if wire:
                 for c in cases:
@@ -168,6 +178,7 @@ def exchange(cases, peers, *args) -> Exchange:
     finally:
         for p in procs.values():
             p.finish()
+    note(f"procnetmon exited {run.returncode}: " + " | ".join(run.stderr.strip().splitlines()[:3]))
     assert run.returncode == 0, run.stderr
     for c in cases:
         if c.name in before:

@@ -268,3 +268,35 @@ def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_ex
     assert (row["name"], row["alive"]) == (new_name, False), row
     assert "sh -c" not in row["cmdline"]
     assert row["udp"]["bytes_out"] == truth["client"]["udp_out"] == 300
+
+
+@pytest.mark.parametrize("mode", ["payload", "wire"])
+@pytest.mark.parametrize("spec", ["netns", "pid"])
+def test_interface_of_another_namespace_counts_only_there(peer, mode, spec):
+    """-i NETNS/IFACE (or pid:PID/IFACE): the server inside the namespace is
+    counted on its end of the veth; the client on the host end is not."""
+    server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=77_000, reply=7_000)
+    client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=77_000, expect=7_000)
+    where = peer.netns if spec == "netns" else f"pid:{server.pid}"
+    name = f"{where}/{peer.peer_if}"
+    doc, truth = sample({"server": server, "client": client}, "--mode", mode, "-i", name)
+    rows = by_pid(doc)
+    assert doc["interfaces"] == [name]
+    if mode == "payload":
+        assert_exact(rows[server.pid], truth["server"])
+    else:
+        assert rows[server.pid]["bytes_in"] > truth["server"]["tcp_in"]
+        assert rows[server.pid]["bytes_out"] > truth["server"]["tcp_out"]
+    assert rows[client.pid]["bytes_in"] == 0 and rows[client.pid]["bytes_out"] == 0
+
+
+def test_interface_of_a_namespace_that_does_not_exist_is_a_usage_error():
+    import subprocess
+
+    from harness import procnetmon_cmd
+
+    done = subprocess.run(procnetmon_cmd("-i", "procnetmon-no-such-ns/eth0", "-t", "1s"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "no network namespace 'procnetmon-no-such-ns'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -21,6 +21,12 @@ Roles:
   fail ADDR PORT           socket calls that fail and move nothing: send on an
                            unconnected TCP or UDP socket, on a reset connection
                            (PORT: a tcp-server --reset), recv that would block
+  tcp-serve-many ADDR      --connections times, one after the other: accept, read to EOF,
+                           reply --reply bytes, close
+  many-clients ADDR PORT   --connections short-lived sockets of --protocol, one after the
+                           other, the i-th sending --send + i bytes and reading the reply
+                           (TCP: until EOF; UDP: one datagram); --same-port: UDP sockets
+                           all bound to one local port in turn
 
 With --hold, TCP sockets stay open until ``exit``, so that they are live
 connections when procnetmon looks.
@@ -207,10 +213,10 @@ def tcp_server(args, result: dict, held: list) -> None:
         # The client's bytes arrive and queue on the not yet accepted socket.
         time.sleep(args.accept_delay)
     conns = []
-    for _ in range(args.connections):
-        conn, _ = srv.accept()
-        conns.append(conn)
     if args.reset:
+        for _ in range(args.connections):
+            conn, _ = srv.accept()
+            conns.append(conn)
         for conn in conns:
             # Linger 0: close() sends a RST, and the peer's next calls fail.
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -230,7 +236,11 @@ def tcp_server(args, result: dict, held: list) -> None:
             totals["tcp_in"] += got
             totals["tcp_out"] += sent
 
-    for conn in conns:
+    # Each connection is served as it comes: clients that run one after
+    # another each wait for their reply.
+    for _ in range(args.connections):
+        conn, _ = srv.accept()
+        conns.append(conn)
         t = threading.Thread(target=serve, args=(conn,))
         t.start()
         threads.append(t)
@@ -390,6 +400,74 @@ def fail(args, result: dict, held: list) -> None:
     result["failures"] = failures
 
 
+def endpoint(sockaddr) -> str:
+    addr, port = sockaddr[0], sockaddr[1]
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def recv_to_eof(sock: socket.socket) -> int:
+    got = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return got
+        got += len(chunk)
+
+
+def tcp_serve_many(args, result: dict, held: list) -> None:
+    """Each connection's truth (addresses, bytes) goes into result["connections"]."""
+    fam = family_of(args.addr)
+    srv = socket.socket(fam, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.addr, 0))
+    srv.listen(64)
+    srv.settimeout(10.0)
+    announce(srv.getsockname()[1])
+    wait_for("go")
+    conns = []
+    for _ in range(args.connections):
+        conn, _ = srv.accept()
+        local, remote = endpoint(conn.getsockname()), endpoint(conn.getpeername())
+        got = recv_to_eof(conn)
+        sent = send_all(conn, args.reply) if args.reply else 0
+        conns.append({"protocol": "tcp", "local": local, "remote": remote, "in": got, "out": sent})
+        conn.close()
+    result.update({"tcp_in": sum(c["in"] for c in conns), "tcp_out": sum(c["out"] for c in conns),
+                   "connections": conns})
+    held.append(srv)
+
+
+def many_clients(args, result: dict, held: list) -> None:
+    fam = family_of(args.addr)
+    kind = socket.SOCK_STREAM if args.protocol == "tcp" else socket.SOCK_DGRAM
+    wait_for("go", announce_first=True)
+    conns = []
+    port = 0
+    for i in range(args.connections):
+        s = socket.socket(fam, kind)
+        if args.same_port:
+            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+            port = s.getsockname()[1]
+        s.settimeout(3.0)
+        s.connect((args.addr, args.port))
+        local, remote = endpoint(s.getsockname()), endpoint(s.getpeername())
+        if kind == socket.SOCK_STREAM:
+            sent = send_all(s, args.send + i)
+            s.shutdown(socket.SHUT_WR)
+            got = recv_to_eof(s)
+        else:
+            sent = s.send(b"m" * (args.send + i))
+            try:
+                got = len(s.recv(65536))
+            except socket.timeout:
+                got = 0
+        conns.append({"protocol": args.protocol, "local": local, "remote": remote, "in": got, "out": sent})
+        s.close()
+    key = args.protocol
+    result.update({f"{key}_in": sum(c["in"] for c in conns), f"{key}_out": sum(c["out"] for c in conns),
+                   "connections": conns})
+
+
 def announce(port: int = 0) -> None:
     print(f"ready {port}", flush=True)
 
@@ -403,7 +481,8 @@ def wait_for(word: str, announce_first: bool = False) -> None:
 
 
 ROLES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
-         "udp-server": udp_server, "udp-client": udp_client, "fail": fail}
+         "udp-server": udp_server, "udp-client": udp_client, "fail": fail,
+         "tcp-serve-many": tcp_serve_many, "many-clients": many_clients}
 
 
 def main() -> None:
@@ -429,6 +508,8 @@ def main() -> None:
     p.add_argument("--reset", action="store_true", help="tcp-server: close each connection with a RST")
     p.add_argument("--unconnected", action="store_true", help="udp-client: sendto/recvfrom, no connect")
     p.add_argument("--mmsg", action="store_true", help="udp-*: sendmmsg/recvmmsg")
+    p.add_argument("--protocol", choices=("tcp", "udp"), default="tcp", help="many-clients: which sockets")
+    p.add_argument("--same-port", action="store_true", help="many-clients: one local port for every UDP socket")
     args = p.parse_args()
     if args.name:
         set_name(args.name)

@@ -58,3 +58,10 @@ def test_choose_prefers_a_complete_backend_and_names_every_reason():
         assert str(e) == "tracepoint: old; fentry: refused"
     else:
         raise AssertionError("no LookupError")
+
+
+def test_exit_hook_reads_group_dead_only_where_the_tracepoint_passes_it():
+    tracepoint = backends.Backend("tracepoint", True, "")
+    with_arg = backends.BtfFacts(tracepoints={}, functions={}, has_sendpage=False, exit_group_dead=True)
+    assert "-DHAVE_EXIT_GROUP_DEAD" in loader.backend_cflags(tracepoint, with_arg)
+    assert "-DHAVE_EXIT_GROUP_DEAD" not in loader.backend_cflags(tracepoint, facts())

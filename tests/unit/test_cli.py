@@ -59,11 +59,21 @@ def test_interfaces_list():
     assert cli.parse_interfaces("a" * 15) == ["a" * 15]
 
 
+def test_interfaces_of_other_namespaces():
+    assert cli.parse_interfaces("eth0,blue/veth1,pid:1234/eth0") == ["eth0", "blue/veth1", "pid:1234/eth0"]
+    assert cli.parse_interfaces("a" * 40 + "/" + "b" * 15) == ["a" * 40 + "/" + "b" * 15]
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [
         ("a" * 16, "at most 15"),
-        ("eth0/1", "'/'"),
+        ("ns/eth0/1", "'/'"),
+        ("/eth0", "namespace name before the '/'"),
+        ("pid:x/eth0", "pid:PID/IFACE needs a PID"),
+        ("pid:0/eth0", "pid:PID/IFACE needs a PID"),
+        ("ns/", "empty"),
+        ("my ns/eth0", "whitespace"),
         ("eth0:1", "':'"),
         ("my if", "whitespace"),
         ("", "empty"),
@@ -71,7 +81,7 @@ def test_interfaces_list():
     ],
 )
 def test_bad_interface_is_named(bad, reason):
-    text = f"eth0,{bad}" if bad != "my if" else "eth0,my if"
+    text = f"eth0,{bad}"
     with pytest.raises(argparse.ArgumentTypeError) as err:
         cli.parse_interfaces(text)
     assert f"invalid interface name {bad.strip()!r}" in str(err.value)

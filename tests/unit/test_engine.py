@@ -538,28 +538,33 @@ def test_connection_counts_come_from_live_sockets():
 
 
 LIVE = [
-    Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED"),
-    Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE"),
-    Socket("tcp", "ipv6", "::1", 8080, "::1", 40000, "ESTABLISHED"),
-    Socket("tcp", "ipv4", "0.0.0.0", 22, "", 0, "LISTEN"),
+    Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED", 101),
+    Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE", 102),
+    Socket("tcp", "ipv6", "::1", 8080, "::1", 40000, "ESTABLISHED", 103),
+    Socket("tcp", "ipv4", "0.0.0.0", 22, "", 0, "LISTEN", 104),
 ]
+
+
+def sb(pid, protocol, family, laddr, lport, raddr, rport, b_in, b_out, inode):
+    """A kernel socket whose identity is its inode number (as in payload mode)."""
+    return SocketBytes(pid, protocol, family, laddr, lport, raddr, rport, b_in, b_out, inode=inode, sock_id=inode)
 
 
 def kernel_sockets(scale: int = 1) -> list:
     return [
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 1000 * scale, 200 * scale),
+        sb(10, "tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 1000 * scale, 200 * scale, 101),
         # The kernel shows an unconnected UDP socket's remote as 0.0.0.0:0.
-        SocketBytes(10, "udp", "ipv4", "0.0.0.0", 53, "0.0.0.0", 0, 64 * scale, 0),
-        SocketBytes(10, "tcp", "ipv6", "::1", 8080, "::1", 40000, 7 * scale, 9 * scale),
+        sb(10, "udp", "ipv4", "0.0.0.0", 53, "0.0.0.0", 0, 64 * scale, 0, 102),
+        sb(10, "tcp", "ipv6", "::1", 8080, "::1", 40000, 7 * scale, 9 * scale, 103),
         # Same ports and peer as the live TCP socket, other protocol / family: no match.
-        SocketBytes(10, "udp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 11 * scale, 0),
-        SocketBytes(10, "tcp", "ipv6", "::", 443, "10.0.0.2", 5555, 0, 13 * scale),
-        # Gone from psutil: a finished connection.
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5 * scale, 6 * scale),
+        sb(10, "udp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 11 * scale, 0, 201),
+        sb(10, "tcp", "ipv6", "::", 443, "10.0.0.2", 5555, 0, 13 * scale, 202),
+        # Gone from /proc: a finished connection.
+        sb(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5 * scale, 6 * scale, 203),
         # No bytes: not worth a row.
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41001, "10.0.0.3", 80, 0, 0),
+        sb(10, "tcp", "ipv4", "10.0.0.1", 41001, "10.0.0.3", 80, 0, 0, 204),
         # Another process's socket.
-        SocketBytes(20, "tcp", "ipv4", "10.0.0.9", 9999, "10.0.0.8", 1, 77, 77),
+        sb(20, "tcp", "ipv4", "10.0.0.9", 9999, "10.0.0.8", 1, 77, 77, 205),
     ]
 
 
@@ -598,9 +603,26 @@ def test_details_in_interval_records_are_per_window():
     assert table(summary)[("10.0.0.1:443", "ESTABLISHED")] == (3000, 600)
 
 
+def test_sockets_sharing_a_port_and_peer_keep_their_own_rows():
+    """dig reusing a local port: two sockets, same addresses, one record; and a
+    live one found by its inode number, not by the closed one's addresses."""
+    live = [Socket("udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, "NONE", 402)]
+    kernel = [sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 59, 55, 400),
+              sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 61, 57, 401),
+              sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 3, 2, 402)]
+    processes = FakeProcesses({10: ident(10, "dig")}, sockets={10: live})
+    probe = FakeProbe([counters(p10=dict(udp_in=123, udp_out=114))], sockets=[kernel])
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1, details=True))
+    row = by_pid(summary)[10]
+    conns = [(c.state, c.bytes_in, c.bytes_out) for c in row.connections]
+    assert conns == [("NONE", 3, 2), ("CLOSED", 59, 55), ("CLOSED", 61, 57)]
+    assert sum(c.bytes_in for c in row.connections) == row.bytes_in
+    assert sum(c.bytes_out for c in row.connections) == row.bytes_out
+
+
 def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     processes = FakeProcesses({10: ident(10, "nginx")}, sockets={10: []})
-    closed = [SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5, 6)]
+    closed = [sb(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5, 6, 300)]
     probe = FakeProbe([counters(p10=dict(tcp_in=5)), counters(p10=dict(tcp_in=6))],
                       sockets=[closed, closed])
     summary, records = collect(make(probe, processes=processes, interval=1.0, count=2,
