@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 from harness import TrafficProcess, by_pid, json_lines_of, measure_exchange, run_procnetmon, wait_for
