@@ -346,3 +346,18 @@ def test_ensure_headers_joins_split_headers_once(monkeypatch, tmp_path):
     before = stamp.stat().st_mtime_ns
     assert headers.ensure_headers(str(cache_dir)) == (str(cache_dir / "headers-joined"), False)
     assert stamp.stat().st_mtime_ns == before
+
+
+def test_a_tree_built_meanwhile_by_another_procnetmon_is_kept(tmp_path, system):
+    """Two procnetmon on a cold cache both build the tree: the second must not
+    pull the first's from under its compiler (issue 14, item 13: a flaky
+    e2e run failed with 'kconfig.h file not found')."""
+    build(tmp_path, system, release="6.1.0", config_text="CONFIG_X=y\n")
+    tree = tmp_path / "tree"
+    before = os.stat(tree).st_ino
+    kconfig = open(tree / "include/linux/kconfig.h")  # a compiler reading it
+    build(tmp_path, system, release="6.1.0", config_text="CONFIG_X=y\n")
+    assert os.stat(tree).st_ino == before
+    assert (tree / "include/linux/kconfig.h").exists()
+    kconfig.close()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
