@@ -217,9 +217,10 @@ class Sampler:
         self.socket_totals: dict[int, dict[tuple, tuple[int, int]]] = {}
         self.archive = Archive()
         self.exiting: list[int] = []  # exits the last read collected
-        # With -p (at most a few thousand PIDs) an exited process keeps its
-        # row in every record: its totals are carried here, not archived.
+        # A PID given with -p (at most a few thousand) keeps its row in every
+        # record after it exits: its totals are carried here, not archived.
         self.carried: dict[int, Usage] = {}
+        self.given = set(options.pids or [])
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
         self.lost_updates = 0
         # Where each process was last seen alive, and cgroup ids (noted by
@@ -360,7 +361,7 @@ class Sampler:
         if self.options.group_by != "pid":
             key = self._group_key(pid)
             self.group_carried[key] = self.group_carried.get(key, Usage()).plus(total)
-        if self.options.pids is not None:
+        if pid in self.given:
             self.carried[pid] = self.carried.get(pid, Usage()).plus(total)
             return
         peaks = self.tally.peaks.pop(pid, Peaks())
@@ -469,9 +470,13 @@ class Sampler:
             row.rate_in, row.rate_out = _rate(row.bytes_in, seconds), _rate(row.bytes_out, seconds)
             row.peak_rate_in = max(row.peak_rate_in, peaks.rate_in)
             row.peak_rate_out = max(row.peak_rate_out, peaks.rate_out)
-        if not added or self.options.pids is not None:
+        if not added:
             return rows, group_of
-        return sorted(rows + added, key=lambda row: row.pid), group_of
+        # The given PIDs first, in their order; every other process by PID
+        # (children followed with --children, and everything without -p).
+        head = [row for row in rows if row.pid in self.given]
+        rest = sorted([row for row in rows if row.pid not in self.given] + added, key=lambda row: row.pid)
+        return head + rest, group_of
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
                      live_sockets: Optional[list[procinfo.Socket]], exited: dict[int, str],
