@@ -294,7 +294,9 @@ int pnm_return(struct pt_regs *ctx)
         return 0;
     struct call_args call = *a;
     calls.delete(&task);
-    return on_socket_call((const void *)call.sk, (long)reg(ctx, OFF_REGS_RC), (int)call.flags, call.dir);
+    /* Every hooked function returns an int, or a ssize_t within int range:
+     * an int leaves the upper half of rax undefined, so only eax is read. */
+    return on_socket_call((const void *)call.sk, (int)reg(ctx, OFF_REGS_RC), (int)call.flags, call.dir);
 }
 
 #ifdef NEED_UDP_RX_IFINDEX

@@ -189,6 +189,8 @@ static __always_inline void hold_for_owner(struct bpf_sock *sk, u64 cookie, u32 
  * connection's addresses until the socket accepted for that connection has
  * a packet of its own, which is always before its owner is known; they then
  * join that socket's, and so its owner's: the process that accepts it.
+ * The addresses do not say which network namespace: two namespaces with the
+ * same addresses and ports handshaking at the same moment could swap theirs.
  */
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD

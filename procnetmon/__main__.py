@@ -163,6 +163,13 @@ def _make_probe(args, pids: Optional[list[int]] = None):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
+    if args.serve is not None and not args.ebpf and not args.details and not _follows_children(args):
+        # A daemon keeps no compiler: the probes are loaded by a child
+        # process and read here through libbpf (probes/handoff.py).
+        from procnetmon.probes.fdprobe import FdProbe
+
+        return FdProbe(mode=args.mode, pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+                       backend=args.backend, cgroups=targets, cgroup_mount=mount), include_loopback
     return Probe(pids=args.pids if pids is None else pids, interfaces=keys, include_loopback=include_loopback,
                  details=args.details, backend=args.backend, cgroups=targets,
                  cgroup_mount=mount, follow_children=_follows_children(args)), include_loopback
@@ -213,7 +220,9 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.count is not None:
+    if args.serve is not None and args.time is None and args.count is None:
+        how_long = "until stopped"
+    elif args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
     elif args.time is not None:
         how_long = f"for {args.time:g} s"
@@ -242,6 +251,27 @@ def _warn_on_unknown_counts(write, err: TextIO):
         return write(record)
 
     return emit
+
+
+def _metrics_writer(args, target):
+    """The records' sink for --serve (the HTTP endpoint, started here so that
+    a busy port is a usage error before anything is attached) or for
+    --format prometheus."""
+    from procnetmon.output import prometheus
+
+    if args.serve is None:
+        try:
+            return prometheus.TextfileWriter(target, args.mode, with_pid=args.metrics_pid), ""
+        except OSError as e:
+            raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {e.strerror}: {e.filename}") from None
+    metrics = prometheus.Metrics(args.mode, with_pid=args.metrics_pid)
+    addr, port = args.serve
+    try:
+        prometheus.serve(metrics, addr, port)
+    except OSError as e:
+        raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
+    host = f"[{addr}]" if ":" in addr else addr
+    return prometheus.MetricsSink(metrics), f"; metrics on http://{host}:{port}/metrics"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -295,6 +325,14 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     command = _start_command(args)
     try:
         _measure(args, out, err, command, stdout_closed)
+    except Fatal as e:
+        if not command.released:
+            raise
+        # The records are lost (say, -o on a full disk); COMMAND is not left
+        # running on its own.
+        _say(err, str(e))
+        command.wait()
+        return e.status
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
     return command.wait()
@@ -314,7 +352,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
                              include_loopback=include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
                              group_by=args.group_by, follow_children=_follows_children(args),
-                             command=args.command)
+                             command=args.command, forget_exited=args.serve is not None)
     from procnetmon.probes import ProbeError
 
     if command is not None:
@@ -328,19 +366,24 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
         where = "standard output" if to_stdout else args.output
     if to_stdout and stdout_closed:
         return ExitStatus.OK  # nobody reads: nothing to measure for
-    try:
-        # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
-        writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
-                        details=args.details, units=args.units, sort=args.sort, top=args.top,
-                        no_header=args.no_header)
-    except OSError as e:
-        raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    serving = ""
+    if args.serve is not None or args.format == "prometheus":
+        writer, serving = _metrics_writer(args, target)
+    else:
+        try:
+            # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
+            writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
+                            details=args.details, units=args.units, sort=args.sort, top=args.top,
+                            no_header=args.no_header)
+        except OSError as e:
+            raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
     stop = threading.Event()
     if command is None:
         _install_stop_handlers(stop)
-    # A reader that leaves (| head) ends the run within an interval, even
-    # when nothing is being written.
-    writer.watch(stop.set)
+    if hasattr(writer, "watch"):
+        # A reader that leaves (| head) ends the run within an interval, even
+        # when nothing is being written.
+        writer.watch(stop.set)
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -355,7 +398,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}")
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}{serving}")
             if command is not None:
                 try:
                     command.release()

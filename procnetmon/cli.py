@@ -38,7 +38,7 @@ MAX_DURATION = 365 * 24 * 3600.0
 # The largest -n and --top.
 MAX_COUNT = 1_000_000_000
 
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "prometheus")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
 UNITS = ("bits", "bytes")
 MODES = ("payload", "wire")
@@ -227,6 +227,20 @@ def _netns_problem(namespace: str) -> Optional[str]:
     return None
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``[ADDR:]PORT`` for --serve: "9101", ":9101", "127.0.0.1:9101", "[::1]:9101".
+    Without an address, every IPv4 address (as node_exporter listens)."""
+    addr, sep, port = text.rpartition(":")
+    bracketed = addr.startswith("[") and addr.endswith("]")
+    if bracketed:
+        addr = addr[1:-1]
+    if not port.isdigit() or not 0 < int(port) < 65536 or (":" in addr and not bracketed):
+        raise argparse.ArgumentTypeError(
+            f"invalid listen address {text!r}: write [ADDR:]PORT, e.g. 9101, 127.0.0.1:9101 or [::1]:9101"
+        )
+    return addr or "0.0.0.0", int(port)
+
+
 def positive_int(text: str) -> int:
     """An integer from 1 to ``MAX_COUNT`` (for ``--count`` and ``--top``)."""
     stripped = text.strip()
@@ -387,7 +401,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--format", dest="format", action=_FormatAction, choices=FORMATS, default="text",
-        help="output format: text, json or csv (default: text)",
+        help="output format: text, json, csv, or prometheus (the metrics of --serve in the "
+        "text exposition format; with -o the file is replaced atomically after every record, "
+        "for node_exporter's textfile collector) (default: text)",
     )
     group.add_argument(
         "-o", "--output", metavar="FILE", default=None,
@@ -408,7 +424,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-d", "--details", action="store_true",
-        help="list every connection of each process: protocol, addresses, state, bytes",
+        help="list every connection of each process: protocol, addresses, state, bytes; "
+        "each socket has its own row (one closed during the record as CLOSED), "
+        "and a process's rows add up to its totals",
     )
     group.add_argument(
         "--units", choices=UNITS, default="bits",
@@ -431,6 +449,16 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_other_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("metrics")
+    group.add_argument(
+        "--serve", metavar="[ADDR:]PORT", type=parse_listen, default=None,
+        help="run until stopped and serve Prometheus metrics on http://ADDR:PORT/metrics "
+        "(ADDR defaults to 0.0.0.0); records are not printed",
+    )
+    group.add_argument(
+        "--metrics-pid", action="store_true", dest="metrics_pid",
+        help="add a pid label to the metrics (one series per process: mind the cardinality)",
+    )
     parser.add_argument(
         "--check", action="store_true",
         help="report what the running kernel offers and which probes would be used, then exit",
@@ -477,6 +505,12 @@ def _default_backend() -> str:
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Enforce the rules that join options; on a violation call
     ``parser.error`` (exit status 2) with a message that says what to write."""
+    for action in parser._actions:
+        # argparse drops a lone "--" given as a value (--top=--) and stores
+        # an empty list, never calling the option's type.
+        if action.type is not None and action.nargs is None and getattr(args, action.dest, None) == []:
+            parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, e.g. "
+                         f"{action.option_strings[-1]}={action.metavar or 'VALUE'}")
     if args.time is not None and not args.interval_given and args.interval > args.time:
         # The default interval only sets the peak resolution: a short -t
         # (say -t 500ms) narrows it rather than being refused.
@@ -501,6 +535,8 @@ def _violations(args: argparse.Namespace):
         return  # they print and exit: nothing else matters
     yield from _command_violations(args)
     yield from _duration_violations(args)
+    if args.serve is not None and (args.format_options or args.output not in (None, "-")):
+        yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 
@@ -514,6 +550,8 @@ def _command_violations(args: argparse.Namespace):
         if args.output == "-":
             yield ("-o - would mix the records into COMMAND's standard output: they go to "
                    "standard error by default, or give -o FILE")
+        if getattr(args, "serve", None) is not None:
+            yield "--serve runs until stopped and -- COMMAND until COMMAND ends: use one of them"
     elif args.children and args.pids is None:
         yield ("--children follows the descendants of the -p PIDS: add -p "
                "(without -p every process is measured already)")
@@ -526,7 +564,8 @@ def _duration_violations(args: argparse.Namespace):
         yield "-c runs until stopped; drop -t, or use -t alone"
     if args.count is not None and args.time is not None:
         yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
-    if args.time is None and not args.continuous and args.count is None and not getattr(args, "command", None):
+    if (args.time is None and not args.continuous and args.count is None and args.serve is None
+            and not getattr(args, "command", None)):
         yield (
             "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
             "or -n 5 (five intervals)"
@@ -546,7 +585,8 @@ def is_streaming(args: argparse.Namespace) -> bool:
     """Whether a record is printed every interval (before the final summary):
     with -c, with -n, or with -t or -- COMMAND and an explicit --interval."""
     return bool(
-        args.continuous
+        getattr(args, "serve", None) is not None
+        or args.continuous
         or args.count is not None
         or ((args.time is not None or getattr(args, "command", None)) and args.interval_given)
     )

@@ -169,6 +169,9 @@ class Options:
     # to its filter; those that moved bytes are rows too.
     follow_children: bool = False
     command: Optional[list[str]] = None  # -- COMMAND: pids holds its PID alone
+    # A daemon (--serve): once an interval record has carried an exited
+    # process's last bytes, forget it (the summary will not list it).
+    forget_exited: bool = False
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -220,7 +223,7 @@ class Sampler:
         # A PID given with -p (at most a few thousand) keeps its row in every
         # record after it exits: its totals are carried here, not archived.
         self.carried: dict[int, Usage] = {}
-        self.given = set(options.pids or [])
+        self.given = frozenset(options.pids or ())
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
         self.lost_updates = 0
         # Where each process was last seen alive, and cgroup ids (noted by
@@ -290,6 +293,8 @@ class Sampler:
                 record = self._record(RECORD_INTERVAL, last, now)
                 if not on_interval(record):
                     stopped = True
+                if opts.forget_exited:
+                    self._forget_exited(record)
             last = now
             if stopped or self.stop.is_set():
                 break
@@ -372,11 +377,24 @@ class Sampler:
         self.cgroup_seen.pop(pid, None)
         self.socket_totals.pop(pid, None)
         group = self.group_of.pop(pid, "")
+        if self.options.forget_exited:
+            return  # a daemon keeps no history: its metrics already carry the bytes
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
         else:
             name, cmdline = kernel_name, ""
         self.archive.add(pid, total, peaks, name, cmdline, cgroup, group)
+
+    def _forget_exited(self, record: Record) -> None:
+        """Forget processes whose exit the kernel reported: their counters have
+        left the kernel's map, so any later byte (a wire packet still in
+        flight) starts from zero and is counted once."""
+        forget = getattr(self.probe, "forget", None)
+        if forget is None:
+            return
+        gone = [pid for pid in self.exiting if pid not in (self.options.pids or ())]
+        if gone:
+            forget(gone)  # the engine's own state goes in _retire, without an archive
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)
@@ -472,8 +490,7 @@ class Sampler:
             row.peak_rate_out = max(row.peak_rate_out, peaks.rate_out)
         if not added:
             return rows, group_of
-        # The given PIDs first, in their order; every other process by PID
-        # (children followed with --children, and everything without -p).
+        # The given PIDs first (followed descendants, archived or not, after them).
         head = [row for row in rows if row.pid in self.given]
         rest = sorted([row for row in rows if row.pid not in self.given] + added, key=lambda row: row.pid)
         return head + rest, group_of

@@ -91,6 +91,7 @@ class Command:
         self.credentials = credentials
         self.pid = 0
         self.status: Optional[int] = None  # exit status, once it has ended
+        self.released = False  # COMMAND was exec'd
         self._gate: Optional[int] = None
         self._report: Optional[int] = None
         self._lock = threading.Lock()
@@ -157,6 +158,7 @@ class Command:
             self.wait()
             stage, _, number = b"".join(chunks).decode().partition(" ")
             raise _start_error(self.argv[0], stage, int(number or 0), self.credentials)
+        self.released = True
 
     def abort(self) -> None:
         """Close the gate without running COMMAND (procnetmon failed first), and reap the child."""

@@ -6,6 +6,7 @@ AccessDenied and zombies as ordinary answers, never as errors.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -70,11 +71,13 @@ def cgroup_of(pid: int) -> Optional[str]:
 
 def descendants(pids: list[int]) -> list[int]:
     """PIDs of every process now below ``pids`` in the process tree (children,
-    their children, ...), in no particular order."""
+    their children, ...), in no particular order; never procnetmon itself
+    (``-p $$ --children`` from the shell that started it)."""
     found: set[int] = set()
     for pid in pids:
         try:
             found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
+    found.discard(os.getpid())
     return sorted(found)

@@ -384,6 +384,19 @@ def link_headers(release: str, headers_root: str, modules_dir: str = "/lib/modul
     os.symlink(f"{headers_root}/usr/src/linux-headers-{version}-common", f"{mods}/source")
 
 
+def ensure_modules(release: str, modules_dir: str = "/lib/modules", cache: str = CACHE) -> None:
+    """The guest's /lib/modules is not this machine's: without the kernel's modules there,
+    ``ip link add ... type veth`` fails with "Unknown device type". virtme-ng links them
+    when it can see them; link them here when it did not."""
+    if os.path.exists(f"{modules_dir}/{release}/modules.dep"):
+        return
+    unpacked = f"{cache}/kernels/{release}/lib/modules/{release}"
+    if os.path.exists(f"{unpacked}/modules.dep"):
+        if os.path.lexists(f"{modules_dir}/{release}"):
+            os.unlink(f"{modules_dir}/{release}")
+        os.symlink(unpacked, f"{modules_dir}/{release}")
+
+
 def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: float) -> dict:
     """pytest of the matrix module, with $PROCNETMON_BACKEND set; returns the run's record."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache")
@@ -416,10 +429,13 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
     record = {"release": os.uname().release, "uptime_at_start": uptime, "runs": [], "missing": {}, "not_run": {}}
     from procnetmon.kernel import check
 
+    ensure_modules(os.uname().release)
     check.mount_tracefs()
+    check_started = time.monotonic()
     check_run = subprocess.run([sys.executable, "-m", "procnetmon", "--check"], cwd=ROOT, capture_output=True,
                                text=True, env=dict(os.environ, PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache"))
     record["check"] = check_run.stdout + check_run.stderr
+    record["check_seconds"] = round(time.monotonic() - check_started, 1)
     backends, source = offered_backends()
     record["offered"], record["offered_from"] = backends, source
     for name in BACKENDS:
@@ -590,6 +606,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         boot = guest.get("uptime_at_start")
         timings.append(f"{label}: wall {guest.get('wall', 0):.0f} s"
                        + (f", boot {boot:.0f} s" if boot is not None and "native" not in label else "")
+                       + (f", --check {guest['check_seconds']:.0f} s" if "check_seconds" in guest else "")
                        + (f", runs: {runs}" if runs else "")
                        + (" (TIMED OUT)" if guest.get("timed_out") else ""))
     table = format_table(rows)

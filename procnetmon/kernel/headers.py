@@ -12,6 +12,8 @@ kernel-only names BCC's helpers use. BCC's helpers refuse to compile without
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import re
@@ -304,12 +306,35 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
         except OSError:
             fresh = False
         if not fresh:
-            merge_split_tree(root, *split)
+            with _building(root):
+                try:
+                    with open(os.path.join(root, MERGED_STAMP)) as f:
+                        fresh = f.read() == want
+                except OSError:
+                    fresh = False
+                if not fresh:
+                    merge_split_tree(root, *split)
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
     if not os.path.isfile(os.path.join(root, STAMP)):
-        build_tree(root)
+        with _building(root):
+            if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
+                build_tree(root)
     return root, True
+
+
+@contextlib.contextmanager
+def _building(root: str):
+    """Hold the lock on ``root``'s tree while it is (re)made: procnetmons
+    started together (cron jobs, a payload and a wire run) must not replace
+    the tree under one that is compiling with it."""
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(root + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def tree_config_source(header_dir: str) -> Optional[str]:

@@ -296,6 +296,17 @@ class BccProbe:
     def sockets(self) -> list[SocketBytes]:
         return []
 
+    def forget(self, pids) -> None:
+        """Drop what is kept of exited processes whose bytes were reported for
+        good (a daemon's memory must not grow with every process that ever ran)."""
+        gone = set(pids)
+        for store in (self._retired, getattr(self, "_claimed", {})):
+            for key in [k for k in store if k.pid in gone]:
+                del store[key]
+        for pid in gone:
+            self._exited_names.pop(pid, None)
+            self._exited_cgroups.pop(pid, None)
+
     def close(self) -> None:
         if self._bpf is not None:
             self._bpf.cleanup()

@@ -3,11 +3,11 @@ container, and filtered by --cgroup in the kernel, exactly to the byte."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from cgrouptree import CgroupTree
 from harness import TrafficProcess, by_pid, procnetmon_cmd, run_procnetmon
-
-import subprocess
 
 
 @pytest.fixture

@@ -292,3 +292,13 @@ def test_ctrl_c_at_a_terminal_reaches_command_and_the_summary_follows():
     assert "interrupted" in text
     doc = json.loads(text[text.index("\n{") + 1:])
     assert [(p["name"], p["alive"]) for p in doc["processes"]][0] == ("sh", False)
+
+
+def test_unwritable_records_are_status_1_and_command_is_still_waited_for(tmp_path):
+    marker = tmp_path / "ended"
+    started = time.monotonic()
+    run = run_command("-q", "-t", "300ms", "--json", "-o", "/dev/full", "--",
+                      "sh", "-c", f"sleep 1.5; touch {marker}; exit 4")
+    assert run.returncode == 1
+    assert "cannot write to /dev/full" in run.stderr
+    assert marker.exists() and time.monotonic() - started >= 1.5

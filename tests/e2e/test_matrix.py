@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
-from harness import Peer, TrafficProcess, by_pid, ip_bytes, run_procnetmon
+from harness import Peer, TrafficProcess, Zygote, by_pid, ip_bytes, run_procnetmon
 
 from testbed.netns import link_stats
 
@@ -110,7 +111,7 @@ class Exchange:
     stderr: str = ""
 
 
-def start(cases, peers, *, ready_timeout=STEP_TIMEOUT):
+def start(cases, peers, zygote, *, ready_timeout=STEP_TIMEOUT):
     """Every case's server, then every client, each batch started at once and then waited for."""
     procs = {}
     try:
@@ -118,7 +119,8 @@ def start(cases, peers, *, ready_timeout=STEP_TIMEOUT):
             peer = peers[c.name]
             addr = peer.peer_v4 if c.family == "ipv4" else peer.peer_v6
             role, opts = c.server
-            procs[(c.name, "server")] = TrafficProcess(role, addr, netns=peer.netns, wait=False, **opts)
+            procs[(c.name, "server")] = TrafficProcess(role, addr, netns=peer.netns, wait=False, zygote=zygote,
+                                                      **opts)
         for key, p in procs.items():
             p.wait_ready(ready_timeout)
         for c in cases:
@@ -126,7 +128,8 @@ def start(cases, peers, *, ready_timeout=STEP_TIMEOUT):
             peer = peers[c.name]
             addr = peer.peer_v4 if c.family == "ipv4" else peer.peer_v6
             role, opts = c.client
-            procs[(c.name, "client")] = TrafficProcess(role, addr, server.port, wait=False, **opts)
+            procs[(c.name, "client")] = TrafficProcess(role, addr, server.port, wait=False, zygote=zygote,
+                                                      **opts)
         for c in cases:
             procs[(c.name, "client")].wait_ready(ready_timeout)
     except Exception:
@@ -136,10 +139,10 @@ def start(cases, peers, *, ready_timeout=STEP_TIMEOUT):
     return procs
 
 
-def exchange(cases, peers, *args) -> Exchange:
+def exchange(cases, peers, zygote, *args) -> Exchange:
     """One procnetmon run (options ``args``) over all ``cases``, stopped with SIGINT once all reported."""
     note(f"starting {2 * len(cases)} traffic processes")
-    procs = start(cases, peers)
+    procs = start(cases, peers, zygote)
     note("starting procnetmon " + " ".join(args))
     truth, veth, before, after = {}, {}, {}, {}
     wire = "wire" in args
@@ -179,6 +182,8 @@ def exchange(cases, peers, *args) -> Exchange:
         for p in procs.values():
             p.finish()
     note(f"procnetmon exited {run.returncode}: " + " | ".join(run.stderr.strip().splitlines()[:3]))
+    if run.returncode != 0:
+        note("procnetmon's stderr:\n" + run.stderr)
     assert run.returncode == 0, run.stderr
     for c in cases:
         if c.name in before:
@@ -189,25 +194,59 @@ def exchange(cases, peers, *args) -> Exchange:
 
 
 @pytest.fixture(scope="module")
-def payload():
-    peer = Peer.create(7)
-    try:
-        yield exchange(PAYLOAD_CASES, {c.name: peer for c in PAYLOAD_CASES})
-    finally:
-        peer.destroy()
+def exchanges():
+    """Both modes' runs, side by side: in a guest each compile takes minutes.
 
-
-@pytest.fixture(scope="module")
-def wire():
-    # One veth pair per case: its counters then belong to that case's two processes alone.
+    Payload mode's cases share one peer; wire mode's get a veth pair each,
+    so that a pair's counters belong to that case's two processes alone.
+    """
+    zygote = Zygote()
     peers = {}
+    results: dict = {}
     try:
+        payload_peer = Peer.create(7)
+        peers["payload"] = payload_peer
         for i, c in enumerate(WIRE_CASES):
-            peers[c.name] = Peer.create(8 + i)
-        yield exchange(WIRE_CASES, peers, "--mode", "wire")
+            peers[f"wire {c.name}"] = Peer.create(8 + i)
+        plans = {
+            "payload": (PAYLOAD_CASES, {c.name: payload_peer for c in PAYLOAD_CASES}, ()),
+            "wire": (WIRE_CASES, {c.name: peers[f"wire {c.name}"] for c in WIRE_CASES}, ("--mode", "wire")),
+        }
+
+        def one(mode):
+            cases, case_peers, args = plans[mode]
+            try:
+                results[mode] = exchange(cases, case_peers, zygote, *args)
+            except BaseException as e:  # handed to the tests of that mode
+                results[mode] = e
+
+        threads = [threading.Thread(target=one, args=(mode,)) for mode in plans]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        yield results
     finally:
         for p in peers.values():
             p.destroy()
+        zygote.close()
+
+
+def result_of(exchanges: dict, mode: str) -> Exchange:
+    r = exchanges[mode]
+    if isinstance(r, BaseException):
+        raise r
+    return r
+
+
+@pytest.fixture(scope="module")
+def payload(exchanges):
+    return result_of(exchanges, "payload")
+
+
+@pytest.fixture(scope="module")
+def wire(exchanges):
+    return result_of(exchanges, "wire")
 
 
 def row_of(doc: dict, pid: int) -> dict:

@@ -298,3 +298,11 @@ def test_values_out_of_range_are_usage_errors(capsys, argv, message):
 def test_longest_values_are_accepted(capsys):
     assert parse(capsys, "-t", "8760h").time == cli.MAX_DURATION
     assert parse(capsys, "-n", "1000000000", "--interval", "8760h").count == cli.MAX_COUNT
+
+
+@pytest.mark.parametrize("argv", [["-c", "--top=--"], ["-c", "-n=--"], ["--interval=--", "-c"]])
+def test_a_lone_double_dash_as_a_value_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2
+    assert "expected a value" in capsys.readouterr().err

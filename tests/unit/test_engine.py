@@ -792,3 +792,26 @@ def test_group_by_cgroup_folds_per_cgroup_path():
     assert (docker.bytes_in, docker.bytes_out, docker.pids, docker.name) == (10, 20, [10, 11], "nginx")
     assert docker.container == "docker://" + "cd" * 32
     assert rows["/system.slice/foo.service"].container == "foo.service"
+
+
+def test_a_daemon_forgets_exited_processes_once_their_bytes_were_reported():
+    class Probe(FakeProbe):
+        forgotten: list = []
+
+        def exited(self):
+            return {20: "curl"} if self.reads >= 2 and 20 not in self.forgotten else {}
+
+        def forget(self, pids):
+            self.forgotten.extend(pids)
+
+    # Read 2 sees curl's exit; read 3 has 10 late bytes under its PID (a wire
+    # packet still in flight), counted from zero since it was forgotten.
+    probe = Probe([counters(p20=dict(tcp_in=100)), counters(p20=dict(tcp_in=150)),
+                   counters(p20=dict(tcp_in=10))])
+    processes = FakeProcesses({20: ident(20, "curl")}, alive=set())
+    sampler = make(probe, processes, count=3, emit_intervals=True, forget_exited=True)
+    _, records = collect(sampler)
+    assert [by_pid(r)[20].bytes_in for r in records] == [100, 50, 10]
+    assert probe.forgotten == [20]
+    # What is kept of PID 20 now is the late bytes' only.
+    assert sampler.tally.totals[20].tcp_in == 10 and sampler.tally.peaks[20].rate_in == 10.0

@@ -82,6 +82,11 @@ def test_stdout_output_with_a_command_is_refused(capsys):
     assert "standard error by default" in err
 
 
+def test_serve_with_a_command_is_a_usage_error(capsys):
+    err = refused(capsys, "--serve", "9101", "--", "true")
+    assert "--serve runs until stopped and -- COMMAND until COMMAND ends" in err
+
+
 def test_output_file_with_a_command():
     assert cli.parse_args(["-o", "x.json", "--json", "--", "true"]).output == "x.json"
 
@@ -185,6 +190,31 @@ def test_followed_children_are_rows_after_the_given_pids():
     assert [(p.pid, p.name, p.bytes_out) for p in summary.processes] == [
         (10, "sh", 0), (30, "wget", 70), (31, "curl", 500)]
     assert summary.aggregated.bytes_out == 570
+
+
+class ScriptedProbe(Probe):
+    """One (counters, exits) pair per read, as the real probe reports each exit once."""
+
+    def __init__(self, reads):
+        super().__init__({})
+        self.reads = list(reads)
+
+    def read(self):
+        self.counters, self.exited_names = self.reads.pop(0) if self.reads else ({}, {})
+        return super().read()
+
+
+def test_followed_child_that_exited_stays_in_the_summary_after_the_given_pids():
+    processes = Processes({10: Identity(10, "sh", "sh -c x", 1.0)})
+    probe = ScriptedProbe([({**out(31, 500), **out(12, 1)}, {31: "curl"}),
+                           ({**out(12, 2)}, {}), ({**out(12, 3)}, {})])
+    clock = Clock()
+    sampler = Sampler(probe, Options(pids=[10], follow_children=True, interval=1.0, count=3),
+                      stop=Stop(clock), monotonic=clock, processes=processes)
+    summary = sampler.run(lambda record: True)
+    assert [(p.pid, p.name, p.bytes_out) for p in summary.processes] == [
+        (10, "sh", 0), (12, "?", 3), (31, "curl", 500)]
+    assert summary.aggregated.bytes_out == 503
 
 
 def test_without_follow_only_the_given_pids_are_rows():
@@ -340,3 +370,21 @@ def test_command_inherits_no_ignored_signal():
     command.release()
     command.on_end(lambda: None)
     assert command.wait() == 0
+
+
+def test_descendants_are_found_and_exclude_procnetmon_itself():
+    import subprocess
+
+    from procnetmon import procinfo
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(procinfo.descendants([shell.pid])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(procinfo.descendants([shell.pid])) == 2
+        assert procinfo.descendants([os.getppid()]).count(os.getpid()) == 0
+    finally:
+        for pid in procinfo.descendants([shell.pid]):
+            os.kill(pid, signal.SIGTERM)
+        shell.wait(5)

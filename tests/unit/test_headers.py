@@ -361,3 +361,31 @@ def test_a_tree_built_meanwhile_by_another_procnetmon_is_kept(tmp_path, system):
     assert (tree / "include/linux/kconfig.h").exists()
     kconfig.close()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path):
+    """One builds, the others wait for it and use its tree: none replaces a
+    tree another is compiling with."""
+    import threading
+    import time as _time
+
+    calls = []
+
+    def slow_build(root, *a, **k):
+        calls.append(root)
+        _time.sleep(0.2)
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, headers.STAMP), "w") as f:
+            f.write("x\n")
+
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "build_tree", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(headers.ensure_headers(str(tmp_path))))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(got) == 4 and len(set(got)) == 1

@@ -189,3 +189,17 @@ def test_format_table():
     assert "62 s" in lines[2] or "61 s" in lines[2]
     assert "missing: x" in lines[4]
     assert lines[-1].startswith("failed: 6.1 tracepoint test_payload[splice_from_socket]")
+
+
+def test_ensure_modules_links_the_unpacked_modules(tmp_path):
+    cache = tmp_path / "cache"
+    unpacked = cache / "kernels/5.10.0-32-amd64/lib/modules/5.10.0-32-amd64"
+    unpacked.mkdir(parents=True)
+    (unpacked / "modules.dep").write_text("")
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    os.symlink("/nowhere", modules / "5.10.0-32-amd64")  # what virtme-ng left when it saw no modules
+    vm.ensure_modules("5.10.0-32-amd64", str(modules), str(cache))
+    assert os.readlink(modules / "5.10.0-32-amd64") == str(unpacked)
+    vm.ensure_modules("5.10.0-32-amd64", str(modules), str(cache))  # already there: left alone
+    assert os.readlink(modules / "5.10.0-32-amd64") == str(unpacked)

@@ -1,0 +1,130 @@
+"""Compile and attach in a short-lived child; keep only the file descriptors.
+
+BCC's embedded LLVM stays resident in a process once it has compiled a
+program (about 100 MiB). A daemon does not need it after start-up: the
+kernel keeps programs attached and maps alive as long as some process holds
+their file descriptors. So ``attach_in_child`` runs this module as a child
+process, which compiles and attaches the probes of ``procnetmon.probes``
+as any run does, then sends every BPF program, map, link and perf-event
+descriptor it holds back over a Unix socket (SCM_RIGHTS), with the names of
+the maps, and exits. The parent reads the maps through libbpf
+(``procnetmon.probes.fdprobe``) and never imports bcc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+# Descriptors the kernel's BPF objects live behind (readlink of /proc/self/fd/N).
+KEPT_KINDS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
+              "anon_inode:[perf_event]", "anon_inode:bpf-link")
+MAP_NAMES = ("counters", "counted", "exited", "lost", "target_pids", "target_ifaces", "target_cgroups",
+             "owners", "early_owners", "pending", "sockets")
+MAX_FDS_PER_MESSAGE = 250  # the kernel takes at most SCM_MAX_FD (253) per message
+
+
+def _bpf_fds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(KEPT_KINDS):
+            fds.append(int(name))
+    return sorted(fds)
+
+
+def _send(sock: socket.socket, header: dict, fds: list[int]) -> None:
+    """The header (JSON) with the first batch of descriptors, then the rest in batches."""
+    batches = [fds[i:i + MAX_FDS_PER_MESSAGE] for i in range(0, len(fds), MAX_FDS_PER_MESSAGE)] or [[]]
+    header["batches"] = len(batches)
+    socket.send_fds(sock, [json.dumps(header).encode()], batches[0])
+    for batch in batches[1:]:
+        socket.send_fds(sock, [b"."], batch)
+
+
+def child_main(sock_fd: int) -> None:
+    """In the child: attach as told on stdin, hand the descriptors over, exit."""
+    from procnetmon.interfaces import InterfaceKey
+    from procnetmon.probes import ProbeError
+
+    sock = socket.socket(fileno=sock_fd)
+    config = json.loads(sys.stdin.read())
+    if config["mode"] == "wire":
+        from procnetmon.probes.wire import WireProbe as Probe
+    else:
+        from procnetmon.probes.payload import PayloadProbe as Probe
+    interfaces = None if config["interfaces"] is None else [InterfaceKey(*k) for k in config["interfaces"]]
+    probe = Probe(pids=config["pids"], interfaces=interfaces, include_loopback=config["include_loopback"],
+                  details=False, backend=config["backend"], cgroups=config["cgroups"],
+                  cgroup_mount=config["cgroup_mount"])
+    try:
+        probe.attach()
+    except ProbeError as e:
+        _send(sock, {"error": str(e)}, [])
+        os._exit(0)
+    fds = _bpf_fds()
+    maps = {}
+    for name in MAP_NAMES:
+        try:
+            maps[name] = fds.index(probe._bpf.get_table(name).map_fd)
+        except (KeyError, ValueError):
+            pass
+    _send(sock, {"backend": probe.backend.name, "maps": maps, "cgroup_ids": sorted(probe._cgroup_ids)}, fds)
+    sock.close()
+    # Not probe.close() nor BCC's exit handlers: they would detach what the
+    # parent now holds. The kernel drops this process's references only.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def attach_in_child(config: dict) -> tuple[dict, list[int]]:
+    """Run the child; return its header and the descriptors it sent (the
+    caller owns them). Raises ProbeError with the child's message."""
+    from procnetmon.probes import ProbeError
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The compiler's messages go to a file: a full pipe would stall the child.
+    errors = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "procnetmon.probes.handoff", str(child.fileno())],
+                                stdin=subprocess.PIPE, stderr=errors, pass_fds=[child.fileno()])
+        child.close()
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
+        fds: list[int] = []
+        try:
+            data, received, _flags, _addr = socket.recv_fds(parent, 1 << 16, MAX_FDS_PER_MESSAGE)
+        except OSError:
+            data, received = b"", []
+        if not data:
+            proc.wait()
+            errors.seek(0)
+            message = errors.read().decode("utf-8", "replace").strip().splitlines()
+            raise ProbeError("the loader process failed: " + (message[-1] if message else f"status {proc.returncode}"))
+        header = json.loads(data)
+        fds.extend(received)
+        for _ in range(header.get("batches", 1) - 1):
+            _data, more, _flags, _addr = socket.recv_fds(parent, 16, MAX_FDS_PER_MESSAGE)
+            fds.extend(more)
+        proc.wait()
+        if "error" in header:
+            for fd in fds:
+                os.close(fd)
+            errors.seek(0)
+            sys.stderr.write(errors.read().decode("utf-8", "replace"))  # the compiler's messages
+            raise ProbeError(header["error"])
+        return header, fds
+    finally:
+        parent.close()
+        errors.close()
+
+
+if __name__ == "__main__":
+    child_main(int(sys.argv[1]))
