@@ -205,7 +205,7 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
     options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
                              interval=args.interval, duration=args.time, count=args.count,
                              emit_intervals=cli.is_streaming(args), details=args.details,
-                             group_by=args.group_by, forget_exited=args.serve is not None)
+                             group_by=args.group_by, daemon=args.serve is not None)
     from procnetmon.probes import ProbeError
 
     target = out if args.output in (None, "-") else args.output

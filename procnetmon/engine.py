@@ -100,6 +100,10 @@ class Tally:
         self.aggregate_peaks.see(_rate(agg_in, seconds), _rate(agg_out, seconds))
 
 
+# --serve counts the sockets of its processes every this many intervals.
+DAEMON_SOCKETS_EVERY = 10
+
+
 @dataclass
 class Options:
     """What to sample and for how long; built by the CLI from its arguments."""
@@ -113,9 +117,13 @@ class Options:
     emit_intervals: bool = False  # print a record per interval
     details: bool = False
     group_by: str = "pid"  # or "name", "cgroup": rows folded per group
-    # A daemon (--serve): once an interval record has carried an exited
-    # process's last bytes, forget it (the summary will not list it).
-    forget_exited: bool = False
+    # A daemon (--serve), which must stay cheap however long it runs and
+    # however many processes there are: once an interval record has carried
+    # an exited process's last bytes, it is forgotten (the summary will not
+    # list it); liveness comes from the kernel's exit notes rather than
+    # /proc; a process's cgroup is read when it is first seen; sockets are
+    # counted every DAEMON_SOCKETS_EVERY intervals.
+    daemon: bool = False
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -145,6 +153,8 @@ class Sampler:
         # --group-by: the same tally over folded counters, for the groups' peaks.
         self.group_tally = Tally(options.interval)
         self.group_of: dict[int, str] = {}
+        self._socket_cache: dict = {}
+        self._records_since_sockets = 0
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.socket_totals: dict[tuple, tuple[int, int]] = {}
         self.lost_updates = 0
@@ -178,6 +188,8 @@ class Sampler:
     def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
         """A live process's cgroup now; an exited one's where it exited."""
         if alive:
+            if self.options.daemon and pid in self.cgroup_seen:
+                return self.cgroup_seen[pid]
             return self._live_cgroup(pid)
         cgroup_id = exited_cgroups.get(pid)
         path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
@@ -212,7 +224,7 @@ class Sampler:
                 record = self._record(RECORD_INTERVAL, last, now)
                 if not on_interval(record):
                     stopped = True
-                if opts.forget_exited:
+                if opts.daemon:
                     self._forget_exited(record)
             last = now
             if stopped or self.stop.is_set():
@@ -251,6 +263,15 @@ class Sampler:
             self.group_of[pid] = key
         return self.group_of[pid]
 
+    def _live_sockets(self, alive: set) -> dict:
+        if not self.options.daemon:
+            return self.processes.sockets_of(sorted(alive)) if alive else {}
+        self._records_since_sockets += 1
+        if self._records_since_sockets >= DAEMON_SOCKETS_EVERY or not self._socket_cache:
+            self._records_since_sockets = 0
+            self._socket_cache = self.processes.sockets_of(sorted(alive)) if alive else {}
+        return self._socket_cache
+
     def _forget_exited(self, record: Record) -> None:
         """Forget processes whose exit the kernel reported: their counters have
         left the kernel's map, so any later byte (a wire packet still in
@@ -264,7 +285,7 @@ class Sampler:
             return
         for pid in gone:
             for store in (self.identities, self.tally.totals, self.tally.window, self.tally.peaks,
-                          self.cgroup_seen, self.group_of):
+                          self.cgroup_seen, self.group_of, self._socket_cache):
                 store.pop(pid, None)
         forget(gone)
 
@@ -285,10 +306,15 @@ class Sampler:
         rows = []
         agg = Aggregate()
         pids = self._pids_for(kind)
-        alive = {pid for pid in pids
-                 if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
+        if self.options.daemon:
+            # The kernel notes every counted process's exit (and takes it out
+            # of `exited` only once it is forgotten), before its PID is reused.
+            alive = {pid for pid in pids if self.identities.get(pid) is not None and pid not in exited}
+        else:
+            alive = {pid for pid in pids
+                     if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
         # One look at the socket tables for the whole record, not one per process.
-        live_sockets = self.processes.sockets_of(sorted(alive)) if alive else {}
+        live_sockets = self._live_sockets(alive)
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
                                           exited, kernel_sockets))

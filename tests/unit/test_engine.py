@@ -719,7 +719,7 @@ def test_a_daemon_forgets_exited_processes_once_their_bytes_were_reported():
     probe = Probe([counters(p20=dict(tcp_in=100)), counters(p20=dict(tcp_in=150)),
                    counters(p20=dict(tcp_in=10))])
     processes = FakeProcesses({20: ident(20, "curl")}, alive=set())
-    sampler = make(probe, processes, count=3, emit_intervals=True, forget_exited=True)
+    sampler = make(probe, processes, count=3, emit_intervals=True, daemon=True)
     _, records = collect(sampler)
     assert [by_pid(r)[20].bytes_in for r in records] == [100, 50, 10]
     assert probe.forgotten == [20]
