@@ -100,7 +100,7 @@ def start_daemon(cgroup: str, interval: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "procnetmon", "--serve", f"127.0.0.1:{port}",
                              "--include-loopback", "--cgroup", cgroup, "--interval", interval],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # compiling takes long on a loaded machine
     while time.monotonic() < deadline:
         try:
             if "procnetmon_last_sample_timestamp_seconds" in metrics(port):
@@ -111,7 +111,7 @@ def start_daemon(cgroup: str, interval: str) -> tuple[subprocess.Popen, int]:
             raise SystemExit(f"procnetmon --serve failed: {proc.stderr.read()}")
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("procnetmon --serve did not start in 60 s")
+    raise SystemExit("procnetmon --serve did not start in 180 s")
 
 
 def counter(text: str, name: str, direction: str) -> float:
