@@ -11,8 +11,9 @@ CPU time are sampled every 10 s; at the end its counters must equal the
 bytes the processes wrote, exactly.
 
 many: --procs bash processes each hold a TCP connection to the sink and
-write one byte a second (no fork per write: ``read -t 1`` waits); the
-daemon's CPU over --duration is reported as a share of one core.
+write one byte a second (no fork per write: ``read -t 1`` waits), or with
+--idle one byte at the start only; the daemon's CPU over --duration is
+reported as a share of one core.
 
 Traffic stays on loopback. Prints one JSON document; everything made is
 removed at the end, also on errors and Ctrl-C.
@@ -178,8 +179,11 @@ def churn(args, cgroup_dir: str, cgroup: str) -> dict:
 
 def many(args, cgroup_dir: str, cgroup: str) -> dict:
     sink = Sink()
-    script = (f'echo $$ > {cgroup_dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{sink.port} && '
-              'while :; do printf x >&3; read -t 1 -u 3; done')
+    # --idle: one byte at the start (so the daemon knows them), then the
+    # socket is only held; else a byte every second.
+    write = "printf x >&3; read -u 3" if args.idle else "while :; do printf x >&3; read -t 1 -u 3; done"
+    script = f'echo $$ > {cgroup_dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{sink.port} && {write}'
+
     procs = []
     try:
         for _ in range(args.procs):
@@ -205,7 +209,7 @@ def many(args, cgroup_dir: str, cgroup: str) -> dict:
         for p in procs:
             p.wait()
         sink.stop = True
-    return {"kind": "many", "processes": args.procs, "alive_at_start": alive, "duration_s": round(t1 - t0, 1),
+    return {"kind": "many", "processes": args.procs, "idle": args.idle, "alive_at_start": alive, "duration_s": round(t1 - t0, 1),
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2), "rss_mib": round(rss, 2),
             "series": series}
 
@@ -220,6 +224,7 @@ def main(argv=None) -> int:
     m = sub.add_parser("many", help="N live processes with sockets; CPU")
     m.add_argument("--procs", type=int, default=1000)
     m.add_argument("--duration", type=float, default=120)
+    m.add_argument("--idle", action="store_true", help="hold the sockets without writing after the first byte")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     mount = cgroup2_mount()
