@@ -185,31 +185,32 @@ def many(args, cgroup_dir: str, cgroup: str) -> dict:
     script = f'echo $$ > {cgroup_dir}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.1/{sink.port} && {write}'
 
     procs = []
+    # The daemon first, so that it counts every process's first byte: the
+    # processes are all known to it (and, with --idle, then only hold).
+    daemon, port = start_daemon(cgroup, "1s")
     try:
         for _ in range(args.procs):
             procs.append(subprocess.Popen(["bash", "-c", script], stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
         time.sleep(5)
         alive = sum(1 for p in procs if p.poll() is None)
-        daemon, port = start_daemon(cgroup, "1s")
-        try:
-            time.sleep(10)  # past start-up: every process identified once
-            cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
-            time.sleep(args.duration)
-            cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
-            rss = rss_mib(daemon.pid)
-            series = sum(1 for line in metrics(port).splitlines()
-                         if line.startswith("procnetmon_payload_bytes_total{"))
-        finally:
-            daemon.terminate()
-            daemon.wait(30)
+        time.sleep(10)  # past start-up: every process identified once
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(args.duration)
+        cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        rss = rss_mib(daemon.pid)
+        series = sum(1 for line in metrics(port).splitlines()
+                     if line.startswith("procnetmon_payload_bytes_total{"))
     finally:
+        daemon.terminate()
+        daemon.wait(30)
         for p in procs:
             p.kill()
         for p in procs:
             p.wait()
         sink.stop = True
-    return {"kind": "many", "processes": args.procs, "idle": args.idle, "alive_at_start": alive, "duration_s": round(t1 - t0, 1),
+    return {"kind": "many", "processes": args.procs, "idle": args.idle, "alive_at_start": alive,
+            "duration_s": round(t1 - t0, 1),
             "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2), "rss_mib": round(rss, 2),
             "series": series}
 
