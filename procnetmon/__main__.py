@@ -150,7 +150,9 @@ def _describe_scope(args) -> str:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.continuous or (args.serve is not None and args.time is None and args.count is None):
+    if args.continuous:
+        how_long = "until Ctrl-C"
+    elif args.serve is not None and args.time is None and args.count is None:
         how_long = "until stopped"
     elif args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
