@@ -1,8 +1,8 @@
 """What ``procnetmon --serve`` costs as a daemon: resident memory over a long
 run with process churn, and CPU with many live processes holding sockets.
 
-    sudo .venv/bin/python -m bench.soak churn --duration 3600     # the 1-hour soak
-    sudo .venv/bin/python -m bench.soak many --procs 1000 --duration 120
+    sudo .venv/bin/python -m bench.daemon_soak churn --duration 3600     # the 1-hour soak
+    sudo .venv/bin/python -m bench.daemon_soak many --procs 1000 --duration 120
 
 churn: a process is started every 100 ms (bash, which connects to a local
 sink, writes --bytes bytes and exits), inside a cgroup the soak makes, and
@@ -216,7 +216,7 @@ def many(args, cgroup_dir: str, cgroup: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.daemon_soak", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
     c = sub.add_parser("churn", help="a process every 100 ms; memory over time")
     c.add_argument("--duration", type=float, default=3600)
