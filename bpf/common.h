@@ -6,6 +6,8 @@
  *
  * Options (-D):
  *   FILTER_PIDS       count only thread groups in target_pids
+ *   FOLLOW_CHILDREN   with FILTER_PIDS: a process forked by a target becomes
+ *                     a target itself, and leaves target_pids when it exits
  *   FILTER_IFACES     count only interfaces in target_ifaces (netns, ifindex)
  *   FILTER_CGROUPS    count only tasks of the cgroups (v2 ids) in target_cgroups;
  *                     needs OFF_CGROUP_* and OFF_KERNFS_NODE_* (cgroups created
@@ -91,6 +93,9 @@ BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
 /* Name of each counted process that exited, since /proc forgets it. User
  * space takes the entries out as it reads them. */
 BPF_TABLE("lru_hash", u32, struct exit_info, exited, MAX_EXITED);
+/* Thread groups that called exec since user space last looked: the name and
+ * command line it knows for them are stale. User space takes them out. */
+BPF_TABLE("lru_hash", u32, u8, execed, MAX_PIDS);
 /* Counter updates lost because a map was full: never silently. */
 BPF_ARRAY(lost, u64, 1);
 
@@ -113,6 +118,21 @@ static __always_inline u16 read_u16(const void *base, long off)
     u16 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
     return v;
+}
+
+/* The inode number of the socket file sk belongs to (what /proc/PID/fd shows
+ * as socket:[N]), or 0 once it has none (closed). The kernel hands inode
+ * numbers out from a counter, so unlike the struct sock's address it names
+ * one socket only, and user space finds live sockets by it. */
+static __always_inline u64 socket_ino(const void *sk)
+{
+    const char *sock = read_ptr(sk, OFF_SK_SOCKET);
+    if (!sock)
+        return 0;
+    u64 ino = 0;
+    bpf_probe_read_kernel(&ino, sizeof(ino),
+                          sock - OFF_SOCKET_ALLOC_SOCKET + OFF_SOCKET_ALLOC_INODE + OFF_INODE_INO);
+    return ino;
 }
 
 static __always_inline void note_lost(void)
@@ -178,14 +198,56 @@ static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u6
     __sync_fetch_and_add(val, bytes);
 }
 
-/* args: struct task_struct *p, bool group_dead. Keeps the name of a process
- * whose last thread exits, so its totals are still named in the summary. */
+/* Whether user space names tgid in its records: each given PID, or (without
+ * -p) each process with counters. */
+static __always_inline int is_reported(u32 tgid)
+{
+#ifdef FILTER_PIDS
+    return is_target(tgid);
+#else
+    return counted.lookup(&tgid) != 0;
+#endif
+}
+
+/* args: struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm.
+ * Runs in the task that exec'd, which is its thread group's leader by now. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_reported(tgid))
+        return 0;
+    u8 one = 1;
+    execed.update(&tgid, &one);
+    return 0;
+}
+
+/* Whether the exiting task is the last of its thread group. Recent kernels
+ * passes it to the tracepoint (-DHAVE_EXIT_GROUP_DEAD); before, do_exit()
+ * has already counted the task out of signal->live when the tracepoint fires. */
+static __always_inline int group_dead(struct bpf_raw_tracepoint_args *ctx)
+{
+#ifdef HAVE_EXIT_GROUP_DEAD
+    return ctx->args[1] & 1;
+#else
+    void *signal = read_ptr((void *)bpf_get_current_task(), OFF_TASK_SIGNAL);
+    return signal && read_u32(signal, OFF_SIGNAL_LIVE) == 0;
+#endif
+}
+
+/* args: struct task_struct *p (, bool group_dead). Keeps the name of a process
+ * whose last thread exits (after an exec, the new program's), so its totals
+ * are still named in the summary. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-    if (!(ctx->args[1] & 1))
+    if (!group_dead(ctx))
         return 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    if (!counted.lookup(&tgid))
+    int reported = is_reported(tgid);
+#if defined(FILTER_PIDS) && defined(FOLLOW_CHILDREN)
+    /* Room for new children, and a later process reusing the PID is no target. */
+    target_pids.delete(&tgid);
+#endif
+    if (!reported)
         return 0;
     counted.delete(&tgid);
     struct exit_info info = {};
@@ -197,6 +259,26 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
     exited.update(&tgid, &info);
     return 0;
 }
+
+#if defined(FILTER_PIDS) && defined(FOLLOW_CHILDREN)
+/* args: struct task_struct *parent (the forking task, current), struct
+ * task_struct *child. Fires in kernel_clone() before the child is first
+ * woken up, so a child of a target is one before it runs an instruction.
+ * A new thread (CLONE_THREAD) shares its parent's tgid: nothing to add. */
+RAW_TRACEPOINT_PROBE(sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    if (!target_pids.lookup(&parent))
+        return 0;
+    u32 child = read_u32((const void *)ctx->args[1], OFF_TASK_TGID);
+    if (child == parent || child == 0)
+        return 0;
+    u8 one = 1;
+    if (target_pids.update(&child, &one) != 0)
+        note_lost(); /* target_pids full: this child goes uncounted */
+    return 0;
+}
+#endif
 
 #ifdef FILTER_CGROUPS
 /* args: struct cgroup *cgrp, const char *path. A cgroup made below a target

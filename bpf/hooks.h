@@ -171,7 +171,8 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     return 0;
 }
 #elif defined(NEED_UDP_RX_IFINDEX)
-/* Without sk_data_ready (6.3-6.5) a received datagram's interface is unknown. */
+/* Without sk_data_ready (it came with sock_send_length in 6.3, but a kernel
+ * may leave it out) a received datagram's interface is unknown. */
 static __always_inline u32 udp_rx_hint(const void *sk)
 {
     return UNKNOWN_IFINDEX;

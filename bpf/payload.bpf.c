@@ -23,7 +23,15 @@ static __always_inline u32 udp_rx_hint(const void *sk);
 #endif
 
 #ifdef DETAILS
-BPF_TABLE("lru_hash", u64, struct sock_info, sockets, MAX_SOCKETS);
+/* Per socket and process: the kernel reuses a closed socket's memory for the
+ * next one, never its inode number; and a socket shared by two processes
+ * gives each its own bytes, so each process's rows add up to its totals. */
+struct socket_key {
+    u64 ino;
+    u32 tgid;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", struct socket_key, struct sock_info, sockets, MAX_SOCKETS);
 #endif
 
 /* The device of the socket's cached route: where its packets leave. Unset
@@ -79,7 +87,7 @@ static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
 static __always_inline void add_socket(const void *sk, u32 tgid, u16 family, u16 protocol,
                                        u16 dir, u64 bytes)
 {
-    u64 key = (u64)sk;
+    struct socket_key key = {.ino = socket_ino(sk), .tgid = tgid};
     struct sock_info *info = sockets.lookup(&key);
     if (!info) {
         struct sock_info fresh = {.tgid = tgid, .family = family, .protocol = protocol};
@@ -90,19 +98,21 @@ static __always_inline void add_socket(const void *sk, u32 tgid, u16 family, u16
             return;
         }
     }
-    /* Addresses are re-read on every call: a UDP socket may connect later,
-     * and a recycled struct sock may belong to a new connection. */
-    info->tgid = tgid;
-    info->family = family;
-    info->protocol = protocol;
-    info->lport = read_u16(sk, OFF_SK_NUM);
-    info->rport = __builtin_bswap16(read_u16(sk, OFF_SK_DPORT));
-    if (family == AF_INET) {
-        bpf_probe_read_kernel(info->laddr, 4, (const char *)sk + OFF_SK_RCV_SADDR);
-        bpf_probe_read_kernel(info->raddr, 4, (const char *)sk + OFF_SK_DADDR);
-    } else {
-        bpf_probe_read_kernel(info->laddr, 16, (const char *)sk + OFF_SK_V6_RCV_SADDR);
-        bpf_probe_read_kernel(info->raddr, 16, (const char *)sk + OFF_SK_V6_DADDR);
+    /* Addresses are re-read on every call: a UDP socket may connect later.
+     * Not once the socket has let go of its port (a TCP socket closed by
+     * the peer's FIN while its last bytes wait to be read): then they are
+     * what they were. */
+    u16 lport = read_u16(sk, OFF_SK_NUM);
+    if (lport) {
+        info->lport = lport;
+        info->rport = __builtin_bswap16(read_u16(sk, OFF_SK_DPORT));
+        if (family == AF_INET) {
+            bpf_probe_read_kernel(info->laddr, 4, (const char *)sk + OFF_SK_RCV_SADDR);
+            bpf_probe_read_kernel(info->raddr, 4, (const char *)sk + OFF_SK_DADDR);
+        } else {
+            bpf_probe_read_kernel(info->laddr, 16, (const char *)sk + OFF_SK_V6_RCV_SADDR);
+            bpf_probe_read_kernel(info->raddr, 16, (const char *)sk + OFF_SK_V6_DADDR);
+        }
     }
     if (dir == DIR_IN)
         __sync_fetch_and_add(&info->bytes_in, bytes);

@@ -11,10 +11,11 @@
  * received in softirq, where "current" is unrelated. Its socket can. The
  * socket-call hooks (hooks.h), in process context, note each socket's owner
  * under the socket's cookie, a number the kernel never gives two sockets.
- * connect() and listen() (TCP state changes into SYN_SENT and LISTEN) run
- * in the owner's context too, but before the socket has a cookie: they
- * note the owner under the socket's address, and the socket's first packet
- * moves it under the cookie. A packet of a socket whose owner is not known
+ * connect() (the TCP state change into SYN_SENT) runs in the owner's
+ * context too, but before the socket has a cookie: it notes the owner
+ * under the socket's address, and the socket's first packet moves it under
+ * the cookie. The server side of a handshake passes through the listener
+ * and is given to the accepted socket (see note_handshake). A packet of a socket whose owner is not known
  * yet (a connection accepted but not read from yet, a UDP socket before its
  * first call returns) is counted per cookie in `pending`, and user space
  * gives those bytes to the owner once it is known, even after the process
@@ -29,6 +30,7 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_LISTEN 10
+#define TCP_NEW_SYN_RECV 12
 
 #ifndef MAX_PENDING
 #define MAX_PENDING 16384
@@ -37,6 +39,7 @@
 struct owner {
     u32 tgid;
     u32 netns;
+    u64 ino; /* the socket's inode number: user space finds live sockets by it */
 };
 
 struct pending_key {
@@ -118,7 +121,7 @@ static __always_inline void note_owner(const void *sk)
     u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return;
-    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk)};
+    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk), .ino = socket_ino(sk)};
     if (cookie) {
         owners.update(&cookie, &fresh);
     } else {
@@ -153,43 +156,10 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     return 0;
 }
 
-static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
+/* Bytes of a socket whose owner is not known yet: kept per cookie until it is. */
+static __always_inline void hold_for_owner(struct bpf_sock *sk, u64 cookie, u32 ifindex, u16 protocol,
+                                           u16 dir, u64 bytes)
 {
-    struct bpf_sock *sk = skb->sk;
-    if (!sk)
-        return;
-    sk = bpf_sk_fullsock(sk);
-    if (!sk)
-        return;
-    if (sk->family != AF_INET && sk->family != AF_INET6)
-        return;
-    u16 protocol = sk->protocol;
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
-        return;
-    u32 ifindex = skb->ifindex;
-    u64 bytes = skb->len;
-    u64 cookie = bpf_get_socket_cookie(skb); /* made on first use */
-    struct owner *owner = owners.lookup(&cookie);
-    if (!owner) {
-        /* The address as a number: the key connect() and listen() used. */
-        u64 addr = (u64)sk;
-        struct owner *early = early_owners.lookup(&addr);
-        if (early) {
-            struct owner moved = *early;
-            owners.update(&cookie, &moved);
-            early_owners.delete(&addr);
-            owner = owners.lookup(&cookie);
-        }
-    }
-    if (owner) {
-        if (iface_ok(owner->netns, ifindex)) {
-            add(owner->tgid, ifindex, protocol, dir, bytes);
-#ifdef DETAILS
-            add_socket(sk, cookie, ifindex, dir, bytes);
-#endif
-        }
-        return;
-    }
 #ifndef FILTER_IFACES
     if (!iface_ok(0, ifindex))
         return;
@@ -209,6 +179,182 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
         }
     }
     __sync_fetch_and_add(val, bytes);
+}
+
+/*
+ * The server side of a TCP handshake (SYN in, SYN-ACK out, the final ACK in)
+ * passes through the listener (or its request socket), which belongs to no
+ * connection and whose owner nobody notes: listen() changes the state
+ * without the inet_sock_set_state tracepoint. Its bytes wait here under the
+ * connection's addresses until the socket accepted for that connection has
+ * a packet of its own, which is always before its owner is known; they then
+ * join that socket's, and so its owner's: the process that accepts it.
+ */
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+struct handshake_key {
+    u8 local[16]; /* IPv4 as ::ffff:a.b.c.d, as a dual-stack socket keeps it */
+    u8 remote[16];
+    u16 lport; /* host order */
+    u16 rport;
+    u32 pad;
+};
+
+struct handshake_bytes {
+    u64 bytes_in;
+    u64 bytes_out;
+    u32 ifindex_in;
+    u32 ifindex_out;
+};
+
+BPF_TABLE("lru_hash", struct handshake_key, struct handshake_bytes, handshakes, MAX_PENDING);
+
+static __always_inline void mapped_v4(u8 *out, u32 addr)
+{
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &addr, 4);
+}
+
+/* The connection of a TCP packet, seen from this host; 0 if not TCP over IP. */
+static __always_inline int packet_key(struct __sk_buff *skb, u16 dir, struct handshake_key *key)
+{
+    u8 ip[40] = {};
+    u8 ports[4] = {};
+    u8 *src, *dst;
+    u8 src4[16], dst4[16];
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, ip, 20) || ip[9] != IPPROTO_TCP)
+            return 0;
+        if (bpf_skb_load_bytes(skb, (ip[0] & 0xf) * 4, ports, 4))
+            return 0;
+        u32 saddr, daddr;
+        __builtin_memcpy(&saddr, ip + 12, 4);
+        __builtin_memcpy(&daddr, ip + 16, 4);
+        mapped_v4(src4, saddr);
+        mapped_v4(dst4, daddr);
+        src = src4;
+        dst = dst4;
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        /* A handshake carries no extension headers: TCP follows at once. */
+        if (bpf_skb_load_bytes(skb, 0, ip, 40) || ip[6] != IPPROTO_TCP)
+            return 0;
+        if (bpf_skb_load_bytes(skb, 40, ports, 4))
+            return 0;
+        src = ip + 8;
+        dst = ip + 24;
+    } else {
+        return 0;
+    }
+    u16 sport = ((u16)ports[0] << 8) | ports[1], dport = ((u16)ports[2] << 8) | ports[3];
+    if (dir == DIR_IN) {
+        __builtin_memcpy(key->local, dst, 16);
+        __builtin_memcpy(key->remote, src, 16);
+        key->lport = dport;
+        key->rport = sport;
+    } else {
+        __builtin_memcpy(key->local, src, 16);
+        __builtin_memcpy(key->remote, dst, 16);
+        key->lport = sport;
+        key->rport = dport;
+    }
+    return 1;
+}
+
+static __always_inline void note_handshake(struct __sk_buff *skb, u16 dir)
+{
+    struct handshake_key key = {};
+    if (!packet_key(skb, dir, &key))
+        return;
+    struct handshake_bytes *hs = handshakes.lookup(&key);
+    if (!hs) {
+        struct handshake_bytes zero = {};
+        handshakes.insert(&key, &zero);
+        hs = handshakes.lookup(&key);
+        if (!hs) {
+            note_lost();
+            return;
+        }
+    }
+    if (dir == DIR_IN) {
+        hs->ifindex_in = skb->ifindex;
+        __sync_fetch_and_add(&hs->bytes_in, (u64)skb->len);
+    } else {
+        hs->ifindex_out = skb->ifindex;
+        __sync_fetch_and_add(&hs->bytes_out, (u64)skb->len);
+    }
+}
+
+/* The handshake of an accepted TCP socket joins its bytes, if one was seen. */
+static __always_inline void claim_handshake(struct bpf_sock *sk, u64 cookie)
+{
+    struct handshake_key key = {.lport = (u16)sk->src_port, .rport = __builtin_bswap16(sk->dst_port)};
+    if (sk->family == AF_INET) {
+        mapped_v4(key.local, sk->src_ip4);
+        mapped_v4(key.remote, sk->dst_ip4);
+    } else {
+        u32 src[4] = {sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3]};
+        u32 dst[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+        __builtin_memcpy(key.local, src, 16);
+        __builtin_memcpy(key.remote, dst, 16);
+    }
+    struct handshake_bytes *hs = handshakes.lookup(&key);
+    if (!hs)
+        return;
+    struct handshake_bytes seen = *hs;
+    handshakes.delete(&key);
+    if (seen.bytes_in)
+        hold_for_owner(sk, cookie, seen.ifindex_in, IPPROTO_TCP, DIR_IN, seen.bytes_in);
+    if (seen.bytes_out)
+        hold_for_owner(sk, cookie, seen.ifindex_out, IPPROTO_TCP, DIR_OUT, seen.bytes_out);
+}
+
+static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
+{
+    struct bpf_sock *sk = skb->sk;
+    if (!sk)
+        return;
+    if (sk->state == TCP_LISTEN || sk->state == TCP_NEW_SYN_RECV) {
+        note_handshake(skb, dir);
+        return;
+    }
+    sk = bpf_sk_fullsock(sk);
+    if (!sk)
+        return;
+    if (sk->family != AF_INET && sk->family != AF_INET6)
+        return;
+    u16 protocol = sk->protocol;
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+        return;
+    u32 ifindex = skb->ifindex;
+    u64 bytes = skb->len;
+    u64 cookie = bpf_get_socket_cookie(skb); /* made on first use */
+    struct owner *owner = owners.lookup(&cookie);
+    if (!owner) {
+        /* The address as a number: the key connect() used. */
+        u64 addr = (u64)sk;
+        struct owner *early = early_owners.lookup(&addr);
+        if (early) {
+            struct owner moved = *early;
+            owners.update(&cookie, &moved);
+            early_owners.delete(&addr);
+            owner = owners.lookup(&cookie);
+        }
+    }
+    if (owner) {
+        if (iface_ok(owner->netns, ifindex)) {
+            add(owner->tgid, ifindex, protocol, dir, bytes);
+#ifdef DETAILS
+            add_socket(sk, cookie, ifindex, dir, bytes);
+#endif
+        }
+        return;
+    }
+    if (protocol == IPPROTO_TCP)
+        claim_handshake(sk, cookie);
+    hold_for_owner(sk, cookie, ifindex, protocol, dir, bytes);
 }
 
 /* Both return 1: procnetmon only counts, it never drops a packet. */

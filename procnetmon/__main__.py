@@ -3,11 +3,19 @@
 Everything that can be wrong with the request (a PID that does not exist,
 an unknown interface, missing privileges) is reported before any probe is
 attached. Once sampling runs, SIGINT and SIGTERM only end it early: the
-summary of everything measured is still written.
+summary of everything measured is still written. Before that, they end the
+program at once (status 130 or 143, no traceback): nothing is attached and
+nothing has been written yet. A signal after the summary changes nothing.
+
+With ``-- COMMAND`` procnetmon lives as long as COMMAND does: once COMMAND is
+forked, SIGINT and SIGQUIT are ignored (a terminal sends them to COMMAND, in
+the same process group, directly, as time(1) expects too), SIGTERM and
+SIGHUP are passed on to COMMAND, and COMMAND's end ends sampling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import signal
@@ -16,17 +24,15 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from procnetmon import cgroups, cli, engine, interfaces, procinfo
-from procnetmon.kernel import check
-from procnetmon.model import MODE_WIRE
-from procnetmon.output.writer import Writer
+from procnetmon import cli
 
 
 class ExitStatus(enum.IntEnum):
     OK = 0
-    ERROR = 1  # measurement failed at run time
+    ERROR = 1  # measurement failed at run time, or the output could not be written
     USAGE = 2  # bad options, nonexistent PID, unknown interface
     UNAVAILABLE = 3  # missing privileges or a kernel feature
+    INTERRUPTED = 128  # + the signal number: stopped before sampling began
 
 
 class Fatal(Exception):
@@ -39,12 +45,61 @@ def _say(stream: TextIO, message: str) -> None:
     try:
         stream.write(f"procnetmon: {message}\n")
         stream.flush()
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr closed or full: the exit status still tells
+
+
+def _load_modules() -> None:
+    """The rest of procnetmon (psutil, the BTF reader, the engine), imported
+    after the early signal handlers are in place: a Ctrl-C during these
+    imports ends the program quietly instead of with a traceback."""
+    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError
+    from procnetmon import cgroups, engine, interfaces, launch, procinfo  # noqa: F811
+    from procnetmon.kernel import check  # noqa: F811
+    from procnetmon.model import MODE_WIRE  # noqa: F811
+    from procnetmon.output.writer import OutputError, Writer  # noqa: F811
+
+
+def _quit_before_sampling(signum, _frame) -> None:
+    # Nothing is attached and nothing written yet: leave at once, as the
+    # default action would, but without KeyboardInterrupt's traceback.
+    os._exit(ExitStatus.INTERRUPTED + signum)
+
+
+def _install_early_handlers() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _quit_before_sampling)
+
+
+def _repair_std_streams() -> bool:
+    """Point closed standard descriptors at /dev/null so that nothing opened
+    later (the -o file) takes their number and no write to them raises.
+    Returns whether standard output was closed: then nobody reads it, as
+    after ``| head`` has exited."""
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    if 1 in closed or sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    return 1 in closed
 
 
 def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     findings = check.run_checks()
+    # What each mode needs beyond loading BPF programs, after that line.
+    after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
+    capabilities = check.check_capabilities()
+    findings[after:after] = capabilities
     width = max(len(f.name) for f in findings)
     for f in findings:
         mark = "ok " if f.ok else ("NO " if f.required else "-- ")
@@ -54,6 +109,9 @@ def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
     ready, backend = check.payload_backend(findings, wanted_backend)
     out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
     wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
+    wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
+    if wire_ready and not wire_privileges.ok:
+        wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
     out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
     out.flush()
     return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
@@ -94,7 +152,8 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
 
-def _make_probe(args):
+def _make_probe(args, pids: Optional[list[int]] = None):
+    """The probe for ``pids`` (default: -p's), and whether loopback counts."""
     if args.mode == MODE_WIRE:
         from procnetmon.probes.wire import WireProbe as Probe
     else:
@@ -104,16 +163,20 @@ def _make_probe(args):
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
-    if args.serve is not None and not args.ebpf and not args.details:
+    if args.serve is not None and not args.ebpf and not args.details and not _follows_children(args):
         # A daemon keeps no compiler: the probes are loaded by a child
         # process and read here through libbpf (probes/handoff.py).
         from procnetmon.probes.fdprobe import FdProbe
 
         return FdProbe(mode=args.mode, pids=args.pids, interfaces=keys, include_loopback=include_loopback,
                        backend=args.backend, cgroups=targets, cgroup_mount=mount), include_loopback
-    return Probe(pids=args.pids, interfaces=keys, include_loopback=include_loopback,
+    return Probe(pids=args.pids if pids is None else pids, interfaces=keys, include_loopback=include_loopback,
                  details=args.details, backend=args.backend, cgroups=targets,
-                 cgroup_mount=mount), include_loopback
+                 cgroup_mount=mount, follow_children=_follows_children(args)), include_loopback
+
+
+def _follows_children(args) -> bool:
+    return bool(args.command) or (args.children and args.pids is not None)
 
 
 def _print_ebpf(probe, out: TextIO) -> None:
@@ -142,23 +205,52 @@ def _seconds_since_launch() -> Optional[float]:
         return None
 
 
-def _describe_scope(args) -> str:
-    who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}" if args.pids else "every process"
+def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
+    if command is not None:
+        who = f"{os.path.basename(args.command[0])} (PID {command.pid}) and all it starts"
+    elif args.pids:
+        who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}"
+        if _follows_children(args):
+            who += " and their descendants"
+    else:
+        who = "every process"
     if args.cgroups:
         who += f" in {', '.join(args.cgroups)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.continuous:
-        how_long = "until Ctrl-C"
-    elif args.serve is not None and args.time is None and args.count is None:
+    if args.serve is not None and args.time is None and args.count is None:
         how_long = "until stopped"
     elif args.count is not None:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
-    else:
+    elif args.time is not None:
         how_long = f"for {args.time:g} s"
+    else:
+        how_long = "until it ends" if command is not None else "until Ctrl-C"
+    if command is not None and (args.count is not None or args.time is not None):
+        how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
+
+
+def _warn_on_unknown_counts(write, err: TextIO):
+    """``write``, saying once on stderr why connection counts are unknown
+    (null, "?") when a record first has such a process."""
+    warned = False
+
+    def emit(record) -> bool:
+        nonlocal warned
+        if not warned:
+            unknown = [p.pid for p in record.processes if p.tcp_connections is None]
+            if unknown:
+                warned = True
+                _say(err, f"warning: connection counts of {len(unknown)} process"
+                          f"{'es' if len(unknown) > 1 else ''} (PID {', '.join(map(str, unknown[:5]))}"
+                          f"{', ...' if len(unknown) > 5 else ''}) are unknown: their /proc/PID/fd is not "
+                          "readable without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+        return write(record)
+
+    return emit
 
 
 def _metrics_writer(args, target):
@@ -190,37 +282,100 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run(args, out: TextIO, err: TextIO) -> ExitStatus:
+def _install_command_handlers(command: launch.Command) -> None:
+    def forward(signum, _frame):
+        command.forward(signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGHUP, forward)
+
+
+def _start_command(args) -> launch.Command:
+    """COMMAND forked and waiting at its gate, with procnetmon's signals set for it."""
+    try:
+        launch.check_runnable(args.command)
+    except launch.CommandError as e:
+        raise Fatal(e.status, f"error: {e}") from None
+    command = launch.Command(args.command, launch.invoking_user(os.environ, os.geteuid()))
+    command.start()
+    _install_command_handlers(command)
+    return command
+
+
+def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
-    probe, include_loopback = _make_probe(args)
     if args.ebpf:
-        _print_ebpf(probe, out)
+        _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)
         return ExitStatus.OK
+    if args.command:
+        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
                                             "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+    if args.mode == MODE_WIRE and not check.has_wire_privileges():
+        raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
+                                            "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
+                                            "run with sudo, or use --mode payload")
+    if not args.command:
+        return _measure(args, out, err, None, stdout_closed)
+    command = _start_command(args)
+    try:
+        _measure(args, out, err, command, stdout_closed)
+    finally:
+        command.abort()  # COMMAND never ran if procnetmon failed before releasing it
+    return command.wait()
 
-    stop = threading.Event()
-    _install_stop_handlers(stop)
-    options = engine.Options(pids=args.pids, interfaces=args.interfaces, include_loopback=include_loopback,
-                             interval=args.interval, duration=args.time, count=args.count,
-                             emit_intervals=cli.is_streaming(args), details=args.details,
-                             group_by=args.group_by, daemon=args.serve is not None)
+
+def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
+             stdout_closed: bool) -> ExitStatus:
+    if command is not None:
+        pids = [command.pid]
+    elif _follows_children(args):
+        # Those running now; the kernel adds the ones forked from now on.
+        pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
+    else:
+        pids = args.pids
+    probe, include_loopback = _make_probe(args, pids)
+    options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
+                             include_loopback=include_loopback, interval=args.interval, duration=args.time,
+                             count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
+                             group_by=args.group_by, follow_children=_follows_children(args),
+                             command=args.command, forget_exited=args.serve is not None)
     from procnetmon.probes import ProbeError
 
-    target = out if args.output in (None, "-") else args.output
+    if command is not None:
+        # COMMAND keeps standard output; the records go where time(1) puts its own.
+        to_stdout = False
+        target = err if args.output is None else args.output
+        where = "standard error" if args.output is None else args.output
+    else:
+        to_stdout = args.output in (None, "-")
+        target = out if to_stdout else args.output
+        where = "standard output" if to_stdout else args.output
+    if to_stdout and stdout_closed:
+        return ExitStatus.OK  # nobody reads: nothing to measure for
     serving = ""
     if args.serve is not None or args.format == "prometheus":
         writer, serving = _metrics_writer(args, target)
     else:
         try:
+            # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
             writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                             details=args.details, units=args.units, sort=args.sort, top=args.top,
                             no_header=args.no_header)
         except OSError as e:
             raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
+    stop = threading.Event()
+    if command is None:
+        _install_stop_handlers(stop)
+    if hasattr(writer, "watch"):
+        # A reader that leaves (| head) ends the run within an interval, even
+        # when nothing is being written.
+        writer.watch(stop.set)
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -235,29 +390,66 @@ def run(args, out: TextIO, err: TextIO) -> ExitStatus:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args)}{serving}")
-            summary = sampler.run(writer.write)
+                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}{serving}")
+            if command is not None:
+                try:
+                    command.release()
+                except launch.CommandError as e:
+                    raise Fatal(e.status, f"error: {e}") from None
+                command.on_end(stop.set)
+            elif _follows_children(args):
+                # Forked between the look above and the attach: the kernel missed them.
+                probe.add_pids(procinfo.descendants(args.pids))
+            emit = _warn_on_unknown_counts(writer.write, err)
+            summary = sampler.run(emit)
             if summary.lost_updates:
                 _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
             if not writer.closed:
-                writer.write(summary)
+                emit(summary)
         finally:
             probe.close()
-    finally:
         writer.close()
+    except OutputError as e:
+        raise Fatal(ExitStatus.ERROR, f"error: cannot write to {where}: {e.strerror}") from None
+    finally:
+        writer.close(quiet=True)
+    if command is not None and command.status is None and not args.quiet:
+        _say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
 
 
 def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
          stderr: Optional[TextIO] = None) -> int:
+    """Run procnetmon and return its exit status. Called without streams it
+    is the program itself: it also takes care of closed standard
+    descriptors and of signals before and after sampling."""
+    whole_program = stdout is None and stderr is None
+    stdout_closed = False
+    if whole_program:
+        _install_early_handlers()
+        stdout_closed = _repair_std_streams()
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args = cli.parse_args(argv)
     try:
-        return int(run(args, out, err))
-    except Fatal as e:
-        _say(err, str(e))
-        return int(e.status)
+        try:
+            # argparse prints --help, --version and usage errors itself.
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                args = cli.parse_args(argv)
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (ExitStatus.OK if e.code is None else ExitStatus.USAGE)
+        _load_modules()
+        try:
+            return int(run(args, out, err, stdout_closed=stdout_closed))
+        except Fatal as e:
+            _say(err, str(e))
+            return int(e.status)
+    finally:
+        if whole_program:
+            # The summary is out: a late second Ctrl-C must not turn the
+            # status into death by signal while the interpreter shuts down
+            # (which puts back the default handlers).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ MIN_INTERVAL = 0.1  # seconds; shorter intervals cost more than they tell
 IFNAME_MAX = 15
 # The highest PID Linux can hand out (PID_MAX_LIMIT on 64-bit).
 PID_MAX = 4194304
+# How many PIDs -p takes: the size of the kernel's PID filter map (MAX_PIDS
+# in bpf/common.h). Refused here, before anything is attached.
+MAX_PIDS = 4096
+# The longest -t and --interval: a year. Longer ones overflow the timers
+# they end up in, and nobody samples for longer in one run.
+MAX_DURATION = 365 * 24 * 3600.0
+# The largest -n and --top.
+MAX_COUNT = 1_000_000_000
 
 FORMATS = ("text", "json", "csv", "prometheus")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
@@ -46,7 +54,12 @@ eBPF probes (loaded through BCC) count, in the kernel and filtered there by
 PID and interface, the bytes of every socket call (payload mode) or of every
 IP packet of each process's sockets (wire mode), and procnetmon prints
 per-process totals, rates, peaks and TCP/UDP connection counts as a table,
-JSON or CSV. Needs root, or CAP_BPF and CAP_PERFMON."""
+JSON or CSV. Connection counts are the sockets a process holds at the end of
+a record: tcp_connections counts TCP sockets in every state, listening ones
+included (as ss -a does); tcp_listening counts the listening ones alone.
+Needs root, or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
+without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
+counts are unknown). --check says what is missing."""
 
 EXAMPLES = """\
 examples:
@@ -55,6 +68,9 @@ examples:
   sudo procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
   sudo procnetmon -t 60s --csv -o /var/log/net.csv     # cron: appends rows, header only once
   sudo procnetmon -p "$(pgrep -d, nginx)" -t 5s --json | jq '.processes[] | select(.bytes_out > 1e6)'
+  sudo procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
+  sudo procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
+  sudo procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
   sudo procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -68,6 +84,14 @@ _DURATION_RE = re.compile(
     rf"(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?"
 )
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short when it is long (a
+    list of thousands of PIDs, a number of thousands of digits)."""
+    if len(text) <= 60:
+        return repr(text)
+    return f"{text[:40]!r}... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------
@@ -84,11 +108,15 @@ def parse_duration(text: str) -> float:
         seconds = -1.0  # reported as "not more than zero" below
     if seconds is None:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: write a number with a unit, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: write a number with a unit, {DURATION_EXAMPLES}"
         )
     if seconds <= 0:
         raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: it must be more than zero, {DURATION_EXAMPLES}"
+            f"invalid duration {_shown(text)}: it must be more than zero, {DURATION_EXAMPLES}"
+        )
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {_shown(text)}: the longest is a year (8760h), {DURATION_EXAMPLES}"
         )
     return seconds
 
@@ -96,7 +124,7 @@ def parse_duration(text: str) -> float:
 def _duration_seconds(compact: str) -> Optional[float]:
     """Seconds in a whitespace-free, lower-case duration, or None if malformed."""
     if re.fullmatch(_NUMBER, compact):
-        return float(compact)
+        return float(compact)  # may be inf (400 digits): refused as too long
     match = _DURATION_RE.fullmatch(compact)
     if not compact or match is None:
         return None
@@ -105,7 +133,7 @@ def _duration_seconds(compact: str) -> Optional[float]:
         for unit, value in match.groupdict().items()
         if value is not None
     )
-    return seconds if math.isfinite(seconds) else None
+    return None if math.isnan(seconds) else seconds
 
 
 def parse_interval(text: str) -> float:
@@ -113,7 +141,7 @@ def parse_interval(text: str) -> float:
     seconds = parse_duration(text)
     if seconds < MIN_INTERVAL:
         raise argparse.ArgumentTypeError(
-            f"interval {text!r} is too short: the shortest is 100ms, e.g. --interval 1s"
+            f"interval {_shown(text)} is too short: the shortest is 100ms, e.g. --interval 1s"
         )
     return seconds
 
@@ -122,38 +150,50 @@ def parse_pids(text: str) -> list[int]:
     """A comma-separated list of PIDs; spaces and empty items are tolerated,
     duplicates dropped, order kept."""
     pids: list[int] = []
+    seen: set[int] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue  # "1,2," and the like: harmless
         if not item.isdigit() or not item.isascii() or int(item) == 0:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: PIDs are positive integers, e.g. -p 1234,5678"
+                f"invalid PID {_shown(item)} in {_shown(text)}: PIDs are positive integers, e.g. -p 1234,5678"
             )
         pid = int(item)
         if pid > PID_MAX:
             raise argparse.ArgumentTypeError(
-                f"invalid PID {item!r} in {text!r}: Linux PIDs are at most {PID_MAX}"
+                f"invalid PID {_shown(item)} in {_shown(text)}: Linux PIDs are at most {PID_MAX}"
             )
-        if pid not in pids:
+        if pid not in seen:
+            seen.add(pid)
             pids.append(pid)
+            if len(pids) > MAX_PIDS:
+                raise argparse.ArgumentTypeError(
+                    f"too many PIDs: at most {MAX_PIDS} can be measured at once "
+                    "(leave out -p to measure every process)"
+                )
     if not pids:
         # Typically $(pgrep ...) that matched nothing.
         raise argparse.ArgumentTypeError(
-            f"no PID in {text!r}: give at least one, e.g. -p 1234,5678 "
+            f"no PID in {_shown(text)}: give at least one, e.g. -p 1234,5678 "
             "(if it came from pgrep, nothing matched)"
         )
     return pids
 
 
 def parse_interfaces(text: str) -> list[str]:
-    """A comma-separated list of interface names, checked for syntax only
-    (whether they exist is the engine's business)."""
+    """A comma-separated list of interface names, each IFACE (this network
+    namespace), NETNS/IFACE (a namespace of ``ip netns``) or pid:PID/IFACE
+    (the namespace of process PID); checked for syntax only (whether they
+    exist is the engine's business)."""
     names: list[str] = []
     for item in (part.strip() for part in text.split(",")):
-        problem = _ifname_problem(item)
+        namespace, ifname = item.split("/", 1) if "/" in item else (None, item)
+        problem = _netns_problem(namespace) if namespace is not None else None
+        problem = problem or _ifname_problem(ifname)
         if problem:
             raise argparse.ArgumentTypeError(
-                f"invalid interface name {item!r} in {text!r}: {problem}, e.g. -i eth0,wlan0"
+                f"invalid interface name {_shown(item)} in {_shown(text)}: {problem}, "
+                "e.g. -i eth0,wlan0 or -i NETNS/eth0"
             )
         if item not in names:
             names.append(item)
@@ -173,6 +213,20 @@ def _ifname_problem(name: str) -> Optional[str]:
     return None
 
 
+def _netns_problem(namespace: str) -> Optional[str]:
+    """Why NETNS of NETNS/IFACE cannot name a network namespace."""
+    if namespace.startswith("pid:"):
+        pid = namespace[4:]
+        if not (pid.isdigit() and pid.isascii() and 0 < int(pid) <= PID_MAX):
+            return "pid:PID/IFACE needs a PID, e.g. pid:1234/eth0"
+        return None
+    if not namespace:
+        return "NETNS/IFACE needs a namespace name before the '/' (from ip netns)"
+    if namespace in (".", "..") or any(c.isspace() for c in namespace):
+        return "a namespace name (from ip netns) is not '.', '..' and has no whitespace"
+    return None
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``[ADDR:]PORT`` for --serve: "9101", ":9101", "127.0.0.1:9101", "[::1]:9101".
     Without an address, every IPv4 address (as node_exporter listens)."""
@@ -188,14 +242,21 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def positive_int(text: str) -> int:
-    """An integer of at least 1 (for ``--count`` and ``--top``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    """An integer from 1 to ``MAX_COUNT`` (for ``--count`` and ``--top``)."""
+    stripped = text.strip()
+    # Checked before int(): a number of thousands of digits is refused by
+    # length, not by Python's digit limit.
+    if not (stripped.isascii() and stripped.isdigit()) or len(stripped) > 12:
+        value = 0 if not (stripped.isascii() and stripped.isdigit()) else MAX_COUNT + 1
+    else:
+        value = int(stripped)
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"invalid number {text!r}: give a whole number of 1 or more, e.g. 5"
+            f"invalid number {_shown(text)}: give a whole number of 1 or more, e.g. 5"
+        )
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"invalid number {_shown(text)}: the largest is {MAX_COUNT}"
         )
     return value
 
@@ -249,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing_options(parser)
     _add_output_options(parser)
     _add_other_options(parser)
+    _add_command_argument(parser)
     return parser
 
 
@@ -256,15 +318,25 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to measure")
     group.add_argument(
         "-p", "--pids", metavar="PIDS", type=parse_pids, default=None,
-        help="comma-separated PIDs to measure, e.g. 1234,5678 (default: every process); "
+        help="comma-separated PIDs to measure, e.g. 1234,5678, at most 4096 "
+        "(default: every process); "
         "a PID that does not exist is an error, one that exits during the run is "
         "reported as not alive",
+    )
+    group.add_argument(
+        "--children", action="store_true",
+        help="with -p: also measure every descendant of the PIDs, those running now and "
+        "those they start while sampling, however short-lived (the kernel adds each "
+        "to the PID filter when it is forked); each is a row once it has moved bytes",
     )
     group.add_argument(
         "-i", "--interface", metavar="IFACES", dest="interfaces",
         type=parse_interfaces, default=None,
         help="comma-separated interfaces to count, e.g. eth0,wlan0 "
-        "(default: every interface but loopback); naming lo counts loopback",
+        "(default: every interface but loopback); naming lo counts loopback. "
+        "An interface of another network namespace is NETNS/IFACE, NETNS a name "
+        "that ip netns lists (/run/netns/NETNS), or pid:PID/IFACE, the namespace "
+        "of process PID (a container's eth0: pid:1234/eth0)",
     )
     group.add_argument(
         "--include-loopback", action="store_true", dest="include_loopback",
@@ -289,25 +361,29 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "how long",
         "Give one of -t, -c or -n. -t alone prints one summary at the end;\n"
-        "-c, -n, or -t with --interval also print a record every interval.",
+        "-c, -n, or -t with --interval also print a record every interval.\n"
+        "With -- COMMAND none is needed: sampling ends when COMMAND ends.",
     )
     group.add_argument(
         "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
-        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES})",
+        help=f"sample for DURATION, then print the summary ({DURATION_EXAMPLES}; "
+        "at most a year); with -- COMMAND at most that long: COMMAND keeps running "
+        "when DURATION ends first",
     )
     group.add_argument(
         "-c", "--continuous", action="store_true",
-        help="print a record every interval until Ctrl-C or SIGTERM, then the summary",
+        help="print a record every interval until Ctrl-C or SIGTERM (with -- COMMAND: "
+        "until COMMAND ends), then the summary",
     )
     group.add_argument(
         "-n", "--count", metavar="N", type=positive_int, default=None,
-        help="print N interval records, then the summary",
+        help="print N interval records, then the summary (N from 1 to 1000000000)",
     )
     group.add_argument(
         "--interval", metavar="DURATION", type=parse_interval,
         default=DEFAULT_INTERVAL, action=_StoreGiven,
         help="length of one interval, which is also the window of the peak rates "
-        "(default: 1s, at least 100ms)",
+        "(default: 1s, at least 100ms, at most a year)",
     )
 
 
@@ -396,6 +472,26 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command_argument(parser: argparse.ArgumentParser) -> None:
+    # Only shown here: parse_args() takes COMMAND from after the first "--"
+    # itself, so that nothing before it is mistaken for a command.
+    group = parser.add_argument_group("measuring a command")
+    group.add_argument(
+        "command", nargs="*", metavar="-- COMMAND",
+        help="start COMMAND [ARGS...] and measure it and every process it starts, "
+        "however short-lived, until COMMAND ends; then print the summary and exit with "
+        "COMMAND's exit status (128 + N when signal N killed it; 127 when it cannot be "
+        "found). COMMAND keeps standard input, output and error, the environment and "
+        "the working directory; under sudo it runs as the invoking user (SUDO_UID, "
+        "SUDO_GID and that user's groups). The records go to standard error, or to -o "
+        "FILE. Ctrl-C reaches COMMAND as without procnetmon, and procnetmon still "
+        "writes the summary; SIGTERM and SIGHUP sent to procnetmon are passed on to "
+        "COMMAND. -t or -n may end sampling first: the summary is written then, "
+        "COMMAND keeps running unmeasured, and procnetmon still waits for it "
+        "and exits with its status",
+    )
+
+
 def _default_backend() -> str:
     return os.environ.get(BACKEND_ENV, "").strip() or "auto"
 
@@ -407,6 +503,12 @@ def _default_backend() -> str:
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Enforce the rules that join options; on a violation call
     ``parser.error`` (exit status 2) with a message that says what to write."""
+    for action in parser._actions:
+        # argparse drops a lone "--" given as a value (--top=--) and stores
+        # an empty list, never calling the option's type.
+        if action.type is not None and action.nargs is None and getattr(args, action.dest, None) == []:
+            parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, e.g. "
+                         f"{action.option_strings[-1]}={action.metavar or 'VALUE'}")
     if args.time is not None and not args.interval_given and args.interval > args.time:
         # The default interval only sets the peak resolution: a short -t
         # (say -t 500ms) narrows it rather than being refused.
@@ -429,11 +531,26 @@ def _violations(args: argparse.Namespace):
                f"use one of {', '.join(BACKENDS)}")
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
+    yield from _command_violations(args)
     yield from _duration_violations(args)
     if args.serve is not None and (args.format_options or args.output not in (None, "-")):
         yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
+
+
+def _command_violations(args: argparse.Namespace):
+    command = getattr(args, "command", None)
+    if command:
+        if args.pids is not None:
+            yield ("-p measures running processes and -- COMMAND the one it starts: "
+                   "use one of them (-p PIDS --children follows running processes' children)")
+        if args.output == "-":
+            yield ("-o - would mix the records into COMMAND's standard output: they go to "
+                   "standard error by default, or give -o FILE")
+    elif args.children and args.pids is None:
+        yield ("--children follows the descendants of the -p PIDS: add -p "
+               "(without -p every process is measured already)")
 
 
 def _duration_violations(args: argparse.Namespace):
@@ -443,7 +560,8 @@ def _duration_violations(args: argparse.Namespace):
         yield "-c runs until stopped; drop -t, or use -t alone"
     if args.count is not None and args.time is not None:
         yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
-    if args.time is None and not args.continuous and args.count is None and args.serve is None:
+    if (args.time is None and not args.continuous and args.count is None and args.serve is None
+            and not getattr(args, "command", None)):
         yield (
             "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
             "or -n 5 (five intervals)"
@@ -461,16 +579,35 @@ def _seconds(value: float) -> str:
 
 def is_streaming(args: argparse.Namespace) -> bool:
     """Whether a record is printed every interval (before the final summary):
-    with -c, with -n, or with -t and an explicit --interval."""
+    with -c, with -n, or with -t or -- COMMAND and an explicit --interval."""
     return bool(
         getattr(args, "serve", None) is not None
         or args.continuous
         or args.count is not None
-        or (args.time is not None and args.interval_given)
+        or ((args.time is not None or getattr(args, "command", None)) and args.interval_given)
     )
+
+
+def split_command(argv: list[str]) -> tuple[list[str], Optional[list[str]]]:
+    """procnetmon's own arguments, and COMMAND: what follows the first ``--``
+    (None without one, [] when nothing follows it)."""
+    if "--" not in argv:
+        return list(argv), None
+    at = argv.index("--")
+    return list(argv[:at]), list(argv[at + 1:])
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Parse and validate ``argv`` (default: ``sys.argv[1:]``)."""
+    import sys
+
     parser = build_parser()
-    return validate(parser.parse_args(argv), parser)
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if args.command:
+        parser.error(f"unexpected argument {args.command[0]!r}: to measure a command, "
+                     f"put -- before it, e.g. {PROG} -- {args.command[0]}")
+    if command is not None and not command:
+        parser.error(f"nothing to run after --: give a command, e.g. {PROG} -- curl -sO URL")
+    args.command = command
+    return validate(args, parser)

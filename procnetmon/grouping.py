@@ -30,6 +30,11 @@ def fold(rows: list[ProcessStats], key_of: dict[int, str], by: str, seconds: flo
             for key, members in groups.items()]
 
 
+def _sum_known(values) -> Optional[int]:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
 def _folded(key: str, members: list[ProcessStats], by: str, seconds: float, peak, total) -> ProcessStats:
     names = sorted({m.name for m in members})
     cgroup_paths = {m.cgroup for m in members}
@@ -42,8 +47,9 @@ def _folded(key: str, members: list[ProcessStats], by: str, seconds: float, peak
         bytes_in=sum(m.bytes_in for m in members), bytes_out=sum(m.bytes_out for m in members),
         tcp=Bytes(sum(m.tcp.bytes_in for m in members), sum(m.tcp.bytes_out for m in members)),
         udp=Bytes(sum(m.udp.bytes_in for m in members), sum(m.udp.bytes_out for m in members)),
-        tcp_connections=sum(m.tcp_connections for m in members),
-        udp_connections=sum(m.udp_connections for m in members),
+        # An unknown count (None: sockets not readable) makes the group's unknown.
+        tcp_connections=_sum_known(m.tcp_connections for m in members),
+        udp_connections=_sum_known(m.udp_connections for m in members),
         total_bytes_in=sum(m.total_bytes_in for m in members),
         total_bytes_out=sum(m.total_bytes_out for m in members),
         cgroup=cgroup or None, container=workload.container, pod=workload.pod,

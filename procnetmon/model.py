@@ -79,11 +79,13 @@ class ProcessStats:
     peak_rate_out: float = 0.0
     tcp: Bytes = field(default_factory=Bytes)
     udp: Bytes = field(default_factory=Bytes)
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    # None: unknown, the process's sockets could not be read (JSON null).
+    tcp_connections: Optional[int] = 0  # every TCP socket held, listening ones included (as ss -a)
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     connections: Optional[list[Connection]] = None  # only with --details
+    tcp_listening: Optional[int] = 0  # the listening TCP sockets among tcp_connections
     cgroup: Optional[str] = None  # cgroup v2 path ("/system.slice/nginx.service"); at exit for exited ones
     container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
     pod: Optional[str] = None  # Kubernetes pod UID the path names
@@ -100,10 +102,11 @@ class Aggregate:
     rate_out: float = 0.0
     peak_rate_in: float = 0.0
     peak_rate_out: float = 0.0
-    tcp_connections: int = 0
-    udp_connections: int = 0
+    tcp_connections: Optional[int] = 0  # None when any process's count is unknown
+    udp_connections: Optional[int] = 0
     total_bytes_in: int = 0
     total_bytes_out: int = 0
+    tcp_listening: Optional[int] = 0
 
 
 @dataclass
@@ -122,6 +125,23 @@ class Record:
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
 
 
+def clean_text(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a name or command line that were
+    not UTF-8 (which Python carries as lone surrogates) become ``\\xHH``,
+    a backslash, ``x`` and two hex digits, as Python's ``backslashreplace``
+    writes them. Everything else is kept as it is."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def timestamp(moment: datetime) -> str:
+    """ISO 8601 to the millisecond: records a fraction of a second apart stay apart."""
+    return moment.isoformat(timespec="milliseconds")
+
+
 def _round_rate(value: float) -> float:
     return round(value, 3)
 
@@ -129,8 +149,8 @@ def _round_rate(value: float) -> float:
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d = {
         "pid": p.pid,
-        "name": p.name,
-        "cmdline": p.cmdline,
+        "name": clean_text(p.name),
+        "cmdline": clean_text(p.cmdline),
         "alive": p.alive,
         "bytes_in": p.bytes_in,
         "bytes_out": p.bytes_out,
@@ -142,6 +162,7 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
         "udp": p.udp.to_dict(),
         "tcp_connections": p.tcp_connections,
         "udp_connections": p.udp_connections,
+        "tcp_listening": p.tcp_listening,
     }
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = p.total_bytes_in
@@ -166,6 +187,7 @@ def aggregate_to_dict(a: Aggregate, record_type: str) -> dict:
         "peak_rate_out": _round_rate(a.peak_rate_out),
         "tcp_connections": a.tcp_connections,
         "udp_connections": a.udp_connections,
+        "tcp_listening": a.tcp_listening,
     }
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = a.total_bytes_in
@@ -179,8 +201,8 @@ def record_to_dict(r: Record) -> dict:
         "schema": SCHEMA,
         "type": r.type,
         "mode": r.mode,
-        "start": r.start.isoformat(timespec="seconds"),
-        "end": r.end.isoformat(timespec="seconds"),
+        "start": timestamp(r.start),
+        "end": timestamp(r.end),
         "duration_s": round(r.duration_s, 3),
         "interfaces": list(r.interfaces) if r.interfaces is not None else None,
         "include_loopback": r.include_loopback,

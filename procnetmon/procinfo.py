@@ -66,3 +66,15 @@ def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
 def cgroup_of(pid: int) -> Optional[str]:
     """The cgroup v2 path of a live process (None once it is gone)."""
     return cgroups.process_cgroup(pid)
+
+
+def descendants(pids: list[int]) -> list[int]:
+    """PIDs of every process now below ``pids`` in the process tree (children,
+    their children, ...), in no particular order."""
+    found: set[int] = set()
+    for pid in pids:
+        try:
+            found.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+    return sorted(found)

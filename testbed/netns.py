@@ -4,7 +4,8 @@ Traffic may only go to loopback or to namespaces the tests themselves make,
 with addresses that cannot collide with the machine's own: a /30 of the
 benchmarking range 198.18.0.0/15 (RFC 2544) is only used when no address or
 route of this host touches it and the kernel would route it out through the
-default gateway, i.e. nothing on this machine answers it yet.
+default gateway (or, on a host without a network, not at all), i.e. nothing
+on this machine answers it yet.
 """
 
 from __future__ import annotations
@@ -43,8 +44,13 @@ def used_networks() -> list:
 
 
 def routes_outward(addr) -> bool:
-    """True when the kernel would send ``addr`` to the default gateway: unused here."""
-    route = sh("ip", "-4", "route", "get", str(addr), check=False)
+    """True when nothing of this host answers ``addr``: the kernel would send it to the
+    default gateway, or has no route for it at all (a host without a network, such as
+    the kernel matrix's VMs)."""
+    done = subprocess.run(["ip", "-4", "route", "get", str(addr)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return "network is unreachable" in done.stderr.lower()
+    route = done.stdout
     return bool(route) and not route.startswith(("local", "broadcast", "unreachable")) and " via " in route
 
 

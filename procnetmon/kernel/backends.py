@@ -43,12 +43,12 @@ REQUIRED = ("inet_sendmsg", "inet_recvmsg", "tcp_splice_read")
 FUNCTIONS = SEND + RECV + SENDPAGE + SPLICE_READ + UDP_CONSUME
 
 TRACEPOINTS = ("sock_send_length", "sock_recv_length")
-# Tells the tracepoint backend a UDP datagram's interface (Linux 6.6+?).
+# Tells the tracepoint backend a UDP datagram's interface (Linux 6.3+).
 OPTIONAL_TRACEPOINTS = ("sk_data_ready",)
 SPLICE_SYSCALL_EVENTS = ("syscalls/sys_enter_splice", "syscalls/sys_exit_splice")
 
 
-FACTS_FILE = "btf-facts-v1.json"
+FACTS_FILE = "btf-facts-v2.json"
 
 
 @dataclass
@@ -59,6 +59,7 @@ class BtfFacts:
     tracepoints: dict  # raw tracepoint name -> whether it exists
     functions: dict  # kernel function -> its BTF id, or None
     has_sendpage: bool  # struct proto_ops has ->sendpage (before Linux 6.5)
+    exit_group_dead: bool = False  # sched_process_exit passes group_dead (after 6.12)
 
     @classmethod
     def from_btf(cls, btf: BTF) -> "BtfFacts":
@@ -67,8 +68,10 @@ class BtfFacts:
             sendpage = True
         except BTFError:
             sendpage = False
+        # A raw tracepoint's BTF prototype starts with a void *__data.
+        exit_args = btf.func_proto_arity("btf_trace_sched_process_exit") or 0
         return cls({t: btf.has_typedef(f"btf_trace_{t}") for t in TRACEPOINTS + OPTIONAL_TRACEPOINTS},
-                   {f: btf.func_id(f) for f in FUNCTIONS}, sendpage)
+                   {f: btf.func_id(f) for f in FUNCTIONS}, sendpage, exit_args >= 3)
 
 
 def btf_facts(btf: Optional[BTF] = None, cache_dir: Optional[str] = None) -> Optional["BtfFacts"]:

@@ -22,6 +22,7 @@ TRACEFS = "/sys/kernel/tracing"
 HELPER_TRACEPOINTS = ("sched_process_exit",)
 WIRE_TRACEPOINTS = ("inet_sock_set_state",)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_SYS_PTRACE = 1, 2, 12, 19
 
 
 @dataclass
@@ -45,18 +46,66 @@ def effective_caps(status_path: str = "/proc/self/status") -> int:
     return 0
 
 
+def _has(caps: int, cap: int) -> bool:
+    return bool(caps & (1 << cap))
+
+
 def has_bpf_privileges(caps: Optional[int] = None) -> bool:
+    """Whether BPF programs can be loaded and tracepoints attached (payload mode)."""
     caps = effective_caps() if caps is None else caps
-    if caps & (1 << CAP_SYS_ADMIN):
+    if _has(caps, CAP_SYS_ADMIN):
         return True
-    return bool(caps & (1 << CAP_BPF)) and bool(caps & (1 << CAP_PERFMON))
+    return _has(caps, CAP_BPF) and _has(caps, CAP_PERFMON)
 
 
-def check_privileges() -> Finding:
-    if has_bpf_privileges():
+def has_wire_privileges(caps: Optional[int] = None) -> bool:
+    """Whether wire mode can run: cgroup_skb programs are network-admin
+    programs, refused (EPERM) without CAP_NET_ADMIN or CAP_SYS_ADMIN."""
+    caps = effective_caps() if caps is None else caps
+    return has_bpf_privileges(caps) and (_has(caps, CAP_NET_ADMIN) or _has(caps, CAP_SYS_ADMIN))
+
+
+def can_read_other_processes(caps: Optional[int] = None) -> bool:
+    """Whether other processes' /proc/PID/fd can be read, which their
+    connection counts need: readlink there is a ptrace-mode access
+    (CAP_SYS_PTRACE), and the directory of another user's process is
+    closed to root without CAP_DAC_READ_SEARCH (or CAP_DAC_OVERRIDE)."""
+    caps = effective_caps() if caps is None else caps
+    return _has(caps, CAP_SYS_PTRACE) and (_has(caps, CAP_DAC_READ_SEARCH) or _has(caps, CAP_DAC_OVERRIDE))
+
+
+def check_privileges(caps: Optional[int] = None) -> Finding:
+    caps = effective_caps() if caps is None else caps
+    if has_bpf_privileges(caps):
         return Finding("privileges", True, "can load BPF programs (CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN)")
     return Finding("privileges", False, "loading BPF programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
                    "run as root: sudo procnetmon ...")
+
+
+WIRE_PRIVILEGES = "wire privileges"
+SOCKET_PRIVILEGES = "connection counts"
+
+
+def check_capabilities(caps: Optional[int] = None) -> list[Finding]:
+    """What each mode needs beyond loading BPF programs, and what is lost without it."""
+    caps = effective_caps() if caps is None else caps
+    findings = []
+    if has_wire_privileges(caps):
+        findings.append(Finding(WIRE_PRIVILEGES, True, "can attach cgroup_skb programs (CAP_NET_ADMIN or "
+                                                       "CAP_SYS_ADMIN; needed by wire mode only)", required=False))
+    else:
+        findings.append(Finding(WIRE_PRIVILEGES, False, "wire mode also needs CAP_NET_ADMIN (or CAP_SYS_ADMIN) "
+                                                        "to attach its cgroup_skb programs",
+                                "run as root, or add CAP_NET_ADMIN", required=False))
+    if can_read_other_processes(caps):
+        findings.append(Finding(SOCKET_PRIVILEGES, True, "can read every process's sockets (CAP_SYS_PTRACE and "
+                                                         "CAP_DAC_READ_SEARCH)", required=False))
+    else:
+        findings.append(Finding(SOCKET_PRIVILEGES, False, "other processes' /proc/PID/fd is unreadable without "
+                                                          "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: their TCP/UDP "
+                                                          "connection counts will be reported as unknown",
+                                "run as root, or add CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", required=False))
+    return findings
 
 
 def check_bcc() -> Finding:
@@ -104,6 +153,20 @@ def check_headers() -> Finding:
                            "apt-get install linux-libc-dev")
     return Finding("kernel headers", True, "none installed; procnetmon builds the small tree BCC needs in "
                                            f"{os.path.join(cache.kernel_cache_dir(), f'headers-v{headers.TREE_VERSION}')}", required=False)
+
+
+def check_kernel_config() -> Finding:
+    """Whether procnetmon's own header tree has a kernel configuration to be built from."""
+    if headers.real_headers_dir():
+        return Finding("kernel config", True, "not needed: kernel headers are installed", required=False)
+    try:
+        _text, path = headers.read_config()
+    except headers.NoConfigError as e:
+        release = os.uname().release
+        return Finding("kernel config", False, "none readable, so no header tree can be built: " + "; ".join(e.tried),
+                       f"apt-get install linux-headers-{release}, or copy the kernel's config "
+                       f"to /boot/config-{release}")
+    return Finding("kernel config", True, f"{path} (for procnetmon's header tree)", required=False)
 
 
 def tracepoint_available(name: str, btf: Optional[BTF]) -> bool:
@@ -232,6 +295,7 @@ def run_checks() -> list[Finding]:
         *check_backends(btf),
         check_cgroup2(),
         check_cgroup_bpf(config),
+        check_kernel_config(),
     ]
 
 

@@ -3,12 +3,17 @@
 BCC compiles every program against ``/lib/modules/$(uname -r)/build`` (or
 ``$BCC_KERNEL_SOURCE``). procnetmon's programs include no kernel header and
 read struct fields by BTF offset, so a small synthetic tree satisfies BCC:
-the uapi headers of the C library's linux-libc-dev, a kconfig made from
-``/proc/config.gz``, and the few kernel-only names BCC's helpers use.
+the uapi headers of the C library's linux-libc-dev, a kconfig made from the
+kernel's configuration (``/proc/config.gz``, else ``/boot/config-<release>``
+as Debian ships it, else ``/lib/modules/<release>/config``), and the few
+kernel-only names BCC's helpers use. BCC's helpers refuse to compile without
+``CONFIG_BPF_SYSCALL``, so no configuration means no tree, said as such.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import re
@@ -20,22 +25,112 @@ from procnetmon.kernel import cache
 SYSTEM_UAPI = "/usr/include/linux"
 SYSTEM_ASM_GENERIC = "/usr/include/asm-generic"
 PROC_CONFIG = "/proc/config.gz"
-TREE_VERSION = 2  # bumped whenever the tree's content changes
+# v3: the kconfig comes from whichever configuration the kernel offers, and
+# types.h has loff_t. Versioned, so that two procnetmon versions on one
+# machine never rebuild each other's tree.
+TREE_VERSION = 3
 STAMP = f".procnetmon-tree-v{TREE_VERSION}"
+MERGED_STAMP = ".procnetmon-merged-v1"
 
 
 class HeadersError(Exception):
     """Neither real kernel headers nor the parts of a synthetic tree are available."""
 
 
-def real_headers_dir(release: Optional[str] = None) -> Optional[str]:
-    """The installed kernel header tree, when the distribution ships one."""
+class NoConfigError(HeadersError):
+    """No kernel configuration is readable, so no synthetic tree can be built."""
+
+    def __init__(self, tried: list[str]):
+        self.tried = tried  # each place looked at, and why it did not do
+        release = os.uname().release
+        super().__init__("no kernel configuration to build the header tree from (" + "; ".join(tried) + "): "
+                         f"install linux-headers-{release}, or copy the kernel's config to /boot/config-{release}")
+
+
+def config_candidates(release: Optional[str] = None) -> list[str]:
+    """Where a kernel keeps its configuration, most trusted first."""
     release = release or os.uname().release
-    for name in ("build", "source"):
-        path = f"/lib/modules/{release}/{name}"
-        if os.path.isfile(os.path.join(path, "include/linux/kconfig.h")):
-            return path
+    return [PROC_CONFIG, f"/boot/config-{release}", f"/lib/modules/{release}/config"]
+
+
+def read_config(paths: Optional[list[str]] = None) -> tuple[str, str]:
+    """The first readable kernel configuration of ``paths``: its text and its path.
+
+    Raises NoConfigError naming each place and why it failed.
+    """
+    paths = paths if paths is not None else config_candidates()
+    why = []
+    for path in paths:
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as f:
+                text = f.read()
+        except FileNotFoundError:
+            why.append(f"{path} is missing")
+            continue
+        except (OSError, EOFError) as e:
+            why.append(f"{path}: {getattr(e, 'strerror', None) or e}")
+            continue
+        if "CONFIG_" not in text:
+            why.append(f"{path} has no CONFIG_ line")
+            continue
+        return text, path
+    raise NoConfigError(why)
+
+
+def real_headers_dir(release: Optional[str] = None, modules_dir: str = "/lib/modules") -> Optional[str]:
+    """The installed kernel header tree, when the distribution ships one.
+
+    Debian splits it: ``build`` holds the generated headers (autoconf.h),
+    ``source`` the rest. Both are needed, so a split tree is returned as
+    ``source`` only when ``build`` completes it; see split_headers().
+    """
+    release = release or os.uname().release
+    build, source = f"{modules_dir}/{release}/build", f"{modules_dir}/{release}/source"
+    if _has(build, "include/linux/kconfig.h") and _has(build, "include/generated/autoconf.h"):
+        return build
+    if split_headers(release, modules_dir):
+        return source
     return None
+
+
+def _has(root: str, rel: str) -> bool:
+    return os.path.isfile(os.path.join(root, rel))
+
+
+def split_headers(release: Optional[str] = None, modules_dir: str = "/lib/modules") -> Optional[tuple[str, str]]:
+    """(build, source) when the installed headers are split between the two, as Debian ships them."""
+    release = release or os.uname().release
+    build, source = f"{modules_dir}/{release}/build", f"{modules_dir}/{release}/source"
+    if _has(source, "include/linux/kconfig.h") and _has(build, "include/generated/autoconf.h"):
+        return build, source
+    return None
+
+
+def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = None) -> str:
+    """One directory of links that joins Debian's split headers, and return it.
+
+    With $BCC_KERNEL_SOURCE set, BCC looks for everything under one
+    directory, but Debian keeps the generated headers in ``build`` and the
+    rest in ``source``: link each of source's entries, and build's generated
+    directories next to them.
+    """
+    arch = arch or _arch_name()
+    tmp = f"{root}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # BCC reads only include/ and arch/<arch>/include/ (see its kbuild_helper).
+    for sub in ("include", f"arch/{arch}/include"):
+        os.makedirs(os.path.join(tmp, sub))
+        src_dir = os.path.join(source, sub)
+        for name in sorted(os.listdir(src_dir)) if os.path.isdir(src_dir) else []:
+            if name != "generated":
+                _link(os.path.join(src_dir, name), os.path.join(tmp, sub, name))
+        if os.path.isdir(os.path.join(build, sub, "generated")):
+            _link(os.path.join(build, sub, "generated"), os.path.join(tmp, sub, "generated"))
+    _write(f"{tmp}/{MERGED_STAMP}", f"{build}\n{source}\n")
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+    return root
 
 
 def _arch_asm_dir() -> str:
@@ -63,14 +158,6 @@ def autoconf_from_config(config_text: str) -> str:
         else:
             out.append(f"#define {name} {value}")
     return "\n".join(out) + "\n"
-
-
-def _read_config() -> str:
-    try:
-        with gzip.open(PROC_CONFIG, "rt") as f:
-            return f.read()
-    except OSError:
-        return ""  # without a config the programs still compile: they test no CONFIG_
 
 
 def _version_code(release: str) -> int:
@@ -134,8 +221,9 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
         if not os.path.isdir(needed):
             raise HeadersError(f"{needed} is missing: install the C library's kernel headers "
                                "(Debian/Ubuntu: apt-get install linux-libc-dev)")
+    config_source = "given"
     if config_text is None:
-        config_text = _read_config()
+        config_text, config_source = read_config(config_candidates(release))
     tmp = f"{root}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     arch = _arch_name()
@@ -159,7 +247,7 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
             _link(os.path.join(uapi_dir, name), dest)
     _link(asm_generic_dir, f"{tmp}/include/uapi/asm-generic")
     _link(asm_dir, f"{tmp}/arch/{arch}/include/uapi/asm")
-    _write(f"{tmp}/{STAMP}", release + "\n")
+    _write(f"{tmp}/{STAMP}", f"{release}\n{config_source}\n")
 
     shutil.rmtree(root, ignore_errors=True)
     os.rename(tmp, root)
@@ -169,15 +257,86 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
 def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
     """A header directory BCC can use, and whether it is synthetic.
 
-    Real headers win when installed. Otherwise the synthetic tree is built
-    once per kernel build in the cache directory and reused.
+    Real headers win when installed (split ones joined by links in the
+    cache). Otherwise the synthetic tree is built once per kernel build in
+    the cache directory and reused.
     """
     real = real_headers_dir()
     if real:
-        return real, False
-    # Versioned, so that two procnetmon versions on one machine never rebuild
-    # each other's tree.
+        split = split_headers()
+        if not split:
+            return real, False
+        root = os.path.join(cache_dir or cache.kernel_cache_dir(), "headers-joined")
+        want = "{}\n{}\n".format(*split)
+        try:
+            with open(os.path.join(root, MERGED_STAMP)) as f:
+                fresh = f.read() == want
+        except OSError:
+            fresh = False
+        if not fresh:
+            with _building(root):
+                try:
+                    with open(os.path.join(root, MERGED_STAMP)) as f:
+                        fresh = f.read() == want
+                except OSError:
+                    fresh = False
+                if not fresh:
+                    merge_split_tree(root, *split)
+        return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
     if not os.path.isfile(os.path.join(root, STAMP)):
-        build_tree(root)
+        with _building(root):
+            if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
+                build_tree(root)
     return root, True
+
+
+@contextlib.contextmanager
+def _building(root: str):
+    """Hold the lock on ``root``'s tree while it is (re)made: procnetmons
+    started together (cron jobs, a payload and a wire run) must not replace
+    the tree under one that is compiling with it."""
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    with open(root + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def tree_config_source(header_dir: str) -> Optional[str]:
+    """The configuration a synthetic tree was built from (None for real headers or no tree)."""
+    try:
+        with open(os.path.join(header_dir, STAMP)) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    return lines[1] if len(lines) > 1 else ""
+
+
+def compile_failure_cause(header_dir: str) -> str:
+    """Why BCC may have failed to compile against ``header_dir``, as one clause.
+
+    BCC prints the compiler's own errors and raises only "Failed to compile";
+    the usual causes lie in the header tree, so name what it holds.
+    """
+    source = tree_config_source(header_dir)
+    if source is None:
+        if not os.path.isfile(os.path.join(header_dir, "include/generated/autoconf.h")):
+            return (f"the kernel headers in {header_dir} have no include/generated/autoconf.h "
+                    "(CONFIG_BPF_SYSCALL is undefined without it): install the headers package "
+                    "that matches the running kernel")
+        return f"compiling against the kernel headers in {header_dir} failed (the compiler's errors are above)"
+    try:
+        with open(os.path.join(header_dir, "include/generated/autoconf.h")) as f:
+            autoconf = f.read()
+    except OSError:
+        autoconf = ""
+    if "#define CONFIG_BPF_SYSCALL 1" not in autoconf:
+        if "#define CONFIG_" not in autoconf:
+            return (f"CONFIG_BPF_SYSCALL is undefined: the header tree {header_dir} has no kernel configuration; "
+                    f"remove it and run again to rebuild it from {', '.join(config_candidates())}")
+        return f"CONFIG_BPF_SYSCALL is not set in the kernel configuration {source}: this kernel cannot run BPF"
+    return (f"compiling against procnetmon's header tree {header_dir} (configuration from {source}) failed "
+            "(the compiler's errors are above)")

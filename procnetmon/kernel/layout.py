@@ -38,7 +38,18 @@ FIELDS = {
     "NET_NS_INUM": ("net", "ns.inum"),
     "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
     "TASK_COMM": ("task_struct", "comm"),
+    "TASK_TGID": ("task_struct", "tgid"),  # -p --children, -- COMMAND: the forked child's
     "SOCKET_SK": ("socket", "sk"),
+    # Whether an exiting task is its group's last (kernels whose
+    # sched_process_exit tracepoint does not say).
+    "TASK_SIGNAL": ("task_struct", "signal"),
+    "SIGNAL_LIVE": ("signal_struct", "live"),
+    # A socket's inode number (socket:[N] in /proc/PID/fd): unique per socket
+    # for the whole run, where the struct sock address is reused (details).
+    "SK_SOCKET": ("sock", "sk_socket"),
+    "SOCKET_ALLOC_SOCKET": ("socket_alloc", "socket"),
+    "SOCKET_ALLOC_INODE": ("socket_alloc", "vfs_inode"),
+    "INODE_INO": ("inode", "i_ino"),
     # splice(2) out of a TCP socket, seen from the syscall (tracepoint backend):
     # the socket behind a file descriptor of the calling task.
     "TASK_FILES": ("task_struct", "files"),

@@ -4,7 +4,9 @@ rename or reorder).
 
 Numbers are those of the JSON form (plain bytes and bytes per second, rates
 rounded as in ``record_to_dict``); booleans are ``true``/``false``.  With
-``aggregate`` a record also gets a ``TOTAL`` row whose pid is empty.
+``aggregate`` a record also gets a ``TOTAL`` row whose pid is empty; a record
+without any process gets that row (of zeros) anyway, so every record leaves
+at least one row.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import csv
 import io
 
-from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict
+from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict, timestamp
 
 CSV_COLUMNS = (
-    "timestamp",  # end of the record's window, ISO 8601
+    "timestamp",  # end of the record's window, ISO 8601 to the millisecond
     "type",  # interval or summary
     "pid",
     "name",
@@ -38,6 +40,7 @@ CSV_COLUMNS = (
     "total_bytes_in",  # since the start; equals bytes_in in a summary
     "total_bytes_out",
     "interfaces",  # "all" or names joined by ";"
+    "tcp_listening",  # listening TCP sockets, also counted in tcp_connections
     "cgroup",  # cgroup v2 path; empty when unknown
     "container",  # container or systemd unit the path names; empty for none
     "pod",  # Kubernetes pod UID; empty for none
@@ -57,7 +60,9 @@ def format_csv(record: Record, header: bool, aggregate: bool) -> str:
     common = _record_fields(record)
     for process in record.processes:
         writer.writerow({**common, **_process_fields(process, record.type)})
-    if aggregate:
+    if aggregate or not record.processes:
+        # A record with no process still leaves a row: a cron job's idle
+        # minute must not look like a minute it did not run.
         writer.writerow({**common, **_total_fields(record)})
     return buf.getvalue()
 
@@ -65,7 +70,7 @@ def format_csv(record: Record, header: bool, aggregate: bool) -> str:
 def _record_fields(record: Record) -> dict:
     interfaces = "all" if record.interfaces is None else ";".join(record.interfaces)
     return {
-        "timestamp": record.end.isoformat(timespec="seconds"),
+        "timestamp": timestamp(record.end),
         "type": record.type,
         "mode": record.mode,
         "duration_s": round(record.duration_s, 3),
@@ -117,7 +122,7 @@ def _total_fields(record: Record) -> dict:
 
 def _rate_fields(d: dict) -> dict:
     keys = ("bytes_in", "bytes_out", "rate_in", "rate_out", "peak_rate_in",
-            "peak_rate_out", "tcp_connections", "udp_connections")
+            "peak_rate_out", "tcp_connections", "udp_connections", "tcp_listening")
     return {key: d[key] for key in keys}
 
 

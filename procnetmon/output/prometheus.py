@@ -160,7 +160,7 @@ class TextfileWriter:
                 self.closed = True
         return not self.closed
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
         self.closed = True
 
 
@@ -177,7 +177,7 @@ class MetricsSink:
         self.metrics.add(record)
         return True
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
         self.closed = True
 
 

@@ -5,17 +5,22 @@ process per interval when streaming (the column headings printed once, so
 Sizes are scaled with powers of 1000 (B, KB, MB, GB, TB); rates are shown in
 bits (bps, Kbps, Mbps, ...) or bytes (B/s, KB/s, ...) per second.  Only ASCII
 is used in the frame, so the text survives any locale and log file.
+
+Any user can name a process: control characters in names (an escape
+sequence, a newline) are shown as ``\\xHH`` so that they neither drive the
+terminal nor break rows, and bytes that are not UTF-8 as ``\\xHH`` too.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record
+from procnetmon.model import RECORD_INTERVAL, Connection, ProcessStats, Record, clean_text
 
 NO_TRAFFIC = "no traffic measured"
 EXITED = " (exited)"
 TOTAL_NAME = "TOTAL"
+UNKNOWN = "?"  # a count that could not be read
 
 # Widths fit the widest scaled value ("999.9 KB", "999.9 Mbps") so that the
 # lines of successive intervals line up; a wider value only widens its row.
@@ -39,6 +44,22 @@ _SORT_KEYS: dict[str, tuple[Callable[[ProcessStats], object], bool]] = {
     "out": (lambda p: p.bytes_out, True),
     "total": (lambda p: p.bytes_in + p.bytes_out, True),
 }
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL
+    as ``\\xHH``, undecodable bytes as ``\\xHH`` (see ``clean_text``)."""
+    text = clean_text(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 # --------------------------------------------------------------------------
@@ -166,8 +187,8 @@ def _summary_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_rate(stats.peak_rate_in, units),
         human_rate(stats.peak_rate_out, units),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
@@ -183,7 +204,7 @@ def _title(record: Record) -> str:
 def _interfaces(record: Record) -> str:
     if record.interfaces is None:
         return "all" if record.include_loopback else "all but lo"
-    return ",".join(record.interfaces)
+    return printable(",".join(record.interfaces))
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +234,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
     if not record.processes:
         return lines + [f"{clock}  {NO_TRAFFIC}"]
     for process in rows:
-        label = _fit(process.name, not process.alive, STREAM_NAME_WIDTH)
+        label = _fit(printable(process.name), not process.alive, STREAM_NAME_WIDTH)
         lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
         if details:
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
@@ -233,13 +254,18 @@ def _interval_cells(stats, label: str, units: str, pid=None) -> list[str]:
         human_rate(stats.rate_out, units),
         human_bytes(stats.total_bytes_in),
         human_bytes(stats.total_bytes_out),
-        str(stats.tcp_connections),
-        str(stats.udp_connections),
+        _count(stats.tcp_connections),
+        _count(stats.udp_connections),
     ]
 
 
 # --------------------------------------------------------------------------
 # Shared pieces.
+
+
+def _count(value) -> str:
+    """A connection count; "?" when it could not be read."""
+    return UNKNOWN if value is None else str(value)
 
 
 def _pid_cell(stats) -> str:
@@ -261,7 +287,7 @@ def workload_label(process: ProcessStats) -> str:
 
 
 def _label(process: ProcessStats) -> str:
-    return process.name + (EXITED if not process.alive else "")
+    return printable(process.name) + (EXITED if not process.alive else "")
 
 
 def _fit(name: str, exited: bool, width: int) -> str:

@@ -12,6 +12,13 @@ Rules it keeps, and why:
 * A closed standard output (``procnetmon ... | head``) is not an error: the
   Writer sets ``closed``, points the stdout descriptor at /dev/null so that
   Python's own flush at exit cannot fail again, and the caller stops quietly.
+  ``watch`` notices a pipe's reader leaving while nothing is written (as
+  ``tail -f`` does), so an idle run does not go on for nobody.
+* Any other write error (``ENOSPC`` on /dev/full, ``EIO``) raises
+  ``OutputError``: the caller reports it in one line.
+* Appends to a regular file take an exclusive ``flock`` around each write,
+  and the CSV header is decided under it, at the first write: CSV jobs
+  started together on a new file write one header between them.
 * Without streaming only the summary is written (one JSON document, one
   table); when streaming every record is (JSON lines, interval lines).  CSV
   writes rows for every record it is given.
@@ -19,11 +26,15 @@ Rules it keeps, and why:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import os
+import select
 import stat
 import sys
-from typing import IO, Optional, Union
+import threading
+from typing import IO, Callable, Optional, Union
 
 from procnetmon.model import RECORD_SUMMARY, Record
 from procnetmon.output.csvout import format_csv
@@ -31,6 +42,10 @@ from procnetmon.output.jsonout import format_json, format_json_line
 from procnetmon.output.text import format_text
 
 STDOUT_NAMES = (None, "-")
+
+
+class OutputError(OSError):
+    """Writing the output failed for a reason other than a closed reader."""
 
 
 class Writer:
@@ -65,11 +80,14 @@ class Writer:
         self.top = top
         self.no_header = no_header
         self.closed = False
+        self._peer_gone = threading.Event()  # set by the watch thread
         self._owned = False  # whether close() closes the stream
         self._stream = self._open(target)
-        # CSV: the header row only if nothing is there yet.  Text: the column
-        # headings of the streaming lines, once per run.
-        self._header_due = not no_header and (fmt != "csv" or self._is_empty(self._stream))
+        # CSV: the header row only if nothing is there yet, decided at the
+        # first write (under the file lock).  Text: the column headings of
+        # the streaming lines, once per run.
+        self._header_due = not no_header
+        self._header_decided = fmt != "csv"
 
     # ------------------------------------------------------------------
     def _open(self, target) -> IO[str]:
@@ -78,7 +96,7 @@ class Writer:
         if isinstance(target, (str, os.PathLike)):
             self._owned = True
             # newline="": the formatters already end their lines with "\n".
-            return open(target, "a", encoding="utf-8", errors="surrogateescape", newline="")
+            return open(target, "a", encoding="utf-8", errors="backslashreplace", newline="")
         return target
 
     @staticmethod
@@ -127,12 +145,24 @@ class Writer:
 
     def write(self, record: Record) -> bool:
         """Format ``record`` and write it whole.  False once output is closed."""
+        if self._peer_gone.is_set() and not self.closed:
+            self._on_broken_pipe()
         if self.closed:
             return False
-        text = self.render(record)
-        if text:
-            self._write_all(text)
+        with self._locked():
+            if not self._header_decided:
+                self._header_decided = True
+                self._header_due = self._header_due and self._is_empty(self._stream)
+            text = self.render(record)
+            if text:
+                self._write_all(text)
         return not self.closed
+
+    def _locked(self):
+        """An exclusive flock on a regular output file for one write (a no-op
+        for anything else): appenders started together take turns."""
+        fd = _fileno(self._stream)
+        return _FileLock(fd if fd is not None and _is_regular(fd) else None)
 
     def _write_all(self, text: str) -> None:
         try:
@@ -143,11 +173,40 @@ class Writer:
             else:
                 # Flush anything written through the stream object first, then
                 # one write(2) straight to the descriptor, so nothing is left
-                # half-written in a userspace buffer.
+                # half-written in a userspace buffer.  Undecodable bytes of
+                # names reach here already escaped; backslashreplace only
+                # guarantees that what is written is UTF-8.
                 self._stream.flush()
-                _write_fd(fd, text.encode("utf-8", "surrogateescape"))
+                _write_fd(fd, text.encode("utf-8", "backslashreplace"))
         except BrokenPipeError:
             self._on_broken_pipe()
+        except OSError as e:
+            raise OutputError(e.errno, e.strerror or os.strerror(e.errno or errno.EIO)) from None
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call ``on_gone`` (from a thread) when the reader of a pipe or socket
+        output goes away, even while nothing is written."""
+        fd = _fileno(self._stream)
+        if fd is None or self.closed:
+            return
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return
+
+        def wait_for_error() -> None:
+            poller = select.poll()
+            poller.register(fd, 0)  # POLLERR and POLLHUP are reported without asking
+            while True:
+                try:
+                    events = poller.poll()
+                except OSError:
+                    return
+                if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+                    self._peer_gone.set()
+                    on_gone()
+                    return
+
+        threading.Thread(target=wait_for_error, name="procnetmon-output-watch", daemon=True).start()
 
     def _on_broken_pipe(self) -> None:
         self.closed = True
@@ -160,8 +219,11 @@ class Writer:
             os.dup2(devnull, fd)
             os.close(devnull)
 
-    def close(self) -> None:
-        """Flush, and close the file if this writer opened it."""
+    def close(self, quiet: bool = False) -> None:
+        """Flush, and close the file if this writer opened it.  ``quiet``:
+        after a failure already reported, raise nothing more."""
+        if self.closed and not self._owned:
+            return
         try:
             if self._owned:
                 self._stream.close()
@@ -169,13 +231,42 @@ class Writer:
                 self._stream.flush()
         except BrokenPipeError:
             self._on_broken_pipe()
-        self.closed = True
+        except OSError as e:
+            if not quiet:
+                raise OutputError(e.errno, e.strerror) from None
+        finally:
+            self.closed = True
+            self._owned = False
 
     def __enter__(self) -> "Writer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _FileLock:
+    def __init__(self, fd: Optional[int]):
+        self.fd = fd
+
+    def __enter__(self):
+        if self.fd is not None:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:
+                self.fd = None  # a filesystem without locks: write anyway
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def _is_regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _fileno(stream) -> Optional[int]:

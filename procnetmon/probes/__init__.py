@@ -22,7 +22,13 @@ class CounterKey(NamedTuple):
 
 @dataclass(frozen=True)
 class SocketBytes:
-    """Bytes one socket moved, with its addresses as the kernel last saw them."""
+    """Bytes one socket moved, with its addresses as the kernel last saw them.
+
+    ``sock_id`` tells sockets apart even when their addresses are the same
+    (one local port used twice in a row): no two sockets of a process share
+    it. ``inode`` is the socket's inode number, as /proc/PID/fd shows it
+    (0: not known), by which the engine finds it among the live sockets.
+    """
 
     pid: int
     protocol: str
@@ -33,6 +39,8 @@ class SocketBytes:
     remote_port: int
     bytes_in: int
     bytes_out: int
+    inode: int = 0
+    sock_id: int = 0
 
 
 @dataclass

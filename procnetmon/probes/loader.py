@@ -48,15 +48,20 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
         flags.append("-DHAVE_SK_DATA_READY")
+    if facts is not None and facts.exit_group_dead:
+        flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
 
 
 def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool, cgroups: bool = False) -> list[str]:
+                 include_loopback: bool, details: bool, cgroups: bool = False,
+                 follow_children: bool = False) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
     if pids is not None:
         flags.append("-DFILTER_PIDS")
+        if follow_children:
+            flags.append("-DFOLLOW_CHILDREN")
     if interfaces is not None:
         flags.append("-DFILTER_IFACES")
     elif not include_loopback:
@@ -74,7 +79,7 @@ def _format_addr(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw[:16]))
 
 
-def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
+def socket_bytes(info, pid: int, inode: int = 0, sock_id: int = 0) -> Optional[SocketBytes]:
     """A ``struct sock_info`` of the BPF programs as plain data (None if not TCP/UDP over IP)."""
     protocol = PROTOCOLS.get(info.protocol)
     if protocol is None or info.family not in (socket.AF_INET, socket.AF_INET6):
@@ -83,7 +88,7 @@ def socket_bytes(info, pid: int) -> Optional[SocketBytes]:
         pid=pid, protocol=protocol, family="ipv4" if info.family == socket.AF_INET else "ipv6",
         local_addr=_format_addr(info.family, bytes(info.laddr)), local_port=info.lport,
         remote_addr=_format_addr(info.family, bytes(info.raddr)), remote_port=info.rport,
-        bytes_in=info.bytes_in, bytes_out=info.bytes_out)
+        bytes_in=info.bytes_in, bytes_out=info.bytes_out, inode=inode, sock_id=sock_id)
 
 
 class BccProbe:
@@ -95,8 +100,10 @@ class BccProbe:
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
                  include_loopback: bool = False, details: bool = False, backend: str = "auto",
-                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None):
+                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None,
+                 follow_children: bool = False):
         self.wanted_backend = backend
+        self.follow_children = follow_children
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
         self.pids = pids
         self.interfaces = interfaces
@@ -131,7 +138,8 @@ class BccProbe:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details,
-                             cgroups=self.cgroups is not None)
+                             cgroups=self.cgroups is not None,
+                             follow_children=self.follow_children)
         if self.cgroups is not None:
             try:
                 flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
@@ -154,8 +162,9 @@ class BccProbe:
             # counted that should not be.
             self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
+            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
             raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({self.requirement}; run procnetmon --check to see what this kernel offers)") from e
+                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
             if self.backend.name == "kprobe":
@@ -182,9 +191,7 @@ class BccProbe:
 
     def _fill_filters(self) -> None:
         if self.pids is not None:
-            table = self._bpf["target_pids"]
-            for pid in self.pids:
-                table[table.Key(int(pid))] = table.Leaf(1)
+            self.add_pids(self.pids)
         if self.interfaces is not None:
             table = self._bpf["target_ifaces"]
             for key in self.interfaces:
@@ -209,6 +216,12 @@ class BccProbe:
                 pass
         self._cgroup_ids = now
 
+    def add_pids(self, pids) -> None:
+        """Put more thread groups in the kernel's PID filter (with -p only)."""
+        table = self._bpf["target_pids"]
+        for pid in pids:
+            table[table.Key(int(pid))] = table.Leaf(1)
+
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
 
@@ -216,12 +229,18 @@ class BccProbe:
         """Fold counts kept outside the counters map into ``counters``."""
 
     def read(self) -> Snapshot:
-        # Exits first: a process gone before its counters are read can add
-        # nothing more, so its counters move to user space for good.
+        """Cumulative counters of the processes in the kernel's map: live ones,
+        and those whose exit this read collected, for the last time.
+
+        Exits first: a process gone before its counters are read can add
+        nothing more, so its counters leave the map after this read and the
+        engine keeps its totals. Nothing of past processes is merged in
+        again: the cost of a read follows the processes still counted.
+        """
         newly_exited = self._collect_exits()
         self._refresh_cgroups()
         table = self._bpf["counters"]
-        counters: dict[CounterKey, int] = dict(self._retired)
+        counters: dict[CounterKey, int] = {}
         for k, v in table.items():
             protocol = PROTOCOLS.get(k.protocol)
             if protocol is None:
@@ -229,7 +248,6 @@ class BccProbe:
             key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
             counters[key] = counters.get(key, 0) + v.value
             if k.tgid in newly_exited:
-                self._retired[key] = self._retired.get(key, 0) + v.value
                 try:
                     del table[k]
                 except KeyError:
@@ -240,20 +258,36 @@ class BccProbe:
 
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
-        fresh = set()
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
+        self._exited_names = {}
+        self._exited_cgroups = {}
         for k, v in list(table.items()):
-            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
+            # the outputs write them as \xHH like psutil's names.
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
             self._exited_cgroups[k.value] = v.cgroup_id
+            try:
+                del table[k]
+            except KeyError:
+                pass
+        return set(self._exited_names)
+
+    def exited(self) -> dict[int, str]:
+        """Names of the counted processes whose exit the latest read collected
+        (each exit is reported by one read only)."""
+        return dict(self._exited_names)
+
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call: who they are has changed."""
+        table = self._bpf["execed"]
+        fresh = set()
+        for k in list(table.keys()):
             fresh.add(k.value)
             try:
                 del table[k]
             except KeyError:
                 pass
         return fresh
-
-    def exited(self) -> dict[int, str]:
-        """Names of counted processes whose last thread has exited."""
-        return dict(self._exited_names)
 
     def exited_cgroups(self) -> dict[int, int]:
         """The cgroup v2 id each counted process that exited was in at its exit."""

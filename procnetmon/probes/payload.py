@@ -20,4 +20,5 @@ class PayloadProbe(BccProbe):
     def sockets(self) -> list[SocketBytes]:
         if not self.details:
             return []
-        return [s for s in (socket_bytes(v, v.tgid) for v in self._bpf["sockets"].values()) if s]
+        found = (socket_bytes(v, k.tgid, inode=k.ino, sock_id=k.ino) for k, v in self._bpf["sockets"].items())
+        return [s for s in found if s]

@@ -109,7 +109,7 @@ class WireProbe(BccProbe):
                 continue
             if not self._wanted(owner.netns, k.ifindex):
                 continue
-            found = socket_bytes(v, owner.tgid)
+            found = socket_bytes(v, owner.tgid, inode=owner.ino, sock_id=k.cookie)
             if found is None:
                 continue
             before = merged.get(k.cookie)

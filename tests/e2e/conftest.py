@@ -31,6 +31,11 @@ def _missing_feature() -> str:
     tracepoints = check.check_tracepoints(btf)
     if not tracepoints.ok:
         return f"kernel tracepoints: {tracepoints.detail}"
+    # $PROCNETMON_BACKEND picks the backend every procnetmon of the tests uses.
+    wanted = os.environ.get("PROCNETMON_BACKEND", "auto") or "auto"
+    ready, why = check.payload_backend(check.check_backends(btf), wanted)
+    if not ready:
+        return f"a probe backend: {why}"
     return ""
 
 

@@ -12,8 +12,10 @@ import ipaddress
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -69,26 +71,101 @@ class Peer:
         sh("ip", "netns", "del", self.netns, check=False)
 
 
-class TrafficProcess:
-    """One traffic.py process, optionally inside a peer's namespace."""
+class Forked:
+    """A process a Zygote forked: what TrafficProcess uses of a Popen, for a process not our child."""
 
-    def __init__(self, role: str, addr: str, port: int = 0, *, netns: Optional[str] = None, **opts):
-        cmd = [sys.executable, TRAFFIC, role, addr, str(port)]
+    def __init__(self, pid: int, stdin, stdout, args: list):
+        self.pid, self.stdin, self.stdout, self.args = pid, stdin, stdout, args
+        self.returncode: Optional[int] = None
+        self._pidfd = os.pidfd_open(pid)  # readable once the process has exited
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        ready, _, _ = select.select([self._pidfd], [], [], timeout)
+        if not ready:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        self.returncode = 0  # the zygote's to reap; the exit status is not ours to see
+        return 0
+
+    def poll(self) -> Optional[int]:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+class Zygote:
+    """One traffic.py that forks the traffic processes: fast where starting Python is slow (VMs)."""
+
+    def __init__(self):
+        self._ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([sys.executable, TRAFFIC, "zygote", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._lock = threading.Lock()  # one request and its answer at a time
+
+    def spawn(self, argv: list, netns: Optional[str]) -> Forked:
+        with self._lock:
+            return self._spawn(argv, netns)
+
+    def _spawn(self, argv: list, netns: Optional[str]) -> Forked:
+        child_in, to_child = os.pipe()
+        from_child, child_out = os.pipe()
+        try:
+            socket.send_fds(self._ctl, [json.dumps({"argv": argv, "netns": netns}).encode()],
+                            [child_in, child_out])
+            pid = int(self._ctl.recv(64))
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        return Forked(pid, os.fdopen(to_child, "w"), os.fdopen(from_child, "r"), argv)
+
+    def close(self) -> None:
+        self._ctl.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class TrafficProcess:
+    """One traffic.py process, optionally inside a peer's namespace (forked by ``zygote`` if given)."""
+
+    def __init__(self, role: str, addr: str, port: int = 0, *, netns: Optional[str] = None,
+                 wait: bool = True, zygote: Optional[Zygote] = None, **opts):
+        argv = [role, addr, str(port)]
         for key, value in opts.items():
             flag = "--" + key.replace("_", "-")
             if value is True:
-                cmd.append(flag)
+                argv.append(flag)
             elif value not in (None, False):
-                cmd += [flag, str(value)]
-        if netns:
-            # ip netns exec execs the command: the PID stays the traffic process's.
-            cmd = ["ip", "netns", "exec", netns] + cmd
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self._readline(10)
-        if not line.startswith("ready"):
-            raise RuntimeError(f"{role} did not start: {line!r}")
-        self.port = int(line.split()[1])
+                argv += [flag, str(value)]
+        self.role = role
+        if zygote is not None:
+            self.proc = zygote.spawn(argv, netns)
+        else:
+            cmd = [sys.executable, TRAFFIC] + argv
+            if netns:
+                # ip netns exec execs the command: the PID stays the traffic process's.
+                cmd = ["ip", "netns", "exec", netns] + cmd
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
+        self.port = 0
+        if wait:
+            self.wait_ready(10)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait for ``ready <port>`` (many processes can be started first, then waited for)."""
+        line = self._readline(timeout)
+        if not line.startswith("ready"):
+            raise RuntimeError(f"{self.role} did not start: {line!r}")
+        self.port = int(line.split()[1])
 
     def _readline(self, timeout: float) -> str:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -136,12 +213,13 @@ def procnetmon_cmd(*args: str) -> list[str]:
 
 def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, timeout: float = 60,
                    after_start: Optional[Callable[[subprocess.Popen], None]] = None,
-                   while_running: Optional[Callable[[subprocess.Popen], None]] = None) -> Run:
+                   while_running: Optional[Callable[[subprocess.Popen], None]] = None,
+                   attach_timeout: float = 30) -> Run:
     """Run procnetmon; once its probes are attached, call ``during`` (drive the
     traffic), or ``while_running`` with the procnetmon process."""
     proc = subprocess.Popen(procnetmon_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + attach_timeout
     attached = False
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stderr], [], [], 1)

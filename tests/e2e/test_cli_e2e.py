@@ -80,6 +80,24 @@ def test_csv_appended_twice_has_one_header(peer, tmp_path):
     assert sorted(int(r["bytes_out"]) for r in rows if r["tcp_bytes_out"] != "0") == [70_000, 70_000]
 
 
+def test_idle_cron_run_still_appends_a_row_with_a_precise_timestamp(peer, tmp_path):
+    """An idle minute must leave a trace, or it cannot be told from a run that never happened."""
+    out = tmp_path / "net.csv"
+    for _ in range(2):
+        # Nothing crosses the fresh veth: no process moves a byte there.
+        run = run_procnetmon("-i", peer.host_if, "-t", "1s", "--csv", "-o", str(out))
+        assert run.returncode == 0, run.stderr
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert len(rows) == 2
+    for row in rows:
+        assert (row["type"], row["pid"], row["name"], row["bytes_in"], row["bytes_out"]) == \
+            ("summary", "", "TOTAL", "0", "0")
+        assert row["interfaces"] == peer.host_if
+        # ISO 8601 to the millisecond: 2026-11-30T01:23:10.437+00:00
+        assert len(row["timestamp"]) == len("2026-11-30T01:23:10.437+00:00") and row["timestamp"][19] == "."
+    assert rows[0]["timestamp"] != rows[1]["timestamp"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_run_still_writes_the_summary_with_everything_measured(peer, validator, signum):
     server, client = tcp_pair(peer, 250_000, 2500)
@@ -187,7 +205,9 @@ def test_live_connections_are_counted_and_carry_their_bytes(peer):
     run, truth = measure_exchange({"server": server, "client": client}, "-t", "2s", "--json", "-d")
     rows = by_pid(run.json())
     assert rows[server.pid]["tcp_connections"] == 2  # the listener and the accepted connection
+    assert rows[server.pid]["tcp_listening"] == 1  # the listener, reported apart too
     assert rows[client.pid]["tcp_connections"] == 1
+    assert rows[client.pid]["tcp_listening"] == 0
     live = [c for c in rows[client.pid]["connections"] if c["state"] == "ESTABLISHED"]
     assert len(live) == 1
     assert live[0]["family"] == "ipv6"

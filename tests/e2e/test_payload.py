@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -204,3 +205,98 @@ def test_sendfile_is_counted(peer):
     assert truth["client"]["tcp_out"] == 700_000
     assert_exact(by_pid(doc)[client.pid], truth["client"])
     assert_exact(by_pid(doc)[server.pid], truth["server"])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_splice_out_of_and_into_a_tcp_socket_is_counted(peer, family):
+    """splice(2) out of a TCP socket (HAProxy, Go's io.Copy) reads without
+    recvmsg; into one it sends without sendmsg on older kernels. Both count."""
+    addr = peer.peer_v4 if family == "ipv4" else peer.peer_v6
+    server = TrafficProcess("tcp-server", addr, netns=peer.netns, expect=300_000, reply=100_000, splice_in=True)
+    client = TrafficProcess("tcp-client", addr, server.port, send=300_000, expect=100_000,
+                            splice_in=True, splice_out=True)
+    doc, truth = sample({"server": server, "client": client})
+    assert truth["server"]["tcp_in"] == 300_000 and truth["client"]["tcp_in"] == 100_000
+    assert_exact(by_pid(doc)[client.pid], truth["client"])
+    assert_exact(by_pid(doc)[server.pid], truth["server"])
+
+
+def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_exit(peer):
+    """sh -c '...; exec python3 traffic.py ...': after the exec the row is named
+    python3 with the new command line, and still so once it has exited."""
+    import subprocess
+    import sys
+
+    from harness import TRAFFIC
+
+    new_name = os.path.basename(sys.executable)[:15]  # the kernel's comm after exec
+
+    server = TrafficProcess("udp-server", peer.peer_v4, netns=peer.netns, count=3, reply=10)
+    script = f"read go; exec {sys.executable} {TRAFFIC} udp-client {peer.peer_v4} {server.port} " \
+             "--count 3 --size 100 --reply 10 --exit"
+    sh = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    truth = {}
+
+    def during():
+        time.sleep(0.6)  # a record while it is still sh
+        sh.stdin.write("exec\n")
+        sh.stdin.flush()
+        assert sh.stdout.readline().startswith("ready")
+        time.sleep(1.2)  # a record while it is the new program, alive
+        server.go()
+        sh.stdin.write("go\n")
+        sh.stdin.flush()
+        truth["client"] = json.loads(sh.stdout.readline())
+        sh.wait(5)
+
+    try:
+        run = run_procnetmon("-p", str(sh.pid), "-t", "4s", "--interval", "0.5s", "--json", during=during)
+    finally:
+        server.finish()
+        if sh.poll() is None:
+            sh.kill()
+            sh.wait()
+    assert run.returncode == 0, run.stderr
+    lines = run.json_lines()
+    names = [(line["processes"][0]["name"], line["processes"][0]["alive"]) for line in lines[:-1]]
+    assert names[0] == ("sh", True)
+    assert (new_name, True) in names, names
+    alive_after = [line["processes"][0] for line in lines[:-1]
+                   if line["processes"][0]["name"] == new_name and line["processes"][0]["alive"]]
+    assert "traffic.py" in alive_after[0]["cmdline"]
+    row = lines[-1]["processes"][0]
+    assert (row["name"], row["alive"]) == (new_name, False), row
+    assert "sh -c" not in row["cmdline"]
+    assert row["udp"]["bytes_out"] == truth["client"]["udp_out"] == 300
+
+
+@pytest.mark.parametrize("mode", ["payload", "wire"])
+@pytest.mark.parametrize("spec", ["netns", "pid"])
+def test_interface_of_another_namespace_counts_only_there(peer, mode, spec):
+    """-i NETNS/IFACE (or pid:PID/IFACE): the server inside the namespace is
+    counted on its end of the veth; the client on the host end is not."""
+    server = TrafficProcess("tcp-server", peer.peer_v4, netns=peer.netns, expect=77_000, reply=7_000)
+    client = TrafficProcess("tcp-client", peer.peer_v4, server.port, send=77_000, expect=7_000)
+    where = peer.netns if spec == "netns" else f"pid:{server.pid}"
+    name = f"{where}/{peer.peer_if}"
+    doc, truth = sample({"server": server, "client": client}, "--mode", mode, "-i", name)
+    rows = by_pid(doc)
+    assert doc["interfaces"] == [name]
+    if mode == "payload":
+        assert_exact(rows[server.pid], truth["server"])
+    else:
+        assert rows[server.pid]["bytes_in"] > truth["server"]["tcp_in"]
+        assert rows[server.pid]["bytes_out"] > truth["server"]["tcp_out"]
+    assert rows[client.pid]["bytes_in"] == 0 and rows[client.pid]["bytes_out"] == 0
+
+
+def test_interface_of_a_namespace_that_does_not_exist_is_a_usage_error():
+    import subprocess
+
+    from harness import procnetmon_cmd
+
+    done = subprocess.run(procnetmon_cmd("-i", "procnetmon-no-such-ns/eth0", "-t", "1s"),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "no network namespace 'procnetmon-no-such-ns'" in done.stderr
+    assert "Traceback" not in done.stderr

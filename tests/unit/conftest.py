@@ -39,7 +39,7 @@ def nginx(**overrides) -> ProcessStats:
         bytes_in=1500, bytes_out=200, rate_in=25.0, rate_out=3.333,
         peak_rate_in=1_000_000.0, peak_rate_out=125.0,
         tcp=Bytes(1000, 200), udp=Bytes(500, 0),
-        tcp_connections=2, udp_connections=1,
+        tcp_connections=2, udp_connections=1, tcp_listening=1,
     )
     values.update(overrides)
     return ProcessStats(**values)
@@ -75,6 +75,7 @@ def aggregate_of(processes, **extra) -> Aggregate:
         peak_rate_out=max((p.peak_rate_out for p in processes), default=0.0),
         tcp_connections=sum(p.tcp_connections for p in processes),
         udp_connections=sum(p.udp_connections for p in processes),
+        tcp_listening=sum(p.tcp_listening for p in processes),
         **extra,
     )
 

@@ -235,3 +235,34 @@ def test_wire_mode_is_blocked_by_its_own_needs_only():
     assert ready is False and "cgroup2: not mounted" in reason
     assert check.wire_backend(ok)[0] is True
     assert check.wire_backend([check.Finding("bcc", False, "missing")])[0] is False
+
+
+# -- kernel config -------------------------------------------------------------------
+
+
+def test_kernel_config_not_needed_with_real_headers(monkeypatch):
+    monkeypatch.setattr(check.headers, "real_headers_dir", lambda release=None: "/lib/modules/x/build")
+    finding = check.check_kernel_config()
+    assert finding.ok and "not needed" in finding.detail
+
+
+def test_kernel_config_found(monkeypatch, tmp_path):
+    config = tmp_path / "config-6.12.9-amd64"
+    config.write_text("CONFIG_BPF_SYSCALL=y\n")
+    monkeypatch.setattr(check.headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(check.headers, "config_candidates", lambda release=None: [str(tmp_path / "x.gz"), str(config)])
+    finding = check.check_kernel_config()
+    assert finding.ok and str(config) in finding.detail
+
+
+def test_kernel_config_missing_blocks_payload_mode_and_says_where_it_looked(monkeypatch, tmp_path):
+    monkeypatch.setattr(check.headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(check.headers, "config_candidates",
+                        lambda release=None: [str(tmp_path / "config.gz"), str(tmp_path / "config-x")])
+    finding = check.check_kernel_config()
+    assert not finding.ok and finding.required
+    assert f"{tmp_path / 'config.gz'} is missing" in finding.detail
+    assert f"{tmp_path / 'config-x'} is missing" in finding.detail
+    assert "/boot/config-" in finding.fix
+    ready, reason = check.payload_backend([finding])
+    assert not ready and reason.startswith("kernel config: none readable")

@@ -59,11 +59,21 @@ def test_interfaces_list():
     assert cli.parse_interfaces("a" * 15) == ["a" * 15]
 
 
+def test_interfaces_of_other_namespaces():
+    assert cli.parse_interfaces("eth0,blue/veth1,pid:1234/eth0") == ["eth0", "blue/veth1", "pid:1234/eth0"]
+    assert cli.parse_interfaces("a" * 40 + "/" + "b" * 15) == ["a" * 40 + "/" + "b" * 15]
+
+
 @pytest.mark.parametrize(
     "bad, reason",
     [
         ("a" * 16, "at most 15"),
-        ("eth0/1", "'/'"),
+        ("ns/eth0/1", "'/'"),
+        ("/eth0", "namespace name before the '/'"),
+        ("pid:x/eth0", "pid:PID/IFACE needs a PID"),
+        ("pid:0/eth0", "pid:PID/IFACE needs a PID"),
+        ("ns/", "empty"),
+        ("my ns/eth0", "whitespace"),
         ("eth0:1", "':'"),
         ("my if", "whitespace"),
         ("", "empty"),
@@ -71,7 +81,7 @@ def test_interfaces_list():
     ],
 )
 def test_bad_interface_is_named(bad, reason):
-    text = f"eth0,{bad}" if bad != "my if" else "eth0,my if"
+    text = f"eth0,{bad}"
     with pytest.raises(argparse.ArgumentTypeError) as err:
         cli.parse_interfaces(text)
     assert f"invalid interface name {bad.strip()!r}" in str(err.value)
@@ -245,3 +255,54 @@ def test_short_time_keeps_an_explicit_interval_error(capsys):
     assert e.value.code == 2
     assert "longer than -t" in capsys.readouterr().err
 
+
+
+# --------------------------------------------------------------------------
+# Ranges: refused while parsing, before anything is attached (issue 14, 7 and 8)
+
+
+def test_more_pids_than_the_kernel_map_holds_are_refused(capsys):
+    many = ",".join(str(p) for p in range(1, cli.MAX_PIDS + 2))
+    err = refused(capsys, "-p", many, "-t", "1s")
+    assert f"at most {cli.MAX_PIDS}" in err
+    assert len(cli.parse_pids(",".join(str(p) for p in range(1, cli.MAX_PIDS + 1)))) == cli.MAX_PIDS
+    # Duplicates do not count against the limit.
+    assert cli.parse_pids(",".join(["7"] * (cli.MAX_PIDS + 10))) == [7]
+
+
+def test_pid_limit_matches_the_bpf_map():
+    import os
+    import re
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(root, "bpf", "common.h")) as f:
+        size = int(re.search(r"#define MAX_PIDS (\d+)", f.read()).group(1))
+    assert cli.MAX_PIDS == size
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-t", "1" + "0" * 400], "the longest is a year"),
+    (["-t", "1" + "0" * 20 + "h"], "the longest is a year"),
+    (["-t", "367d"], "invalid duration"),
+    (["--interval", "10000000000", "-n", "1"], "the longest is a year"),
+    (["-t", "8761h"], "the longest is a year"),
+    (["-n", "1" + "0" * 5000], "the largest is 1000000000"),
+    (["-n", "1000000001"], "the largest is 1000000000"),
+    (["-t", "1s", "--top", "99999999999999"], "the largest is 1000000000"),
+])
+def test_values_out_of_range_are_usage_errors(capsys, argv, message):
+    err = refused(capsys, *argv)
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_longest_values_are_accepted(capsys):
+    assert parse(capsys, "-t", "8760h").time == cli.MAX_DURATION
+    assert parse(capsys, "-n", "1000000000", "--interval", "8760h").count == cli.MAX_COUNT
+
+
+@pytest.mark.parametrize("argv", [["-c", "--top=--"], ["-c", "-n=--"], ["--interval=--", "-c"]])
+def test_a_lone_double_dash_as_a_value_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args(argv)
+    assert e.value.code == 2
+    assert "expected a value" in capsys.readouterr().err

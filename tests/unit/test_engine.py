@@ -162,13 +162,19 @@ class FakeStop:
 
 
 class FakeProbe:
-    """Scripted cumulative counters, one snapshot per read (the last repeats)."""
+    """Scripted cumulative counters, one snapshot per read (the last repeats).
+
+    ``exited`` names processes that exit; like BccProbe, the probe reports
+    an exit once, at the read of the last scripted snapshot showing it.
+    """
 
     mode = "payload"
 
-    def __init__(self, snapshots, exited=None, sockets=None, lost=0):
+    def __init__(self, snapshots, exited=None, sockets=None, lost=0, execs=None):
         self.snapshots = list(snapshots)
+        self.exec_script = list(execs or [])  # pids that exec'd, per read
         self.exited_names = exited or {}
+        self.reported: set = set()
         self.socket_script = list(sockets or [[]])
         self.lost = lost
         self.reads = 0
@@ -180,7 +186,18 @@ class FakeProbe:
         return Snapshot(counters=dict(snap), lost_updates=self.lost)
 
     def exited(self) -> dict:
-        return dict(self.exited_names)
+        now = self.snapshots[min(self.reads, len(self.snapshots)) - 1]
+        later = self.snapshots[self.reads:]
+        out = {}
+        for pid, name in self.exited_names.items():
+            shown = any(k.pid == pid for k in now)
+            if shown and pid not in self.reported and not any(k.pid == pid for snap in later for k in snap):
+                out[pid] = name
+                self.reported.add(pid)
+        return out
+
+    def execed(self) -> set:
+        return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
 
     def sockets(self) -> list:
         s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]
@@ -510,8 +527,9 @@ def test_connection_counts_come_from_live_sockets():
     probe = FakeProbe([counters(p10=dict(tcp_in=1))])
     summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1))
     row = by_pid(summary)[10]
-    assert (row.tcp_connections, row.udp_connections) == (2, 1)
-    assert (summary.aggregated.tcp_connections, summary.aggregated.udp_connections) == (2, 1)
+    assert (row.tcp_connections, row.udp_connections, row.tcp_listening) == (2, 1, 1)
+    agg = summary.aggregated
+    assert (agg.tcp_connections, agg.udp_connections, agg.tcp_listening) == (2, 1, 1)
     assert row.connections is None  # only with details
     assert probe.socket_reads == 0
 
@@ -520,28 +538,33 @@ def test_connection_counts_come_from_live_sockets():
 
 
 LIVE = [
-    Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED"),
-    Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE"),
-    Socket("tcp", "ipv6", "::1", 8080, "::1", 40000, "ESTABLISHED"),
-    Socket("tcp", "ipv4", "0.0.0.0", 22, "", 0, "LISTEN"),
+    Socket("tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, "ESTABLISHED", 101),
+    Socket("udp", "ipv4", "0.0.0.0", 53, "", 0, "NONE", 102),
+    Socket("tcp", "ipv6", "::1", 8080, "::1", 40000, "ESTABLISHED", 103),
+    Socket("tcp", "ipv4", "0.0.0.0", 22, "", 0, "LISTEN", 104),
 ]
+
+
+def sb(pid, protocol, family, laddr, lport, raddr, rport, b_in, b_out, inode):
+    """A kernel socket whose identity is its inode number (as in payload mode)."""
+    return SocketBytes(pid, protocol, family, laddr, lport, raddr, rport, b_in, b_out, inode=inode, sock_id=inode)
 
 
 def kernel_sockets(scale: int = 1) -> list:
     return [
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 1000 * scale, 200 * scale),
+        sb(10, "tcp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 1000 * scale, 200 * scale, 101),
         # The kernel shows an unconnected UDP socket's remote as 0.0.0.0:0.
-        SocketBytes(10, "udp", "ipv4", "0.0.0.0", 53, "0.0.0.0", 0, 64 * scale, 0),
-        SocketBytes(10, "tcp", "ipv6", "::1", 8080, "::1", 40000, 7 * scale, 9 * scale),
+        sb(10, "udp", "ipv4", "0.0.0.0", 53, "0.0.0.0", 0, 64 * scale, 0, 102),
+        sb(10, "tcp", "ipv6", "::1", 8080, "::1", 40000, 7 * scale, 9 * scale, 103),
         # Same ports and peer as the live TCP socket, other protocol / family: no match.
-        SocketBytes(10, "udp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 11 * scale, 0),
-        SocketBytes(10, "tcp", "ipv6", "::", 443, "10.0.0.2", 5555, 0, 13 * scale),
-        # Gone from psutil: a finished connection.
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5 * scale, 6 * scale),
+        sb(10, "udp", "ipv4", "10.0.0.1", 443, "10.0.0.2", 5555, 11 * scale, 0, 201),
+        sb(10, "tcp", "ipv6", "::", 443, "10.0.0.2", 5555, 0, 13 * scale, 202),
+        # Gone from /proc: a finished connection.
+        sb(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5 * scale, 6 * scale, 203),
         # No bytes: not worth a row.
-        SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41001, "10.0.0.3", 80, 0, 0),
+        sb(10, "tcp", "ipv4", "10.0.0.1", 41001, "10.0.0.3", 80, 0, 0, 204),
         # Another process's socket.
-        SocketBytes(20, "tcp", "ipv4", "10.0.0.9", 9999, "10.0.0.8", 1, 77, 77),
+        sb(20, "tcp", "ipv4", "10.0.0.9", 9999, "10.0.0.8", 1, 77, 77, 205),
     ]
 
 
@@ -580,9 +603,26 @@ def test_details_in_interval_records_are_per_window():
     assert table(summary)[("10.0.0.1:443", "ESTABLISHED")] == (3000, 600)
 
 
+def test_sockets_sharing_a_port_and_peer_keep_their_own_rows():
+    """dig reusing a local port: two sockets, same addresses, one record; and a
+    live one found by its inode number, not by the closed one's addresses."""
+    live = [Socket("udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, "NONE", 402)]
+    kernel = [sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 59, 55, 400),
+              sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 61, 57, 401),
+              sb(10, "udp", "ipv4", "10.0.0.1", 5353, "10.0.0.53", 53, 3, 2, 402)]
+    processes = FakeProcesses({10: ident(10, "dig")}, sockets={10: live})
+    probe = FakeProbe([counters(p10=dict(udp_in=123, udp_out=114))], sockets=[kernel])
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=1, details=True))
+    row = by_pid(summary)[10]
+    conns = [(c.state, c.bytes_in, c.bytes_out) for c in row.connections]
+    assert conns == [("NONE", 3, 2), ("CLOSED", 59, 55), ("CLOSED", 61, 57)]
+    assert sum(c.bytes_in for c in row.connections) == row.bytes_in
+    assert sum(c.bytes_out for c in row.connections) == row.bytes_out
+
+
 def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     processes = FakeProcesses({10: ident(10, "nginx")}, sockets={10: []})
-    closed = [SocketBytes(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5, 6)]
+    closed = [sb(10, "tcp", "ipv4", "10.0.0.1", 41000, "10.0.0.3", 80, 5, 6, 300)]
     probe = FakeProbe([counters(p10=dict(tcp_in=5)), counters(p10=dict(tcp_in=6))],
                       sockets=[closed, closed])
     summary, records = collect(make(probe, processes=processes, interval=1.0, count=2,
@@ -590,6 +630,55 @@ def test_closed_socket_without_new_bytes_leaves_the_interval_record():
     assert [c.state for c in by_pid(records[0])[10].connections] == ["CLOSED"]
     assert by_pid(records[1])[10].connections == []
     assert [(c.bytes_in, c.bytes_out) for c in by_pid(summary)[10].connections] == [(5, 6)]
+
+
+class ExecingProcesses(FakeProcesses):
+    """pid 10 is sh until it execs curl at the second read (``after``: who it is then)."""
+
+    def __init__(self, after):
+        super().__init__({10: ident(10, "sh")})
+        self.after = after
+
+    def exec_now(self):
+        self.identities[10] = self.after
+        if self.after is None:
+            self.alive.discard(10)
+
+
+def test_a_process_that_execs_is_named_by_its_new_program_in_the_next_record():
+    processes = ExecingProcesses(ident(10, "curl"))
+    snaps = [counters(p10=dict(tcp_out=n)) for n in (1, 2, 3)]
+    probe = FakeProbe(snaps, execs=[set(), {10}, set()])
+    sampler = make(probe, processes=processes, interval=1.0, count=3, emit_intervals=True)
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, records = collect(sampler)
+    assert [(r.processes[0].name, r.processes[0].cmdline) for r in records] == \
+        [("sh", "sh --flag"), ("curl", "curl --flag"), ("curl", "curl --flag")]
+    assert summary.processes[0].name == "curl"
+
+
+def test_a_process_that_execs_then_exits_is_named_as_the_kernel_last_named_it():
+    processes = ExecingProcesses(None)  # gone by the time procnetmon looks again
+    probe = FakeProbe([counters(p10=dict(tcp_out=1)), counters(p10=dict(tcp_out=2))],
+                      execs=[set(), {10}], exited={10: "curl"})
+    real_read = probe.read
+
+    def read():
+        if probe.reads == 1:
+            processes.exec_now()
+        return real_read()
+
+    probe.read = read
+    summary, _ = collect(make(probe, processes=processes, interval=1.0, count=2))
+    (row,) = summary.processes
+    assert (row.name, row.cmdline, row.alive, row.bytes_out) == ("curl", "", False, 2)
 
 
 def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
@@ -623,7 +712,8 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
             return Snapshot(counters={CounterKey(42, "tcp", "out"): 100 * self.reads})
 
         def exited(self):
-            return {42: "original"}
+            # A probe reports an exit once, at the read that collects it.
+            return {42: "original"} if self.reads == 3 else {}
 
         def sockets(self):
             return []
@@ -719,7 +809,7 @@ def test_a_daemon_forgets_exited_processes_once_their_bytes_were_reported():
     probe = Probe([counters(p20=dict(tcp_in=100)), counters(p20=dict(tcp_in=150)),
                    counters(p20=dict(tcp_in=10))])
     processes = FakeProcesses({20: ident(20, "curl")}, alive=set())
-    sampler = make(probe, processes, count=3, emit_intervals=True, daemon=True)
+    sampler = make(probe, processes, count=3, emit_intervals=True, forget_exited=True)
     _, records = collect(sampler)
     assert [by_pid(r)[20].bytes_in for r in records] == [100, 50, 10]
     assert probe.forgotten == [20]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 
 import pytest
@@ -89,7 +90,7 @@ def test_build_tree_layout(tmp_path, system):
 
     assert (inc / "generated/autoconf.h").read_text().splitlines()[1:] == ["#define CONFIG_BPF 1"]
     assert (inc / "linux/log2.h").read_text() == ""
-    assert (tmp_path / "tree" / headers.STAMP).read_text() == "6.18.44-foo\n"
+    assert (tmp_path / "tree" / headers.STAMP).read_text() == "6.18.44-foo\ngiven\n"
     # No temporary directory left next to the tree.
     assert sorted(os.listdir(tmp_path)) == ["tree", "usr"]
 
@@ -136,7 +137,7 @@ def test_rebuilding_replaces_the_tree(tmp_path, system):
     assert (tree / "include/uapi/linux/new.h").is_symlink()
     assert (tree / "include/generated/autoconf.h").read_text().splitlines()[1:] == [
         "#define CONFIG_NEW_MODULE 1"]
-    assert (tree / headers.STAMP).read_text() == "6.18.44-foo\n"
+    assert (tree / headers.STAMP).read_text() == "6.18.44-foo\ngiven\n"
 
 
 @pytest.mark.parametrize("missing", ["uapi_dir", "asm_generic_dir", "asm_dir"])
@@ -193,3 +194,183 @@ def test_ensure_headers_rebuilds_a_tree_without_stamp(monkeypatch, tmp_path, sys
     (tree / "include").mkdir(parents=True)
     assert headers.ensure_headers(str(tmp_path)) == (str(tree), True)
     assert calls == [str(tree)]
+
+
+
+# -- the kernel configuration --------------------------------------------------------
+
+
+def test_config_candidates_include_debians_boot_config():
+    assert headers.config_candidates("6.12.9-amd64") == [
+        "/proc/config.gz", "/boot/config-6.12.9-amd64", "/lib/modules/6.12.9-amd64/config"]
+
+
+def test_read_config_takes_the_first_readable(tmp_path):
+    gz = tmp_path / "config.gz"
+    boot = tmp_path / "config-6.12"
+    boot.write_text("CONFIG_BPF_SYSCALL=y\n")
+    assert headers.read_config([str(gz), str(boot)]) == ("CONFIG_BPF_SYSCALL=y\n", str(boot))
+    with gzip.open(gz, "wt") as f:
+        f.write("CONFIG_FROM_PROC=y\n")
+    assert headers.read_config([str(gz), str(boot)]) == ("CONFIG_FROM_PROC=y\n", str(gz))
+
+
+def test_read_config_says_why_each_place_failed(tmp_path):
+    empty = tmp_path / "config-empty"
+    empty.write_text("# nothing\n")
+    broken_gz = tmp_path / "config.gz"
+    broken_gz.write_text("not gzip")
+    with pytest.raises(headers.NoConfigError) as e:
+        headers.read_config([str(tmp_path / "absent"), str(empty), str(broken_gz)])
+    assert e.value.tried[0] == f"{tmp_path / 'absent'} is missing"
+    assert e.value.tried[1] == f"{empty} has no CONFIG_ line"
+    assert e.value.tried[2].startswith(f"{broken_gz}: ")
+    assert "no kernel configuration" in str(e.value)
+    assert "/boot/config-" in str(e.value) and "linux-headers-" in str(e.value)
+    assert isinstance(e.value, HeadersError)
+
+
+def test_build_tree_reads_the_config_and_records_where_from(monkeypatch, tmp_path, system):
+    boot = tmp_path / "config-x"
+    boot.write_text("CONFIG_BPF_SYSCALL=y\n")
+    monkeypatch.setattr(headers, "config_candidates", lambda release=None: [str(tmp_path / "no.gz"), str(boot)])
+    root = headers.build_tree(str(tmp_path / "tree"), release="6.12.9-amd64", **system)
+    assert "#define CONFIG_BPF_SYSCALL 1" in (tmp_path / "tree/include/generated/autoconf.h").read_text()
+    assert headers.tree_config_source(root) == str(boot)
+
+
+def test_build_tree_without_config_builds_nothing(monkeypatch, tmp_path, system):
+    monkeypatch.setattr(headers, "config_candidates", lambda release=None: [str(tmp_path / "no.gz")])
+    with pytest.raises(headers.NoConfigError):
+        headers.build_tree(str(tmp_path / "tree"), release="6.12.9-amd64", **system)
+    assert not (tmp_path / "tree").exists()
+
+
+# -- why a compile failed ------------------------------------------------------------
+
+
+def test_compile_failure_cause_names_a_tree_without_config(tmp_path, system):
+    root = build(tmp_path, system, config_text="")
+    cause = headers.compile_failure_cause(root)
+    assert cause.startswith("CONFIG_BPF_SYSCALL is undefined: the header tree")
+    assert "has no kernel configuration" in cause
+    assert "tracepoint" not in cause
+
+
+def test_compile_failure_cause_names_a_config_without_bpf(tmp_path, system):
+    root = build(tmp_path, system, config_text="# CONFIG_BPF_SYSCALL is not set\nCONFIG_NET=y\n")
+    assert "CONFIG_BPF_SYSCALL is not set in the kernel configuration given" in headers.compile_failure_cause(root)
+
+
+def test_compile_failure_cause_with_a_good_tree_points_at_the_compiler(tmp_path, system):
+    root = build(tmp_path, system, config_text="CONFIG_BPF_SYSCALL=y\n")
+    assert "the compiler's errors are above" in headers.compile_failure_cause(root)
+
+
+def test_compile_failure_cause_for_real_headers(tmp_path):
+    real = tmp_path / "build"
+    (real / "include/linux").mkdir(parents=True)
+    assert "no include/generated/autoconf.h" in headers.compile_failure_cause(str(real))
+    (real / "include/generated").mkdir()
+    (real / "include/generated/autoconf.h").write_text("#define CONFIG_BPF_SYSCALL 1\n")
+    assert "kernel headers in" in headers.compile_failure_cause(str(real))
+
+
+# -- real headers, whole or split as Debian ships them -------------------------------------
+
+
+def make_modules(tmp_path, release, *, split: bool):
+    """/lib/modules/<release>/{build,source} as a distribution installs them."""
+    arch = headers._arch_name()
+    common = tmp_path / "usr/src/common"
+    flavour = tmp_path / "usr/src/flavour"
+    for d in ("include/linux", f"arch/{arch}/include/asm", f"arch/{arch}/include/uapi"):
+        (common / d).mkdir(parents=True)
+    (common / "include/linux/kconfig.h").write_text("/* kconfig */\n")
+    for d in ("include/generated", f"arch/{arch}/include/generated/asm"):
+        (flavour / d).mkdir(parents=True)
+    (flavour / "include/generated/autoconf.h").write_text("#define CONFIG_BPF_SYSCALL 1\n")
+    mods = tmp_path / "lib/modules" / release
+    mods.mkdir(parents=True)
+    if split:
+        os.symlink(flavour, mods / "build")
+        os.symlink(common, mods / "source")
+    else:
+        os.rename(flavour / "include/generated", common / "include/generated")
+        os.symlink(common, mods / "build")
+    return str(tmp_path / "lib/modules"), str(flavour), str(common)
+
+
+def test_real_headers_whole(tmp_path):
+    modules, _flavour, common = make_modules(tmp_path, "6.1.0-1-amd64", split=False)
+    assert headers.real_headers_dir("6.1.0-1-amd64", modules) == f"{modules}/6.1.0-1-amd64/build"
+    assert headers.split_headers("6.1.0-1-amd64", modules) is None
+
+
+def test_real_headers_split(tmp_path):
+    modules, _flavour, _common = make_modules(tmp_path, "6.12.9-amd64", split=True)
+    rel = f"{modules}/6.12.9-amd64"
+    assert headers.real_headers_dir("6.12.9-amd64", modules) == f"{rel}/source"
+    assert headers.split_headers("6.12.9-amd64", modules) == (f"{rel}/build", f"{rel}/source")
+
+
+def test_a_build_link_without_its_headers_is_no_headers(tmp_path):
+    """The image package's own build link, dangling until linux-headers is installed."""
+    mods = tmp_path / "lib/modules/6.12.9-amd64"
+    mods.mkdir(parents=True)
+    os.symlink("/nonexistent/linux-headers-6.12.9-amd64", mods / "build")
+    assert headers.real_headers_dir("6.12.9-amd64", str(tmp_path / "lib/modules")) is None
+
+
+def test_merge_split_tree_joins_generated_headers(tmp_path):
+    modules, flavour, common = make_modules(tmp_path, "6.12.9-amd64", split=True)
+    arch = headers._arch_name()
+    root = headers.merge_split_tree(str(tmp_path / "joined"), flavour, common)
+    joined = tmp_path / "joined"
+    assert root == str(joined)
+    assert (joined / "include/linux/kconfig.h").read_text() == "/* kconfig */\n"
+    assert (joined / "include/generated/autoconf.h").is_file()
+    assert (joined / f"arch/{arch}/include/generated/asm").is_dir()
+    assert (joined / f"arch/{arch}/include/uapi").is_dir()
+    assert headers.tree_config_source(root) is None  # real headers, not procnetmon's tree
+
+
+def test_ensure_headers_joins_split_headers_once(monkeypatch, tmp_path):
+    modules, flavour, common = make_modules(tmp_path, "6.12.9-amd64", split=True)
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: common)
+    monkeypatch.setattr(headers, "split_headers", lambda release=None: (flavour, common))
+    monkeypatch.setattr(headers, "build_tree", lambda *a, **k: pytest.fail("built a synthetic tree"))
+    cache_dir = tmp_path / "cache"
+    assert headers.ensure_headers(str(cache_dir)) == (str(cache_dir / "headers-joined"), False)
+    stamp = cache_dir / "headers-joined" / headers.MERGED_STAMP
+    before = stamp.stat().st_mtime_ns
+    assert headers.ensure_headers(str(cache_dir)) == (str(cache_dir / "headers-joined"), False)
+    assert stamp.stat().st_mtime_ns == before
+
+
+def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path):
+    """One builds, the others wait for it and use its tree: none replaces a
+    tree another is compiling with."""
+    import threading
+    import time as _time
+
+    calls = []
+
+    def slow_build(root, *a, **k):
+        calls.append(root)
+        _time.sleep(0.2)
+        os.makedirs(root, exist_ok=True)
+        with open(os.path.join(root, headers.STAMP), "w") as f:
+            f.write("x\n")
+
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "build_tree", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(headers.ensure_headers(str(tmp_path))))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(got) == 4 and len(set(got)) == 1

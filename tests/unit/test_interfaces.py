@@ -62,3 +62,31 @@ def test_loopback_found_by_index_not_by_name(monkeypatch):
 
 def test_names_include_loopback_on_this_host():
     assert interfaces.names_include_loopback(["lo"])
+
+
+def test_names_of_other_namespaces_resolve_there(monkeypatch):
+    """NETNS/IFACE and pid:PID/IFACE key on that namespace's inode and index."""
+    paths = {"/run/netns/blue": (4026532001, {1: "lo", 5: "veth1"}),
+             "/proc/42/ns/net": (4026532002, {1: "lo", 3: "eth0"})}
+    monkeypatch.setattr(interfaces, "interface_names", lambda: dict(FAKE))
+    monkeypatch.setattr(interfaces, "own_netns_inode", lambda: 4026531840)
+    monkeypatch.setattr(interfaces, "netns_inode", lambda path: paths[path][0])
+    monkeypatch.setattr(interfaces, "names_in_netns", lambda path: dict(paths[path][1]))
+    assert interfaces.resolve(["eth0", "blue/veth1", "pid:42/eth0", "blue/lo"]) == [
+        (4026531840, 2), (4026532001, 5), (4026532002, 3), (4026532001, 1)]
+    with pytest.raises(UnknownInterface) as e:
+        interfaces.resolve(["blue/eth0"])
+    assert str(e.value) == "no interface named 'blue/eth0'; network namespace 'blue' has: lo, veth1"
+
+
+def test_a_namespace_that_does_not_exist_is_named():
+    with pytest.raises(UnknownInterface) as e:
+        interfaces.resolve(["procnetmon-no-such-ns/eth0"])
+    assert "no network namespace 'procnetmon-no-such-ns'" in str(e.value)
+    assert "/run/netns" in str(e.value)
+
+
+@pytest.mark.parametrize("names, expected", [(["blue/lo"], True), (["blue/eth0"], False), (["pid:1/lo"], True)])
+def test_loopback_of_another_namespace(monkeypatch, names, expected):
+    monkeypatch.setattr(interfaces, "interface_names", lambda: dict(FAKE))
+    assert interfaces.names_include_loopback(names) is expected

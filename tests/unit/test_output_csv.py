@@ -9,20 +9,26 @@ HEADER = (
     "timestamp,type,pid,name,cmdline,alive,mode,duration_s,bytes_in,bytes_out,"
     "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
     "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
-    "total_bytes_in,total_bytes_out,interfaces,cgroup,container,pod,pids\n"
+    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids\n"
 )
 
 SUMMARY_ROWS = (
-    "2026-11-22T10:01:00+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
-    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,,,,\n"
-    "2026-11-22T10:01:00+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
-    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,,,,\n"
+    "2026-11-22T10:01:00.000+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,\n"
+    "2026-11-22T10:01:00.000+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,\n"
 )
 
 SUMMARY_TOTAL = (
-    "2026-11-22T10:01:00+00:00,summary,,TOTAL,,,payload,60.0,"
-    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,,,,\n"
+    "2026-11-22T10:01:00.000+00:00,summary,,TOTAL,,,payload,60.0,"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,\n"
 )
+
+
+def test_columns_added_after_the_first_release_come_after_interfaces():
+    # Appended, so older column positions stay.
+    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):] == (
+        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids")
 
 
 def test_columns_start_as_documented():
@@ -50,7 +56,7 @@ def test_interval_rows_carry_running_totals_and_interfaces(records):
 
 def test_several_interfaces_are_joined_with_semicolons(records):
     text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
-    assert text.rstrip("\n").endswith(",eth0;wlan0,,,,")
+    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,,")
 
 
 def test_quoting_of_commas_quotes_and_newlines(records):
@@ -62,11 +68,25 @@ def test_quoting_of_commas_quotes_and_newlines(records):
     assert len(row) == len(CSV_COLUMNS)
 
 
-def test_empty_record(records):
-    assert format_csv(records.summary([]), header=False, aggregate=False) == ""
-    assert format_csv(records.summary([]), header=True, aggregate=False) == HEADER
-    total = format_csv(records.summary([]), header=False, aggregate=True)
-    assert total.split(",")[2:4] == ["", "TOTAL"]
+def test_empty_record_still_leaves_a_total_row_of_zeros(records):
+    # A cron job's idle minute must leave a row, or it looks like a run that never happened.
+    for aggregate in (False, True):
+        text = format_csv(records.summary([]), header=False, aggregate=aggregate)
+        (row,) = list(csv.DictReader(io.StringIO(HEADER + text)))
+        assert (row["pid"], row["name"], row["type"]) == ("", "TOTAL", "summary")
+        assert (row["bytes_in"], row["bytes_out"], row["tcp_connections"], row["tcp_listening"]) == \
+            ("0", "0", "0", "0")
+    assert format_csv(records.summary([]), header=True, aggregate=False).startswith(HEADER)
+    interval = format_csv(records.interval([]), header=False, aggregate=False)
+    assert interval.split(",")[1:4] == ["interval", "", "TOTAL"]
+
+
+def test_timestamp_has_milliseconds(records):
+    from datetime import datetime, timezone
+
+    end = datetime(2026, 11, 30, 1, 23, 10, 437512, tzinfo=timezone.utc)
+    text = format_csv(records.summary([records.nginx()], end=end), header=False, aggregate=False)
+    assert text.startswith("2026-11-30T01:23:10.437+00:00,summary,")
 
 
 def test_every_row_has_every_column(records):
@@ -76,7 +96,7 @@ def test_every_row_has_every_column(records):
 
 def test_cgroup_columns_come_last(records):
     # Appended at the end: cron files written before keep their column layout.
-    assert CSV_COLUMNS[-5:] == ("interfaces", "cgroup", "container", "pod", "pids")
+    assert CSV_COLUMNS[-4:] == ("cgroup", "container", "pod", "pids")
     record = records.summary([records.nginx()])
     record.processes[0].cgroup = "/system.slice/nginx.service"
     record.processes[0].container = "nginx.service"

@@ -8,15 +8,16 @@ from procnetmon.output.jsonout import format_json, format_json_line
 
 EXPECTED_LINE = (
     '{"schema":"procnetmon/1","type":"summary","mode":"payload",'
-    '"start":"2026-11-22T10:00:00+00:00","end":"2026-11-22T10:01:00+00:00",'
+    '"start":"2026-11-22T10:00:00.000+00:00","end":"2026-11-22T10:01:00.000+00:00",'
     '"duration_s":60.0,"interfaces":null,"include_loopback":false,'
     '"processes":[{"pid":1234,"name":"nginx","cmdline":"nginx: worker process","alive":true,'
     '"bytes_in":1500,"bytes_out":200,"rate_in":25.0,"rate_out":3.333,'
     '"peak_rate_in":1000000.0,"peak_rate_out":125.0,'
     '"tcp":{"bytes_in":1000,"bytes_out":200},"udp":{"bytes_in":500,"bytes_out":0},'
-    '"tcp_connections":2,"udp_connections":1,"cgroup":null,"container":null,"pod":null}],'
+    '"tcp_connections":2,"udp_connections":1,"tcp_listening":1,"cgroup":null,"container":null,"pod":null}],'
     '"aggregated":{"bytes_in":1500,"bytes_out":200,"rate_in":25.0,"rate_out":3.333,'
-    '"peak_rate_in":1000000.0,"peak_rate_out":125.0,"tcp_connections":2,"udp_connections":1}}\n'
+    '"peak_rate_in":1000000.0,"peak_rate_out":125.0,"tcp_connections":2,"udp_connections":1,'
+    '"tcp_listening":1}}\n'
 )
 
 
@@ -67,3 +68,12 @@ def test_exited_process_is_not_alive(records):
 def test_non_ascii_names_survive(records):
     record = records.summary([records.nginx(name="wörker")])
     assert json.loads(format_json_line(record))["processes"][0]["name"] == "wörker"
+
+
+def test_start_and_end_have_milliseconds(records):
+    from datetime import datetime, timezone
+
+    start = datetime(2026, 11, 30, 1, 23, 9, 400000, tzinfo=timezone.utc)
+    end = datetime(2026, 11, 30, 1, 23, 10, 437512, tzinfo=timezone.utc)
+    d = record_to_dict(records.summary(start=start, end=end))
+    assert (d["start"], d["end"]) == ("2026-11-30T01:23:09.400+00:00", "2026-11-30T01:23:10.437+00:00")

@@ -168,3 +168,75 @@ def test_closed_stdout_ends_quietly():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown output format"):
         Writer("xml", io.StringIO())
+
+
+# -- issue 14: concurrent appends, failing outputs, readers that leave ----------------
+
+
+def test_csv_jobs_started_together_on_a_new_file_write_one_header(tmp_path, records):
+    # 20 cron jobs open the new file, then each writes its first record.
+    import threading
+
+    path = tmp_path / "net.csv"
+    writers = [Writer("csv", str(path)) for _ in range(20)]
+    barrier = threading.Barrier(len(writers))
+
+    def job(w):
+        barrier.wait()
+        run(w, records.summary())
+
+    threads = [threading.Thread(target=job, args=(w,)) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = path.read_text().splitlines()
+    assert lines.count(HEADER) == 1 and lines[0] == HEADER
+    assert len(lines) == 1 + 20 * 2
+
+
+def test_csv_header_decided_under_an_exclusive_lock(tmp_path, records, monkeypatch):
+    import fcntl
+
+    calls = []
+    real_flock = fcntl.flock
+    monkeypatch.setattr(writer_module.fcntl, "flock", lambda fd, op: (calls.append(op), real_flock(fd, op)))
+    run(Writer("csv", str(tmp_path / "net.csv")), records.summary())
+    assert calls == [fcntl.LOCK_EX, fcntl.LOCK_UN]
+
+
+def test_full_device_raises_output_error(records):
+    w = Writer("json", "/dev/full")
+    with pytest.raises(writer_module.OutputError) as err:
+        w.write(records.summary())
+    assert err.value.strerror == "No space left on device"
+    w.close(quiet=True)
+
+
+def test_watch_notices_a_reader_leaving_without_any_write():
+    import threading
+
+    r, wfd = os.pipe()
+    stream = os.fdopen(wfd, "w")
+    w = Writer("csv", stream)
+    gone = threading.Event()
+    w.watch(gone.set)
+    os.close(r)
+    assert gone.wait(5)
+    assert w.write(records_summary_stub()) is False
+    stream.close()
+
+
+def records_summary_stub():
+    from tests.unit.conftest import summary
+    return summary()
+
+
+def test_watch_ignores_regular_files(tmp_path):
+    import threading
+
+    w = Writer("csv", str(tmp_path / "x.csv"))
+    before = threading.active_count()
+    w.watch(lambda: None)
+    assert threading.active_count() == before
+    w.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
+
 from procnetmon import sockettable
 
 HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout "
@@ -80,3 +82,91 @@ def test_a_namespace_table_is_read_once_for_all_its_processes(tmp_path):
     assert sorted(e.inode for e in found[100]) == [777, 40958]
     assert sorted(e.inode for e in found[200]) == [555, 777]
     assert found[300] == []  # gone
+
+
+# -- netlink sock_diag (issue 14, item 12) ----------------------------------------------
+
+
+def test_netlink_and_proc_text_agree_on_this_process():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp6.bind(("::1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.connect(("127.0.0.1", 9))
+    try:
+        me = os.getpid()
+        by_netlink = sorted(sockettable.sockets_by_pid([me], method="netlink")[me])
+        by_text = sorted(sockettable.sockets_by_pid([me], method="proc")[me])
+        assert by_netlink == by_text
+        assert len(by_netlink) == 5
+        assert {e.state for e in by_netlink} == {"LISTEN", "ESTABLISHED", "NONE"}
+    finally:
+        for s in (listener, client, accepted, udp6, udp):
+            s.close()
+
+
+class CannedNetlink:
+    """A netlink socket that answers every request with canned bytes."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+
+    def send(self, data):
+        return len(data)
+
+    def recv_into(self, buf):
+        data = self.replies.pop(0)
+        buf[:len(data)] = data
+        return len(data)
+
+
+def diag_message(inode, state=10, sport=80, dport=0, src=b"\x7f\0\0\x01", dst=b"\0" * 4):
+    import struct
+
+    body = struct.pack("=BBBB", 2, state, 0, 0) + struct.pack(">HH", sport, dport)
+    body += src.ljust(16, b"\0") + dst.ljust(16, b"\0") + struct.pack("=I8s", 0, b"\0" * 8)
+    body += struct.pack("=IIIII", 0, 0, 0, 0, inode)
+    return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+
+
+def test_diag_entries_decode_only_the_wanted_inodes():
+    import socket
+    import struct
+
+    done = struct.pack("=IHHII", 20, 3, 2, 1, 0) + b"\0" * 4
+    sock = CannedNetlink([diag_message(11) + diag_message(12, state=1, sport=5000, dport=443,
+                                                          dst=b"\x0a\0\0\x02"), done])
+    got = list(sockettable.diag_entries(sock, socket.AF_INET, socket.IPPROTO_TCP, "tcp", "ipv4", {12}))
+    assert got == [sockettable.SocketEntry("tcp", "ipv4", "127.0.0.1", 5000, "10.0.0.2", 443, "ESTABLISHED", 12)]
+
+
+def test_a_refused_dump_falls_back_to_the_text_tables(tmp_path, monkeypatch):
+    import struct
+
+    error = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -95) + b"\0" * 16
+    import socket
+    sock = CannedNetlink([error])
+    with pytest.raises(sockettable.NetlinkUnavailable):
+        list(sockettable.diag_entries(sock, socket.AF_INET, socket.IPPROTO_TCP, "tcp", "ipv4", {1}))
+
+    def refuse(*_a):
+        raise sockettable.NetlinkUnavailable("no sock_diag")
+
+    monkeypatch.setattr(sockettable, "netlink_tables", refuse)
+    me = os.getpid()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        found = sockettable.sockets_by_pid([me])[me]
+        assert any(e.local_port == listener.getsockname()[1] for e in found)
+        with pytest.raises(sockettable.NetlinkUnavailable):
+            sockettable.sockets_by_pid([me], method="netlink")
+    finally:
+        listener.close()

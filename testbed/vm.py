@@ -1,0 +1,621 @@
+"""The kernel matrix: real Debian kernels booted under QEMU, the e2e matrix run inside.
+
+``scripts/vmtest`` is the entry point. This module fetches Debian's kernels
+into a cache through a private apt configuration (the machine's own sources
+stay as they are), boots each with virtme-ng (TCG: nested KVM hangs here),
+and inside the guest runs tests/e2e/test_matrix.py once per payload backend
+the kernel offers, plus wire mode. The guest sees this machine's root
+filesystem read-only with throw-away overlays; results come back through a
+shared directory.
+
+Pure parts (picking the newest kernel, the apt options, the guest plan, the
+result table) are unit-tested in tests/unit/test_vm.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.environ.get("PROCNETMON_VM_CACHE", "/var/cache/procnetmon-vm")
+SOURCES = "/etc/apt/sources.list.d/debian.sources"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+SUITES = ("bullseye", "bookworm", "bookworm-backports")
+APT_PACKAGES = ("qemu-system-x86", "kmod", "busybox-static")
+VIRTME_NG = "virtme-ng"
+BACKENDS = ("tracepoint", "fentry", "kprobe")  # procnetmon's payload backends, as --backend names them
+MATRIX_TESTS = "tests/e2e/test_matrix.py"
+# Hard limits, so that a hung guest or test cannot eat CI's time.
+GUEST_TIMEOUT = 20 * 60  # one boot, all its runs
+RUN_TIMEOUT = 12 * 60  # one pytest run of the matrix module in a guest
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel series of the matrix: the Debian package pattern naming its newest build."""
+
+    name: str  # short label: 5.10, 6.1, 6.12
+    distro: str  # who ships it
+    image: str  # regex over package names; group 1 is the build number to maximise
+    headers: bool = False  # also fetch linux-headers and run once with them
+
+
+KERNELS = (
+    KernelSpec("5.10", "Debian 11", r"linux-image-5\.10\.0-(\d+)-amd64"),
+    KernelSpec("6.1", "Debian 12", r"linux-image-6\.1\.0-(\d+)-amd64-unsigned"),
+    KernelSpec("6.12", "Debian 13 (bookworm-backports build)", r"linux-image-6\.12\.(\d+)\+deb12-amd64",
+               headers=True),
+)
+
+
+class VMError(Exception):
+    """Something the matrix needs is missing or broke; the message says what."""
+
+
+# ---------------------------------------------------------------- pure parts
+
+def mirror_from_sources(text: str) -> str:
+    """The Debian mirror's base URI (…/debian) from a deb822 sources file."""
+    for stanza in re.split(r"\n\s*\n", text):
+        uris = re.search(r"^URIs:\s*(\S+)", stanza, re.M)
+        suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+        if uris and suites and not any(s.endswith("-security") for s in suites.group(1).split()):
+            return uris.group(1).rstrip("/")
+    raise VMError(f"no Debian mirror (a stanza with URIs: and Suites:) in {SOURCES}")
+
+
+def sources_list(mirror: str, suites=SUITES, keyring: str = KEYRING) -> str:
+    return "".join(f"deb [signed-by={keyring}] {mirror} {suite} main\n" for suite in suites)
+
+
+def apt_options(apt_dir: str) -> list[str]:
+    """apt options that use only ``apt_dir``: the machine's own sources, lists and locks stay untouched."""
+    return ["-o", f"Dir::Etc::sourcelist={apt_dir}/sources.list", "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State::Lists={apt_dir}/lists", "-o", f"Dir::Cache={apt_dir}/cache",
+            "-o", "Acquire::Languages=none", "-o", "APT::Get::List-Cleanup=0"]
+
+
+def newest(names, pattern: str) -> Optional[str]:
+    """The package name matching ``pattern`` in full with the highest build number."""
+    best, best_key = None, None
+    for name in names:
+        m = re.fullmatch(pattern, name.strip())
+        if m:
+            key = int(m.group(1))
+            if best_key is None or key > best_key:
+                best, best_key = name.strip(), key
+    return best
+
+
+def headers_packages(release: str) -> list[str]:
+    """Debian's header pair for a kernel release: the flavour's and the common one."""
+    if not release.endswith("-amd64"):
+        raise VMError(f"{release}: not an amd64 Debian kernel release")
+    return [f"linux-headers-{release}", f"linux-headers-{release[:-len('-amd64')]}-common"]
+
+
+@dataclass
+class Kernel:
+    """An unpacked kernel in the cache."""
+
+    spec: KernelSpec
+    release: str
+    root: str  # the unpacked packages: boot/, lib/modules/<release>/, usr/src/
+
+    @property
+    def vmlinuz(self) -> str:
+        return f"{self.root}/boot/vmlinuz-{self.release}"
+
+    @property
+    def config(self) -> str:
+        return f"{self.root}/boot/config-{self.release}"
+
+    @property
+    def modules(self) -> str:
+        return f"{self.root}/lib/modules/{self.release}"
+
+    @property
+    def headers(self) -> Optional[str]:
+        path = f"{self.root}/usr/src/linux-headers-{self.release}"
+        return path if os.path.isdir(path) else None
+
+
+# ---------------------------------------------------------------- fetching
+
+def say(*words) -> None:
+    print("vmtest:", *words, file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if done.returncode != 0:
+        raise VMError(f"{' '.join(cmd[:3])}... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return done
+
+
+def ensure_tools(cache: str = CACHE) -> str:
+    """Install QEMU, kmod and busybox (apt) and virtme-ng (its own venv); return the vng path."""
+    missing = [p for p in APT_PACKAGES
+               if "install ok installed" not in subprocess.run(
+                   ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout]
+    if missing:
+        say("installing", *missing)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+    venv = f"{cache}/venv"
+    vng = f"{venv}/bin/vng"
+    if not os.path.exists(vng):
+        say(f"installing {VIRTME_NG} into {venv}")
+        run(["/usr/bin/python3", "-m", "venv", venv])
+        run([f"{venv}/bin/pip", "install", "-q", "--disable-pip-version-check", VIRTME_NG])
+    return vng
+
+
+def apt_update(cache: str = CACHE, max_age: float = 24 * 3600) -> str:
+    """The private apt configuration, its lists refreshed once a day; returns its directory."""
+    apt_dir = f"{cache}/apt"
+    os.makedirs(f"{apt_dir}/lists/partial", exist_ok=True)
+    os.makedirs(f"{apt_dir}/cache/archives/partial", exist_ok=True)
+    with open(SOURCES) as f:
+        wanted = sources_list(mirror_from_sources(f.read()))
+    src = f"{apt_dir}/sources.list"
+    stamp = f"{apt_dir}/updated"
+    stale = not os.path.exists(stamp) or time.time() - os.path.getmtime(stamp) > max_age
+    if not os.path.exists(src) or open(src).read() != wanted:
+        with open(src, "w") as f:
+            f.write(wanted)
+        stale = True
+    if stale:
+        say("updating the private apt lists (", ", ".join(SUITES), ")")
+        run(["apt-get", *apt_options(apt_dir), "update", "-qq"])
+        with open(stamp, "w") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+    return apt_dir
+
+
+def package_names(apt_dir: str, prefix: str) -> list[str]:
+    return run(["apt-cache", *apt_options(apt_dir), "pkgnames", prefix]).stdout.split()
+
+
+def download(apt_dir: str, packages: list[str], dest: str) -> list[str]:
+    """The .deb files of ``packages`` in ``dest``, downloaded unless there already."""
+    os.makedirs(dest, exist_ok=True)
+    debs = []
+    for pkg in packages:
+        have = [n for n in os.listdir(dest) if n.startswith(pkg.replace("+", "%2b") + "_") or n.startswith(pkg + "_")]
+        if not have:
+            say("downloading", pkg)
+            run(["apt-get", *apt_options(apt_dir), "download", pkg], cwd=dest)
+            have = [n for n in os.listdir(dest) if n.startswith(pkg.replace("+", "%2b") + "_")
+                    or n.startswith(pkg + "_")]
+        if not have:
+            raise VMError(f"apt-get download {pkg} left no .deb in {dest}")
+        debs.append(os.path.join(dest, sorted(have)[-1]))
+    return debs
+
+
+def unpack(debs: list[str], root: str) -> None:
+    tmp = root + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for deb in debs:
+        run(["dpkg-deb", "-x", deb, tmp])
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(tmp, root)
+
+
+def fetch_kernel(spec: KernelSpec, apt_dir: str, cache: str = CACHE) -> Kernel:
+    """The newest build of ``spec`` unpacked in the cache, with modules.dep (and headers if wanted)."""
+    image = newest(package_names(apt_dir, spec.image.split("\\")[0]), spec.image)
+    if not image:
+        raise VMError(f"no package matches {spec.image} in {', '.join(SUITES)}")
+    release = re.sub(r"^linux-image-|-unsigned$", "", image)
+    root = f"{cache}/kernels/{release}"
+    kernel = Kernel(spec, release, root)
+    stamp = f"{root}/.unpacked"
+    want = [image] + (headers_packages(release) if spec.headers else [])
+    if not os.path.exists(stamp) or open(stamp).read().split() != want:
+        debs = download(apt_dir, want, f"{cache}/debs")
+        say("unpacking", release)
+        unpack(debs, root)
+        # The package ships no modules.dep: without it modprobe finds nothing (veth).
+        run(["depmod", "-b", root, release])
+        with open(stamp, "w") as f:
+            f.write("\n".join(want) + "\n")
+    for path in (kernel.vmlinuz, kernel.config, kernel.modules):
+        if not os.path.exists(path):
+            raise VMError(f"{image}: {path} is missing after unpacking")
+    return kernel
+
+
+def fetch_all(specs=KERNELS, cache: str = CACHE) -> list[Kernel]:
+    apt_dir = apt_update(cache)
+    return [fetch_kernel(spec, apt_dir, cache) for spec in specs]
+
+
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class Outcome:
+    """One pytest run's tests of one mode: how many passed, failed, were skipped (and why)."""
+
+    passed: int = 0
+    failed: list = field(default_factory=list)  # test ids
+    skipped: dict = field(default_factory=dict)  # reason -> count
+
+
+def mode_of(test_name: str) -> str:
+    return "wire" if test_name.startswith("test_wire") else "payload"
+
+
+def parse_junit(text: str) -> dict[str, Outcome]:
+    """Outcomes by mode from pytest's --junitxml."""
+    out: dict[str, Outcome] = {}
+    for case in ET.fromstring(text).iter("testcase"):
+        name = case.get("name", "")
+        o = out.setdefault(mode_of(name), Outcome())
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        skip = case.find("skipped")
+        if bad is not None:
+            o.failed.append(name)
+        elif skip is not None:
+            reason = (skip.get("message") or "").strip()
+            reason = re.sub(r"^Skipped:\s*", "", reason)
+            o.skipped[reason] = o.skipped.get(reason, 0) + 1
+        else:
+            o.passed += 1
+    return out
+
+
+@dataclass
+class Row:
+    kernel: str
+    backend: str
+    mode: str
+    passed: int = 0
+    failed: int = 0
+    skipped: str = ""  # "N (reason)" or ""
+    seconds: Optional[float] = None
+    note: str = ""  # a backend not run, and why
+    failed_ids: list = field(default_factory=list)
+
+
+def rows_of(kernel: str, guest: dict, junits: dict) -> list[Row]:
+    """Table rows for one kernel from its guest.json and the junit texts by run label."""
+    rows = []
+    for run in guest.get("runs", []):
+        label = run["label"]
+        text = junits.get(label)
+        outcomes = parse_junit(text) if text else {}
+        if not outcomes:
+            rows.append(Row(kernel, label, "-", failed=1, seconds=run.get("seconds"),
+                            note=f"no results (pytest exit {run.get('returncode')}; see {run.get('log', 'the log')})"))
+            continue
+        for mode in ("payload", "wire"):
+            o = outcomes.get(mode)
+            if o is None:
+                continue
+            skipped = ", ".join(f"{n} ({r})" for r, n in sorted(o.skipped.items()))
+            rows.append(Row(kernel, label, mode, o.passed, len(o.failed), skipped, run.get("seconds"),
+                            failed_ids=o.failed))
+    for name, reason in sorted(guest.get("missing", {}).items()):
+        rows.append(Row(kernel, name, "-", note=f"missing: {reason}"))
+    for name, reason in sorted(guest.get("not_run", {}).items()):
+        rows.append(Row(kernel, name, "-", note=f"not run: {reason}"))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("kernel", "backend", "mode", "passed", "failed", "skipped (reason)", "time")
+    lines = [head]
+    for r in rows:
+        if r.note:
+            lines.append((r.kernel, r.backend, r.mode, "", str(r.failed) if r.failed else "", r.note,
+                          f"{r.seconds:.0f} s" if r.seconds is not None else ""))
+            continue
+        lines.append((r.kernel, r.backend, r.mode, str(r.passed), str(r.failed), r.skipped or "0",
+                      f"{r.seconds:.0f} s" if r.seconds is not None else ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = []
+    for i, line in enumerate(lines):
+        text.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+        if i == 0:
+            text.append("  ".join("-" * w for w in widths))
+    failed = [f"{r.kernel} {r.backend} {t}" for r in rows for t in r.failed_ids]
+    if failed:
+        text.append("")
+        text.append("failed: " + ", ".join(failed))
+    return "\n".join(text) + "\n"
+
+
+def any_failed(rows: list[Row]) -> bool:
+    return any(r.failed for r in rows)
+
+
+# ---------------------------------------------------------------- in the guest (or natively)
+
+def reasons_from_check(check_text: str, backend: str) -> str:
+    """The --check lines that speak of ``backend`` (the reason it is missing), or a plain word."""
+    hits = [line.strip() for line in check_text.splitlines() if backend in line.lower()]
+    return "; ".join(hits) if hits else "procnetmon --check does not offer it"
+
+
+def offered_backends() -> tuple[list[str], str]:
+    """The payload backends procnetmon offers on this kernel, best first, and where that came from."""
+    from procnetmon.kernel import check
+
+    usable = getattr(check, "usable_backends", None)
+    if usable is None:
+        return ["tracepoint"], "procnetmon has no check.usable_backends() yet: assumed tracepoint only"
+    return list(usable()), "check.usable_backends()"
+
+
+def link_headers(release: str, headers_root: str, modules_dir: str = "/lib/modules") -> None:
+    """Make /lib/modules/<release>/{build,source} point at the unpacked linux-headers, as installing them would."""
+    mods = f"{modules_dir}/{release}"
+    real = os.path.realpath(mods)
+    if os.path.islink(mods):
+        os.unlink(mods)
+        os.makedirs(mods)
+        for name in os.listdir(real):
+            if name not in ("build", "source"):
+                os.symlink(os.path.join(real, name), os.path.join(mods, name))
+    for name in ("build", "source"):
+        if os.path.lexists(f"{mods}/{name}"):
+            os.unlink(f"{mods}/{name}")
+    version = release[:-len("-amd64")] if release.endswith("-amd64") else release
+    os.symlink(f"{headers_root}/usr/src/linux-headers-{release}", f"{mods}/build")
+    os.symlink(f"{headers_root}/usr/src/linux-headers-{version}-common", f"{mods}/source")
+
+
+def ensure_modules(release: str, modules_dir: str = "/lib/modules", cache: str = CACHE) -> None:
+    """The guest's /lib/modules is not this machine's: without the kernel's modules there,
+    ``ip link add ... type veth`` fails with "Unknown device type". virtme-ng links them
+    when it can see them; link them here when it did not."""
+    if os.path.exists(f"{modules_dir}/{release}/modules.dep"):
+        return
+    unpacked = f"{cache}/kernels/{release}/lib/modules/{release}"
+    if os.path.exists(f"{unpacked}/modules.dep"):
+        if os.path.lexists(f"{modules_dir}/{release}"):
+            os.unlink(f"{modules_dir}/{release}")
+        os.symlink(unpacked, f"{modules_dir}/{release}")
+
+
+def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: float) -> dict:
+    """pytest of the matrix module, with $PROCNETMON_BACKEND set; returns the run's record."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache")
+    env.pop("PROCNETMON_BACKEND", None)
+    if backend:
+        env["PROCNETMON_BACKEND"] = backend
+    junit, log = f"{out}/{label}.xml", f"{out}/{label}.log"
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "-rA", f"--junitxml={junit}",
+           MATRIX_TESTS]
+    started = time.monotonic()
+    with open(log, "w") as f:
+        try:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            returncode = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            returncode = "timeout"
+            f.write(f"\nvmtest: killed after {timeout:.0f} s\n")
+    return {"label": label, "backend": backend or "auto", "returncode": returncode,
+            "seconds": round(time.monotonic() - started, 1), "log": log}
+
+
+def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout: float = RUN_TIMEOUT) -> int:
+    """What runs in the guest (and natively): check, then the matrix module per backend; results in ``out``."""
+    os.makedirs(out, exist_ok=True)
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    record = {"release": os.uname().release, "uptime_at_start": uptime, "runs": [], "missing": {}, "not_run": {}}
+    from procnetmon.kernel import check
+
+    ensure_modules(os.uname().release)
+    check.mount_tracefs()
+    check_started = time.monotonic()
+    check_run = subprocess.run([sys.executable, "-m", "procnetmon", "--check"], cwd=ROOT, capture_output=True,
+                               text=True, env=dict(os.environ, PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache"))
+    record["check"] = check_run.stdout + check_run.stderr
+    record["check_seconds"] = round(time.monotonic() - check_started, 1)
+    backends, source = offered_backends()
+    record["offered"], record["offered_from"] = backends, source
+    for name in BACKENDS:
+        if name not in backends:
+            reason = reasons_from_check(record["check"], name)
+            if source != "check.usable_backends()":
+                reason = f"procnetmon has no {name} backend yet (--check: {reason})"
+            record["missing"][name] = reason
+    if not backends:
+        record["missing"]["auto"] = "no payload backend on this kernel"
+    to_run = backends if everything else backends[:1]
+    for name in backends[len(to_run):]:
+        record["not_run"][name] = "CI subset; scripts/vmtest --all runs it"
+    for name in to_run:
+        record["runs"].append(run_matrix_tests(out, name, name, timeout))
+        _write_json(f"{out}/guest.json", record)
+    if headers_root:
+        link_headers(os.uname().release, headers_root)
+        check_run = subprocess.run([sys.executable, "-m", "procnetmon", "--check"], cwd=ROOT, capture_output=True,
+                                   text=True, env=dict(os.environ, PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache"))
+        record["check_with_headers"] = check_run.stdout + check_run.stderr
+        if backends:
+            record["runs"].append(run_matrix_tests(out, f"{backends[0]}+headers", backends[0], timeout))
+    record["seconds_in_guest"] = round(float(open("/proc/uptime").read().split()[0]) - uptime, 1)
+    _write_json(f"{out}/guest.json", record)
+    return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- on this machine
+
+def guest_command(root: str, out: str, everything: bool, headers_root: Optional[str]) -> str:
+    """The one shell line the guest runs: the guest side of this module, its output kept in ``out``."""
+    args = ["-m", "testbed.vm", "guest", "--out", out] + (["--all"] if everything else [])
+    if headers_root:
+        args += ["--headers", headers_root]
+    python = f"{root}/.venv/bin/python"
+    return (f"cd {shlex.quote(root)} && exec {shlex.quote(python)} "
+            + " ".join(shlex.quote(a) for a in args) + f" > {shlex.quote(out)}/guest.log 2>&1")
+
+
+def vng_command(vng: str, kernel: Kernel, out: str, guest_cmd: str, cache: str = CACHE) -> list[str]:
+    # The guest's /var/cache is an empty tmpfs: the unpacked kernels come in read-only.
+    return [vng, "--disable-kvm", "--force-9p", "--rodir", f"{cache}/kernels", "--rwdir", out,
+            "-r", kernel.vmlinuz, "--memory", "2G", "--cpus", "2", "--exec", guest_cmd]
+
+
+def install_boot_config(kernel: Kernel, boot: str = "/boot") -> None:
+    """The guest sees this machine's /boot: procnetmon reads the kernel's configuration there."""
+    dest = f"{boot}/config-{kernel.release}"
+    if not os.path.exists(dest) or open(dest, "rb").read() != open(kernel.config, "rb").read():
+        shutil.copyfile(kernel.config, dest)
+
+
+def boot_and_test(vng: str, kernel: Kernel, out: str, everything: bool, timeout: float = GUEST_TIMEOUT) -> dict:
+    """Boot ``kernel``, run the guest side, return its guest.json (with host-side timings added)."""
+    os.makedirs(out, exist_ok=True)
+    install_boot_config(kernel)
+    headers_root = kernel.root if (everything and kernel.headers) else None
+    cmd = vng_command(vng, kernel, out, guest_command(ROOT, out, everything, headers_root))
+    env = dict(os.environ, PATH=f"{os.path.dirname(vng)}:{os.environ.get('PATH', '')}")
+    started = time.monotonic()
+    timed_out = False
+    with open(f"{out}/vng.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    wall = time.monotonic() - started
+    try:
+        with open(f"{out}/guest.json") as f:
+            guest = json.load(f)
+    except (OSError, ValueError):
+        guest = {"runs": [{"label": "boot", "returncode": "timeout" if timed_out else proc.returncode,
+                           "seconds": round(wall, 1), "log": f"{out}/guest.log"}]}
+    guest["wall"] = round(wall, 1)
+    guest["timed_out"] = timed_out
+    return guest
+
+
+def native_test(out: str, everything: bool) -> dict:
+    started = time.monotonic()
+    guest_main(out, everything, None)
+    with open(f"{out}/guest.json") as f:
+        guest = json.load(f)
+    guest["wall"] = round(time.monotonic() - started, 1)
+    return guest
+
+
+def junits_of(out: str, guest: dict) -> dict:
+    texts = {}
+    for run in guest.get("runs", []):
+        path = f"{out}/{run['label']}.xml"
+        if os.path.exists(path):
+            with open(path) as f:
+                texts[run["label"]] = f.read()
+    return texts
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmtest", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    guest = sub.add_parser("guest", help="(inside a guest) run the matrix module per backend")
+    guest.add_argument("--out", required=True)
+    guest.add_argument("--all", action="store_true")
+    guest.add_argument("--headers", help="the unpacked kernel packages holding usr/src/linux-headers-*")
+    parser.add_argument("--all", action="store_true", help="every backend of every kernel, and the run with "
+                                                           "real headers (default: each kernel's best backend)")
+    parser.add_argument("--kernels", default=",".join(k.name for k in KERNELS),
+                        help="which of " + ", ".join(k.name for k in KERNELS) + " to boot (comma-separated)")
+    parser.add_argument("--no-native", action="store_true", help="skip this machine's own kernel")
+    parser.add_argument("--jobs", type=int, default=1, help="guests booted at once")
+    parser.add_argument("--fetch-only", action="store_true", help="fetch and unpack the kernels, boot nothing")
+    args = parser.parse_args(argv)
+    if args.command == "guest":
+        return guest_main(args.out, args.all, args.headers)
+
+    wanted = [k for k in KERNELS if k.name in args.kernels.split(",")]
+    started = time.monotonic()
+    try:
+        kernels = fetch_all(wanted)
+        if args.fetch_only:
+            for k in kernels:
+                print(f"{k.spec.name:6} {k.release:28} {k.root}" + ("  (+headers)" if k.headers else ""))
+            return 0
+        vng = ensure_tools()
+    except VMError as e:
+        print(f"vmtest: {e}", file=sys.stderr)
+        return 1
+    results_dir = f"{CACHE}/runs/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    os.makedirs(results_dir)
+    say(f"results in {results_dir}")
+    results = {}  # label -> (out dir, guest record)
+    if not args.no_native:
+        out = f"{results_dir}/native"
+        say(f"running natively on {os.uname().release}")
+        results[f"{os.uname().release} (native)"] = (out, native_test(out, args.all))
+
+    def one(kernel):
+        out = f"{results_dir}/{kernel.spec.name}"
+        say(f"booting {kernel.release}")
+        guest = boot_and_test(vng, kernel, out, args.all)
+        say(f"{kernel.release} done in {guest['wall']:.0f} s")
+        return kernel, out, guest
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for kernel, out, guest in pool.map(one, kernels):
+            results[f"{kernel.spec.name} {kernel.release}"] = (out, guest)
+
+    rows = []
+    timings = []
+    for label, (out, guest) in results.items():
+        rows += rows_of(label, guest, junits_of(out, guest))
+        if guest.get("timed_out"):
+            rows.append(Row(label, "-", "-", failed=1, note=f"guest killed after {GUEST_TIMEOUT} s; "
+                                                            f"see {out}/guest.log"))
+        runs = ", ".join(f"{r['label']} {r['seconds']:.0f} s" for r in guest.get("runs", []))
+        boot = guest.get("uptime_at_start")
+        timings.append(f"{label}: wall {guest.get('wall', 0):.0f} s"
+                       + (f", boot {boot:.0f} s" if boot is not None and "native" not in label else "")
+                       + (f", --check {guest['check_seconds']:.0f} s" if "check_seconds" in guest else "")
+                       + (f", runs: {runs}" if runs else "")
+                       + (" (TIMED OUT)" if guest.get("timed_out") else ""))
+    table = format_table(rows)
+    summary = table + "\n" + "\n".join(timings) + f"\nmatrix wall time: {time.monotonic() - started:.0f} s\n"
+    with open(f"{results_dir}/table.txt", "w") as f:
+        f.write(summary)
+    print(summary, end="")
+    return 1 if any_failed(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
