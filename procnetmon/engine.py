@@ -265,13 +265,21 @@ class Sampler:
                 self.cgroup_names.remember(path)
         return path or self.cgroup_seen.get(pid)
 
+    def _exit_note(self, pid: int) -> tuple[Optional[str], Optional[int]]:
+        """Name and cgroup id the kernel noted at the exit of a process that
+        moved bytes and exited after the last read collected exits (gone, or
+        a zombie, when first looked at)."""
+        peek = getattr(self.probe, "exit_info", None)
+        note = peek(pid) if peek else None
+        return note if note else (None, None)
+
     def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
         """A live process's cgroup now; an exited one's where it exited."""
         if alive:
             if self.options.forget_exited and pid in self.cgroup_seen:
                 return self.cgroup_seen[pid]  # a daemon reads it once
             return self._live_cgroup(pid)
-        cgroup_id = exited_cgroups.get(pid)
+        cgroup_id = exited_cgroups.get(pid) or self._exit_note(pid)[1]
         path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
         return path or self.cgroup_seen.get(pid)
 
@@ -356,7 +364,8 @@ class Sampler:
         if pid not in self.group_of:
             identity = self.identities.get(pid)
             if self.options.group_by == "name":
-                key = identity.name if identity is not None else self.kernel_names.get(pid, "?")
+                key = identity.name if identity is not None else \
+                    (self.kernel_names.get(pid) or self._exit_note(pid)[0] or "?")
             else:
                 exited_ids = self.exited_cgroup_ids
                 key = self._cgroup(pid, identity is not None and pid not in exited_ids, exited_ids) or ""
@@ -535,7 +544,7 @@ class Sampler:
             command = self.options.command
             name, cmdline = exited.get(pid) or os.path.basename(command[0]), " ".join(command)
         else:
-            name, cmdline = exited.get(pid, "?"), ""
+            name, cmdline = exited.get(pid) or self._exit_note(pid)[0] or "?", ""
         row = ProcessStats(
             pid=pid, name=name, cmdline=cmdline, alive=alive,
             bytes_in=usage.bytes_in, bytes_out=usage.bytes_out,
