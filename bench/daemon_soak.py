@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -228,6 +229,8 @@ def main(argv=None) -> int:
     m.add_argument("--idle", action="store_true", help="hold the sockets without writing after the first byte")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the daemon, the processes and the cgroup go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     mount = cgroup2_mount()
     if mount is None:
         raise SystemExit("needs cgroup v2")
