@@ -300,19 +300,9 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
             return real, False
         root = os.path.join(cache_dir or cache.kernel_cache_dir(), "headers-joined")
         want = "{}\n{}\n".format(*split)
-        try:
-            with open(os.path.join(root, MERGED_STAMP)) as f:
-                fresh = f.read() == want
-        except OSError:
-            fresh = False
-        if not fresh:
+        if not _merged_for(root, want):
             with _building(root):
-                try:
-                    with open(os.path.join(root, MERGED_STAMP)) as f:
-                        fresh = f.read() == want
-                except OSError:
-                    fresh = False
-                if not fresh:
+                if not _merged_for(root, want):  # another procnetmon may have joined them
                     merge_split_tree(root, *split)
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
@@ -321,6 +311,15 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
             if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
                 build_tree(root)
     return root, True
+
+
+def _merged_for(root: str, want: str) -> bool:
+    """Whether ``root`` joins the split headers ``want`` names."""
+    try:
+        with open(os.path.join(root, MERGED_STAMP)) as f:
+            return f.read() == want
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
