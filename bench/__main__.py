@@ -149,10 +149,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = report.markdown(env, method, results, startup, verdict_text, bpf, report.runs_table(runs, workloads),
                            wall)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    text += kept_sections(args.output)
     with open(args.output, "w") as f:
         f.write(text)
     print(f"bench: wrote {args.output} in {wall:.0f} s", file=sys.stderr)
     return 0
+
+
+KEEP_MARK = "<!-- kept by scripts/bench:"
+
+
+def kept_sections(path: str) -> str:
+    """The hand-run measurements at the end of the old report (from KEEP_MARK
+    on: the soak, the socket tables), which this benchmark does not redo."""
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARK)
+    return "\n" + old[at:] if at >= 0 else ""
 
 
 if __name__ == "__main__":

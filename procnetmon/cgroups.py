@@ -13,6 +13,7 @@ runtimes and systemd out of a path.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Workload:
     pod: Optional[str] = None  # Kubernetes pod UID
 
 
+@functools.lru_cache(maxsize=4096)  # a daemon asks about the same few paths every second
 def parse_path(path: Optional[str]) -> Workload:
     """The container (or systemd unit) and Kubernetes pod named by a cgroup v2 path."""
     if not path:

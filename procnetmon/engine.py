@@ -152,6 +152,10 @@ class Archive:
                    name, cmdline, cgroup or None, group)
 
 
+# --serve counts the sockets of its processes every this many intervals.
+DAEMON_SOCKETS_EVERY = 10
+
+
 @dataclass
 class Options:
     """What to sample and for how long; built by the CLI from its arguments."""
@@ -169,8 +173,12 @@ class Options:
     # to its filter; those that moved bytes are rows too.
     follow_children: bool = False
     command: Optional[list[str]] = None  # -- COMMAND: pids holds its PID alone
-    # A daemon (--serve): once an interval record has carried an exited
-    # process's last bytes, forget it (the summary will not list it).
+    # A daemon (--serve), which must stay cheap however long it runs and
+    # however many processes there are: once an interval record has carried
+    # an exited process's last bytes, it is forgotten (the summary will not
+    # list it); liveness comes from the kernel's exit notes rather than
+    # /proc; a process's cgroup is read when it is first seen; sockets are
+    # counted every DAEMON_SOCKETS_EVERY intervals.
     forget_exited: bool = False
 
 
@@ -220,8 +228,8 @@ class Sampler:
         self.socket_totals: dict[int, dict[tuple, tuple[int, int]]] = {}
         self.archive = Archive()
         self.exiting: list[int] = []  # exits the last read collected
-        # With -p (at most a few thousand PIDs) an exited process keeps its
-        # row in every record: its totals are carried here, not archived.
+        # A PID given with -p (at most a few thousand) keeps its row in every
+        # record after it exits: its totals are carried here, not archived.
         self.carried: dict[int, Usage] = {}
         self.given = frozenset(options.pids or ())
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
@@ -231,6 +239,8 @@ class Sampler:
         self.cgroup_seen: dict[int, str] = {}
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
+        self._socket_cache: dict = {}  # --serve: the sockets last counted
+        self._records_since_sockets = 0
         if options.command is None:
             for pid in options.pids or []:
                 self._identify(pid)
@@ -256,11 +266,21 @@ class Sampler:
                 self.cgroup_names.remember(path)
         return path or self.cgroup_seen.get(pid)
 
+    def _exit_note(self, pid: int) -> tuple[Optional[str], Optional[int]]:
+        """Name and cgroup id the kernel noted at the exit of a process that
+        moved bytes and exited after the last read collected exits (gone, or
+        a zombie, when first looked at)."""
+        peek = getattr(self.probe, "exit_info", None)
+        note = peek(pid) if peek else None
+        return note if note else (None, None)
+
     def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
         """A live process's cgroup now; an exited one's where it exited."""
         if alive:
+            if self.options.forget_exited and pid in self.cgroup_seen:
+                return self.cgroup_seen[pid]  # a daemon reads it once
             return self._live_cgroup(pid)
-        cgroup_id = exited_cgroups.get(pid)
+        cgroup_id = exited_cgroups.get(pid) or self._exit_note(pid)[1]
         path = self.cgroup_names.path_of(cgroup_id) if cgroup_id else None
         return path or self.cgroup_seen.get(pid)
 
@@ -345,7 +365,8 @@ class Sampler:
         if pid not in self.group_of:
             identity = self.identities.get(pid)
             if self.options.group_by == "name":
-                key = identity.name if identity is not None else self.kernel_names.get(pid, "?")
+                key = identity.name if identity is not None else \
+                    (self.kernel_names.get(pid) or self._exit_note(pid)[0] or "?")
             else:
                 exited_ids = self.exited_cgroup_ids
                 key = self._cgroup(pid, identity is not None and pid not in exited_ids, exited_ids) or ""
@@ -376,6 +397,7 @@ class Sampler:
         self.exited_cgroup_ids.pop(pid, None)
         self.cgroup_seen.pop(pid, None)
         self.socket_totals.pop(pid, None)
+        self._socket_cache.pop(pid, None)
         group = self.group_of.pop(pid, "")
         if self.options.forget_exited:
             return  # a daemon keeps no history: its metrics already carry the bytes
@@ -384,6 +406,15 @@ class Sampler:
         else:
             name, cmdline = kernel_name, ""
         self.archive.add(pid, total, peaks, name, cmdline, cgroup, group)
+
+    def _live_sockets(self, alive: set) -> dict:
+        if not self.options.forget_exited:
+            return self.processes.sockets_of(sorted(alive)) if alive else {}
+        self._records_since_sockets += 1
+        if self._records_since_sockets >= DAEMON_SOCKETS_EVERY or not self._socket_cache:
+            self._records_since_sockets = 0
+            self._socket_cache = self.processes.sockets_of(sorted(alive)) if alive else {}
+        return self._socket_cache
 
     def _forget_exited(self, record: Record) -> None:
         """Forget processes whose exit the kernel reported: their counters have
@@ -420,10 +451,15 @@ class Sampler:
         rows = []
         agg = Aggregate()
         pids = self._pids_for(kind)
-        alive = {pid for pid in pids
-                 if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
+        if self.options.forget_exited:
+            # The kernel notes every counted process's exit before its PID
+            # can be reused: no look at /proc per process per second.
+            alive = {pid for pid in pids if self.identities.get(pid) is not None and pid not in exited}
+        else:
+            alive = {pid for pid in pids
+                     if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
         # One look at the socket tables for the whole record, not one per process.
-        live_sockets = self.processes.sockets_of(sorted(alive)) if alive else {}
+        live_sockets = self._live_sockets(alive)
         for pid in pids:
             rows.append(self._process_row(kind, pid, seconds, pid in alive, live_sockets.get(pid, []),
                                           exited, kernel_sockets.get(pid, [])))
@@ -512,7 +548,7 @@ class Sampler:
             command = self.options.command
             name, cmdline = exited.get(pid) or os.path.basename(command[0]), " ".join(command)
         else:
-            name, cmdline = exited.get(pid, "?"), ""
+            name, cmdline = exited.get(pid) or self._exit_note(pid)[0] or "?", ""
         row = ProcessStats(
             pid=pid, name=name, cmdline=cmdline, alive=alive,
             bytes_in=usage.bytes_in, bytes_out=usage.bytes_out,

@@ -149,9 +149,8 @@ def diag_entries(sock, family: int, protocol: int, proto_name: str, family_name:
             if inode in wanted:
                 sport, dport = _PORTS.unpack_from(data, msg + 4)
                 local = socket.inet_ntop(family, bytes(data[msg + 8:msg + 8 + addr_len]))
-                remote = socket.inet_ntop(family, bytes(data[msg + 24:msg + 24 + addr_len]))
-                if dport == 0 and ipaddress.ip_address(remote).is_unspecified:
-                    remote = ""
+                raw_remote = bytes(data[msg + 24:msg + 24 + addr_len])
+                remote = "" if dport == 0 and not any(raw_remote) else socket.inet_ntop(family, raw_remote)
                 if proto_name == "tcp":
                     state = TCP_STATE_NUMBERS.get(data[msg + 1], "UNKNOWN")
                 else:

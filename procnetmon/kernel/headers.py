@@ -128,8 +128,7 @@ def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = N
         if os.path.isdir(os.path.join(build, sub, "generated")):
             _link(os.path.join(build, sub, "generated"), os.path.join(tmp, sub, "generated"))
     _write(f"{tmp}/{MERGED_STAMP}", f"{build}\n{source}\n")
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
+    _install_tree(tmp, root, MERGED_STAMP)
     return root
 
 
@@ -248,10 +247,43 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
     _link(asm_generic_dir, f"{tmp}/include/uapi/asm-generic")
     _link(asm_dir, f"{tmp}/arch/{arch}/include/uapi/asm")
     _write(f"{tmp}/{STAMP}", f"{release}\n{config_source}\n")
-
-    shutil.rmtree(root, ignore_errors=True)
-    os.rename(tmp, root)
+    _install_tree(tmp, root, STAMP)
     return root
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _install_tree(tmp: str, root: str, stamp: str) -> None:
+    """Put the finished tree ``tmp`` at ``root``.
+
+    Several procnetmon may start at once on a cold cache and each build a
+    tree; one may already compile against ``root`` while another finishes.
+    So a tree at ``root`` with the same stamp is kept (``tmp`` is dropped),
+    and a different one is renamed aside before it is removed, never
+    removed in place: no compiler ever finds ``root`` half gone.
+    """
+    wanted = _read(os.path.join(tmp, stamp))
+    if os.path.isdir(root) and _read(os.path.join(root, stamp)) == wanted:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    aside = f"{root}.{os.getpid()}.old"
+    try:
+        os.rename(root, aside)
+    except FileNotFoundError:
+        aside = None
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        # Another procnetmon put its tree there in between: use that one.
+        shutil.rmtree(tmp, ignore_errors=True)
+    if aside:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
@@ -268,19 +300,9 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
             return real, False
         root = os.path.join(cache_dir or cache.kernel_cache_dir(), "headers-joined")
         want = "{}\n{}\n".format(*split)
-        try:
-            with open(os.path.join(root, MERGED_STAMP)) as f:
-                fresh = f.read() == want
-        except OSError:
-            fresh = False
-        if not fresh:
+        if not _merged_for(root, want):
             with _building(root):
-                try:
-                    with open(os.path.join(root, MERGED_STAMP)) as f:
-                        fresh = f.read() == want
-                except OSError:
-                    fresh = False
-                if not fresh:
+                if not _merged_for(root, want):  # another procnetmon may have joined them
                     merge_split_tree(root, *split)
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
@@ -289,6 +311,15 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
             if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
                 build_tree(root)
     return root, True
+
+
+def _merged_for(root: str, want: str) -> bool:
+    """Whether ``root`` joins the split headers ``want`` names."""
+    try:
+        with open(os.path.join(root, MERGED_STAMP)) as f:
+            return f.read() == want
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

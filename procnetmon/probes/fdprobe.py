@@ -189,8 +189,10 @@ class FdProbe:
     def _collect_exits(self) -> set[int]:
         table = self._maps["exited"]
         fresh = set()
+        # Only this read's exits, as loader.BccProbe: the engine keeps what it needs.
+        self._exited_names, self._exited_cgroups = {}, {}
         for k, v in table.items():
-            self._exited_names[k.value] = v.comm.decode("utf-8", "replace")
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
             self._exited_cgroups[k.value] = v.cgroup_id
             fresh.add(k.value)
             table.delete(k)
@@ -198,6 +200,12 @@ class FdProbe:
 
     def exited(self) -> dict[int, str]:
         return dict(self._exited_names)
+
+    def exit_info(self, pid: int) -> Optional[tuple[str, int]]:
+        """The kernel's note of ``pid``'s exit (name, cgroup id) before a read
+        collects it: a process that wrote and exited between two reads."""
+        info = self._maps["exited"].get(ctypes.c_uint32(pid)) if "exited" in self._maps else None
+        return None if info is None else (info.comm.decode("utf-8", "surrogateescape"), info.cgroup_id)
 
     def exited_cgroups(self) -> dict[int, int]:
         return dict(self._exited_cgroups)

@@ -256,6 +256,16 @@ class BccProbe:
         lost = self._bpf["lost"][ctypes.c_int(0)].value
         return Snapshot(counters=counters, lost_updates=lost)
 
+    def exit_info(self, pid: int) -> Optional[tuple[str, int]]:
+        """The kernel's note of ``pid``'s exit (name, cgroup id) before a read
+        collects it: a process that wrote and exited between two reads."""
+        table = self._bpf["exited"]
+        try:
+            info = table[table.Key(pid)]
+        except KeyError:
+            return None
+        return info.comm.decode("utf-8", "surrogateescape"), info.cgroup_id
+
     def _collect_exits(self) -> set[int]:
         table = self._bpf["exited"]
         # Only this read's exits: the engine keeps the names and cgroups it needs.

@@ -245,6 +245,29 @@ def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, time
     return Run(proc.returncode, out, "".join(err_lines) + err)
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "a condition") -> object:
+    """Poll ``condition`` until it is true (and return it): tests wait for
+    what they need, never for a guessed time, which a busy machine outlasts."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def json_lines_of(path) -> list:
+    """The complete JSON lines written to ``path`` so far."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
+
+
 def by_pid(document: dict) -> dict:
     return {p["pid"]: p for p in document["processes"]}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import signal
 
 import pytest
-from harness import TrafficProcess, by_pid, measure_exchange, run_procnetmon
+from harness import TrafficProcess, by_pid, json_lines_of, measure_exchange, run_procnetmon, wait_for
 
 
 def exchange(*procs):
@@ -181,10 +181,12 @@ def test_exited_process_leaves_the_kernel_maps_but_keeps_its_totals(peer):
             server.result()
             client.result()
             client.proc.wait(5)
-            time.sleep(1.5)  # a few intervals after the exit
-            seen["pids"] = kernel_counter_pids(procnetmon.pid)
+            # The read that collects the exit takes the counters out of the map.
+            seen["pids"] = wait_for(lambda: (lambda pids: pids if client.pid not in pids else None)(
+                kernel_counter_pids(procnetmon.pid)), what="the exited client to leave the counters map")
+            procnetmon.send_signal(signal.SIGINT)
 
-        run = run_procnetmon("-p", f"{server.pid},{client.pid}", "--interval", "0.5s", "-n", "8", "--json",
+        run = run_procnetmon("-p", f"{server.pid},{client.pid}", "--interval", "0.5s", "-c", "--json",
                              while_running=while_running)
     finally:
         server.finish()
@@ -221,7 +223,7 @@ def test_splice_out_of_and_into_a_tcp_socket_is_counted(peer, family):
     assert_exact(by_pid(doc)[server.pid], truth["server"])
 
 
-def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_exit(peer):
+def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_exit(peer, tmp_path):
     """sh -c '...; exec python3 traffic.py ...': after the exec the row is named
     python3 with the new command line, and still so once it has exited."""
     import subprocess
@@ -237,12 +239,18 @@ def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_ex
     sh = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     truth = {}
 
+    out = tmp_path / "records.jsonl"
+
+    def shown(name):
+        return any((r["processes"][0]["name"], r["processes"][0]["alive"]) == (name, True)
+                   for r in json_lines_of(out) if r["type"] == "interval")
+
     def during():
-        time.sleep(0.6)  # a record while it is still sh
+        wait_for(lambda: shown("sh"), what="a record while it is still sh")
         sh.stdin.write("exec\n")
         sh.stdin.flush()
         assert sh.stdout.readline().startswith("ready")
-        time.sleep(1.2)  # a record while it is the new program, alive
+        wait_for(lambda: shown(new_name), what="a record while it is the new program, alive")
         server.go()
         sh.stdin.write("go\n")
         sh.stdin.flush()
@@ -250,14 +258,15 @@ def test_a_process_that_execs_is_named_by_its_new_program_then_by_its_name_at_ex
         sh.wait(5)
 
     try:
-        run = run_procnetmon("-p", str(sh.pid), "-t", "4s", "--interval", "0.5s", "--json", during=during)
+        run = run_procnetmon("-p", str(sh.pid), "-c", "--interval", "0.5s", "--json", "-o", str(out),
+                             during=during, after_start=lambda p: p.send_signal(signal.SIGINT))
     finally:
         server.finish()
         if sh.poll() is None:
             sh.kill()
             sh.wait()
     assert run.returncode == 0, run.stderr
-    lines = run.json_lines()
+    lines = json_lines_of(out)
     names = [(line["processes"][0]["name"], line["processes"][0]["alive"]) for line in lines[:-1]]
     assert names[0] == ("sh", True)
     assert (new_name, True) in names, names

@@ -8,10 +8,11 @@ packet): within 1%. Wire bytes also include every payload byte.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, measure_exchange, run_procnetmon
+from harness import TrafficProcess, by_pid, ip_bytes, measure_exchange, run_procnetmon, wait_for
 
 from testbed.netns import link_stats
 
@@ -30,13 +31,23 @@ def reconcile(peer, server, client, truth_out):
             p.go()
         truth_out["server"] = server.result()
         truth_out["client"] = client.result()
-        time.sleep(0.5)  # connection teardown
-        stats["host1"] = link_stats(peer.host_if)
-        stats["peer1"] = link_stats(peer.peer_if, peer.netns)
+        # Connection teardown: until neither veth counts another packet.
+        previous = {}
+
+        def settled():
+            now = (link_stats(peer.host_if), link_stats(peer.peer_if, peer.netns))
+            done = now == previous.get("stats")
+            previous["stats"] = now
+            time.sleep(0.2)
+            return done
+
+        wait_for(settled, what="the veths to fall silent")
+        stats["host1"], stats["peer1"] = previous["stats"]
 
     try:
-        run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", "-t", "4s", "--json",
-                             during=during)
+        # Stopped once the exchange is over, not after a guessed time.
+        run = run_procnetmon("--mode", "wire", "-p", f"{server.pid},{client.pid}", "-t", "120s", "--json",
+                             during=during, after_start=lambda p: p.send_signal(signal.SIGINT))
     finally:
         server.finish()
         client.finish()

@@ -582,7 +582,7 @@ def main(argv=None) -> None:
     p.add_argument("--mmsg", action="store_true", help="udp-*: sendmmsg/recvmmsg")
     p.add_argument("--protocol", choices=("tcp", "udp"), default="tcp", help="many-clients: which sockets")
     p.add_argument("--same-port", action="store_true", help="many-clients: one local port for every UDP socket")
-
+    args = p.parse_args(argv)
     if args.name:
         set_name(args.name)
     result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0}

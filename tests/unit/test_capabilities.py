@@ -9,7 +9,6 @@ import json
 import os
 
 import jsonschema
-import pytest
 
 from procnetmon import sockettable
 from procnetmon.kernel import check

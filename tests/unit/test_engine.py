@@ -815,3 +815,17 @@ def test_a_daemon_forgets_exited_processes_once_their_bytes_were_reported():
     assert probe.forgotten == [20]
     # What is kept of PID 20 now is the late bytes' only.
     assert sampler.tally.totals[20].tcp_in == 10 and sampler.tally.peaks[20].rate_in == 10.0
+
+
+def test_a_process_gone_before_its_exit_was_collected_is_named_by_the_kernel_note():
+    """It wrote and exited between two reads: psutil finds nothing (or a
+    zombie) and the read has not collected its exit yet, but the kernel's
+    note is already there: never "?"."""
+    class Probe(FakeProbe):
+        def exit_info(self, pid):
+            return ("pnmshort", 0) if pid == 30 else None
+
+    probe = Probe([counters(p30=dict(tcp_out=1000))])
+    summary, _ = collect(make(probe, FakeProcesses({}), duration=1.0))
+    row = by_pid(summary)[30]
+    assert (row.name, row.alive, row.bytes_out) == ("pnmshort", False, 1000)

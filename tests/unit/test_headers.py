@@ -348,6 +348,21 @@ def test_ensure_headers_joins_split_headers_once(monkeypatch, tmp_path):
     assert stamp.stat().st_mtime_ns == before
 
 
+def test_a_tree_built_meanwhile_by_another_procnetmon_is_kept(tmp_path, system):
+    """Two procnetmon on a cold cache both build the tree: the second must not
+    pull the first's from under its compiler (issue 14, item 13: a flaky
+    e2e run failed with 'kconfig.h file not found')."""
+    build(tmp_path, system, release="6.1.0", config_text="CONFIG_X=y\n")
+    tree = tmp_path / "tree"
+    before = os.stat(tree).st_ino
+    kconfig = open(tree / "include/linux/kconfig.h")  # a compiler reading it
+    build(tmp_path, system, release="6.1.0", config_text="CONFIG_X=y\n")
+    assert os.stat(tree).st_ino == before
+    assert (tree / "include/linux/kconfig.h").exists()
+    kconfig.close()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
 def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path):
     """One builds, the others wait for it and use its tree: none replaces a
     tree another is compiling with."""

@@ -198,3 +198,23 @@ def test_pid_reused_after_its_first_process_was_archived_shares_one_row():
     summary = sampler.run(lambda r: True)
     (row,) = summary.processes
     assert (row.pid, row.bytes_out, row.name) == (50, 34, "first")
+
+
+def test_children_followed_with_p_that_exit_stay_in_the_summary():
+    class Probe(ChurnProbe):
+        def read(self):
+            self.reads += 1
+            counters = {CounterKey(1, "tcp", "in"): 5 * self.reads}
+            child = 500 + self.reads
+            counters[CounterKey(child, "udp", "out")] = 7
+            self._exits = {child: "child"}
+            return Snapshot(counters=counters)
+
+    clock = FakeClock()
+    sampler = Sampler(Probe(), Options(pids=[1], follow_children=True, interval=1.0, count=4),
+                      stop=FakeStop(clock), monotonic=clock, wallclock=lambda: START, processes=Processes())
+    summary = sampler.run(lambda r: True)
+    assert [p.pid for p in summary.processes] == [1, 501, 502, 503, 504]
+    assert [p.bytes_out for p in summary.processes[1:]] == [7, 7, 7, 7]
+    assert summary.processes[0].bytes_in == 20
+    assert len(sampler.archive) == 3 and not sampler.carried

@@ -105,3 +105,15 @@ def test_interval_needs_running_totals(validator, records):
     document = record_to_dict(records.interval())
     del document["aggregated"]["total_bytes_in"]
     assert not validator.is_valid(document)
+
+
+def test_cgroup_fields_and_folded_rows_validate(validator, records):
+    record = records.summary()
+    record.processes[0].cgroup = "/system.slice/docker-" + "ab" * 32 + ".scope"
+    record.processes[0].container = "docker://" + "ab" * 32
+    record.processes[1].pid = None
+    record.processes[1].pids = [99, 100]
+    validator.validate(json.loads(json.dumps(record_to_dict(record))))
+    record.processes[1].pids = ["x"]
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(json.loads(json.dumps(record_to_dict(record))))

@@ -1,6 +1,6 @@
 """Soak: a long ``procnetmon -c`` over many short-lived processes.
 
-    sudo .venv/bin/python -m bench.soak --births 50000 --rate 50
+    sudo .venv/bin/python -m bench.births --births 50000 --rate 50
     sudo scripts/soak --births 20000             # the same
 
 Starts ``procnetmon -c --interval 1s --json --include-loopback`` on every
@@ -168,7 +168,7 @@ def report(result: dict, markdown: bool) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.soak", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bench.births", description=__doc__.split("\n\n")[0])
     p.add_argument("--births", type=int, default=50_000, help="processes to start (default 50000)")
     p.add_argument("--rate", type=float, default=50, help="births per second (default 50)")
     p.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"),
