@@ -273,7 +273,10 @@ def test_payload(payload, case):
         assert_exact(row_of(payload.doc, payload.procs[(case.name, who)].pid), truth, who)
     if case.name == "failed_calls":
         failures = payload.truth[(case.name, "client")]["failures"]
-        assert len(failures) == 7, failures  # every call failed; what did not is in the truth
+        # Every call failed; what did not is in the truth. On a slow machine
+        # the server's RST can also beat connect() itself: one more failure.
+        calls = [f for f in failures if not f.startswith("tcp connect")]
+        assert len(calls) == 7, failures
     if case.name == "exit_mid_sample":
         row = by_pid(payload.doc)[payload.procs[(case.name, "client")].pid]
         assert row["alive"] is False and row["name"] == "pnmgone"
