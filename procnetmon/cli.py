@@ -45,7 +45,7 @@ MODES = ("payload", "wire")
 GROUP_BY = ("pid", "name", "cgroup")
 # Where the socket-call hooks attach, best first; "auto" takes the best the
 # kernel offers (procnetmon --check says which).
-BACKENDS = ("auto", "tracepoint", "fentry", "kprobe")
+BACKENDS = ("auto", "tracepoint", "kprobe", "fentry")
 BACKEND_ENV = "PROCNETMON_BACKEND"
 
 DESCRIPTION = """\

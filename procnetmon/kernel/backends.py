@@ -8,10 +8,11 @@ on_socket_call); they differ only in where their hooks attach:
   tracepoints (Linux 6.3+) at the end of sock_sendmsg()/sock_recvmsg(), and
   the splice(2) system call's tracepoints for TCP data spliced out of a
   socket, which does not pass through recvmsg;
-- ``fentry``: BPF trampolines on the functions every TCP/UDP socket call of
-  IPv4 and IPv6 ends in (inet_sendmsg, inet6_sendmsg, inet_recvmsg,
+- ``kprobe``: kprobes and kretprobes on the functions every TCP/UDP socket
+  call of IPv4 and IPv6 ends in (inet_sendmsg, inet6_sendmsg, inet_recvmsg,
   inet6_recvmsg, inet_sendpage before 6.5, tcp_splice_read);
-- ``kprobe``: kprobes and kretprobes on the same functions.
+- ``fentry``: BPF trampolines (fexit) on the same functions, last because a
+  call in flight loses its fexit when the trampoline changes (see detect()).
 
 Feature detection only: a backend is usable when the kernel has what it
 attaches to and, for trampolines, when an attempt to attach one succeeds.
@@ -26,7 +27,7 @@ from typing import Optional
 from procnetmon.kernel import cache
 from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
 
-NAMES = ("tracepoint", "fentry", "kprobe")
+NAMES = ("tracepoint", "kprobe", "fentry")
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
@@ -195,7 +196,13 @@ def kprobe_backend(symbols: set[str]) -> Backend:
 def detect(facts: Optional[BtfFacts]) -> list[Backend]:
     """Every backend, in order of preference, with whether this kernel offers it."""
     symbols = kernel_symbols()
-    return [tracepoint_backend(facts), fentry_backend(facts, symbols), kprobe_backend(symbols)]
+    # kprobes before trampolines: when any program is attached to or detached
+    # from a function's trampoline (another procnetmon, another tool), the
+    # kernel retires the old trampoline so that calls still inside the
+    # function (a recv blocked waiting for data) return without running
+    # their fexit programs, and those bytes would be lost. A kretprobe is
+    # armed per call and survives that.
+    return [tracepoint_backend(facts), kprobe_backend(symbols), fentry_backend(facts, symbols)]
 
 
 def choose(backends: list[Backend], wanted: str = "auto") -> Backend:
