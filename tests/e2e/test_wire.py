@@ -61,7 +61,9 @@ def reconcile(peer, server, client, truth_out):
     return run.json(), veth
 
 
-def assert_reconciles(doc, veth, server, client, truth):
+def assert_reconciles(doc, veth, server, client, truth, tolerance=None):
+    """Each side's wire bytes within ``tolerance`` (by side; TOLERANCE) of its veth's."""
+    tolerance = tolerance or {}
     rows = by_pid(doc)
     assert doc["mode"] == "wire"
     errors = {}
@@ -71,7 +73,8 @@ def assert_reconciles(doc, veth, server, client, truth):
             measured, counted = row[f"bytes_{direction}"], veth[f"{who}_{direction}"]
             assert counted > 0
             errors[f"{who}_{direction}"] = (measured - counted) / counted
-            assert abs(measured - counted) <= TOLERANCE * counted, (who, direction, measured, counted)
+            allowed = tolerance.get(who, TOLERANCE)
+            assert abs(measured - counted) <= allowed * counted, (who, direction, measured, counted)
             payload = truth[who]["tcp_" + direction] + truth[who]["udp_" + direction]
             assert measured >= payload, (who, direction, measured, payload)
     print("reconciliation errors:", {k: f"{v:+.4%}" for k, v in errors.items()})
@@ -99,7 +102,12 @@ def test_server_of_many_short_connections_reconciles_handshakes_included(peer, f
     client = TrafficProcess("many-clients", addr, server.port, protocol="tcp", connections=100, send=100)
     truth = {}
     doc, veth = reconcile(peer, server, client, truth)
-    assert_reconciles(doc, veth, server, client, truth)
+    # The server is what this test is about: 1%. The client of 100 short
+    # connections also gets the peer's last FIN/ACK of some of them after
+    # its socket became a TIME_WAIT one, which has no owner (a documented
+    # limit): about 52 bytes on a few connections of 100, up to ~2% of its
+    # small inbound total, depending on timing.
+    assert_reconciles(doc, veth, server, client, truth, tolerance={"client": 0.03})
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
