@@ -23,7 +23,7 @@ import tempfile
 # Descriptors the kernel's BPF objects live behind (readlink of /proc/self/fd/N).
 KEPT_KINDS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
               "anon_inode:[perf_event]", "anon_inode:bpf-link")
-MAP_NAMES = ("counters", "counted", "exited", "lost", "target_pids", "target_ifaces", "target_cgroups",
+MAP_NAMES = ("counters", "counted", "exited", "execed", "lost", "target_pids", "target_ifaces", "target_cgroups",
              "owners", "early_owners", "pending", "sockets")
 MAX_FDS_PER_MESSAGE = 250  # the kernel takes at most SCM_MAX_FD (253) per message
 

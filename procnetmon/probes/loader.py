@@ -1,23 +1,21 @@
 """What every BCC backend does the same way: compile, fill the filter maps, read counters.
 
 A backend names its BPF source and its mode, and may add programs to
-attach (``_attach_more``) or counters to fold in (``_extra_counters``).
+attach (``_attach_more``); reading the maps is ``reader.MapReader``'s.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon import cgroups as cgroupfs
 from procnetmon.kernel import backends, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
-from procnetmon.probes import (DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, Snapshot, SocketBytes,
-                               bpf_source, expand_includes)
+from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, expand_includes
+from procnetmon.probes.reader import MapReader
 
 
 # What the kprobe backend attaches to each kernel function: the entry probe
@@ -91,8 +89,8 @@ def socket_bytes(info, pid: int, inode: int = 0, sock_id: int = 0) -> Optional[S
         bytes_in=info.bytes_in, bytes_out=info.bytes_out, inode=inode, sock_id=sock_id)
 
 
-class BccProbe:
-    """Probes of one backend, attached for one run. Use as a context manager."""
+class BccProbe(MapReader):
+    """Probes of one backend, attached for one run, read through BCC's tables. Use as a context manager."""
 
     mode = ""
     source = ""
@@ -113,13 +111,9 @@ class BccProbe:
         # tasks in a cgroup whose id is in target_cgroups.
         self.cgroups = cgroups
         self.cgroup_mount = cgroup_mount
-        self._cgroup_ids: set[int] = set()
-        self._exited_cgroups: dict[int, int] = {}
         self._bpf = None
-        # Counters and names of exited processes, taken out of the kernel's
-        # maps so that they stay small however long procnetmon runs.
-        self._retired: dict[CounterKey, int] = {}
-        self._exited_names: dict[int, str] = {}
+        self._init_reader(include_loopback=include_loopback, interfaces=interfaces, cgroups=cgroups,
+                          cgroup_mount=cgroup_mount)
 
     def compile_plan(self) -> tuple[str, list[str], str]:
         """Source path, compiler flags and header directory, without loading anything."""
@@ -200,22 +194,6 @@ class BccProbe:
                 table[k] = table.Leaf(1)
         self._refresh_cgroups()
 
-    def _refresh_cgroups(self) -> None:
-        """Put every cgroup now at or below a --cgroup path in target_cgroups,
-        and take out those that were removed (the kernel adds new ones itself)."""
-        if self.cgroups is None:
-            return
-        table = self._bpf["target_cgroups"]
-        now = {cgroup_id for top in self.cgroups for cgroup_id, _ in cgroupfs.walk_ids(self.cgroup_mount, top)}
-        for cgroup_id in now - self._cgroup_ids:
-            table[table.Key(cgroup_id)] = table.Leaf(1)
-        for cgroup_id in self._cgroup_ids - now:
-            try:
-                del table[table.Key(cgroup_id)]
-            except KeyError:
-                pass
-        self._cgroup_ids = now
-
     def add_pids(self, pids) -> None:
         """Put more thread groups in the kernel's PID filter (with -p only)."""
         table = self._bpf["target_pids"]
@@ -225,97 +203,11 @@ class BccProbe:
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
 
-    def _extra_counters(self, counters: dict) -> None:
-        """Fold counts kept outside the counters map into ``counters``."""
-
-    def read(self) -> Snapshot:
-        """Cumulative counters of the processes in the kernel's map: live ones,
-        and those whose exit this read collected, for the last time.
-
-        Exits first: a process gone before its counters are read can add
-        nothing more, so its counters leave the map after this read and the
-        engine keeps its totals. Nothing of past processes is merged in
-        again: the cost of a read follows the processes still counted.
-        """
-        newly_exited = self._collect_exits()
-        self._refresh_cgroups()
-        table = self._bpf["counters"]
-        counters: dict[CounterKey, int] = {}
-        for k, v in table.items():
-            protocol = PROTOCOLS.get(k.protocol)
-            if protocol is None:
-                continue
-            key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
-            counters[key] = counters.get(key, 0) + v.value
-            if k.tgid in newly_exited:
-                try:
-                    del table[k]
-                except KeyError:
-                    pass
-        self._extra_counters(counters)
-        lost = self._bpf["lost"][ctypes.c_int(0)].value
-        return Snapshot(counters=counters, lost_updates=lost)
-
-    def exit_info(self, pid: int) -> Optional[tuple[str, int]]:
-        """The kernel's note of ``pid``'s exit (name, cgroup id) before a read
-        collects it: a process that wrote and exited between two reads."""
-        table = self._bpf["exited"]
-        try:
-            info = table[table.Key(pid)]
-        except KeyError:
-            return None
-        return info.comm.decode("utf-8", "surrogateescape"), info.cgroup_id
-
-    def _collect_exits(self) -> set[int]:
-        table = self._bpf["exited"]
-        # Only this read's exits: the engine keeps the names and cgroups it needs.
-        self._exited_names = {}
-        self._exited_cgroups = {}
-        for k, v in list(table.items()):
-            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
-            # the outputs write them as \xHH like psutil's names.
-            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
-            self._exited_cgroups[k.value] = v.cgroup_id
-            try:
-                del table[k]
-            except KeyError:
-                pass
-        return set(self._exited_names)
-
-    def exited(self) -> dict[int, str]:
-        """Names of the counted processes whose exit the latest read collected
-        (each exit is reported by one read only)."""
-        return dict(self._exited_names)
-
-    def execed(self) -> set[int]:
-        """Processes that called exec since the last call: who they are has changed."""
-        table = self._bpf["execed"]
-        fresh = set()
-        for k in list(table.keys()):
-            fresh.add(k.value)
-            try:
-                del table[k]
-            except KeyError:
-                pass
-        return fresh
-
-    def exited_cgroups(self) -> dict[int, int]:
-        """The cgroup v2 id each counted process that exited was in at its exit."""
-        return dict(self._exited_cgroups)
+    def _table(self, name: str):
+        return self._bpf[name]
 
     def sockets(self) -> list[SocketBytes]:
         return []
-
-    def forget(self, pids) -> None:
-        """Drop what is kept of exited processes whose bytes were reported for
-        good (a daemon's memory must not grow with every process that ever ran)."""
-        gone = set(pids)
-        for store in (self._retired, getattr(self, "_claimed", {})):
-            for key in [k for k in store if k.pid in gone]:
-                del store[key]
-        for pid in gone:
-            self._exited_names.pop(pid, None)
-            self._exited_cgroups.pop(pid, None)
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -3,7 +3,8 @@
 Attaches the two cgroup_skb programs to the root of the cgroup v2
 hierarchy through BPF links, which the kernel detaches when procnetmon's
 file descriptors close, even if it is killed. Each read gives the bytes of
-sockets whose owner became known since (the ``pending`` map) to that owner.
+sockets whose owner became known since (the ``pending`` map) to that owner
+(``reader.MapReader``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import dataclasses
 import os
 from typing import Optional
 
-from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.kernel.check import cgroup2_mount
-from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, ProbeError, SocketBytes
+from procnetmon.probes import ProbeError, SocketBytes
 from procnetmon.probes.loader import BccProbe, socket_bytes
 
 # enum bpf_attach_type
@@ -44,8 +44,6 @@ class WireProbe(BccProbe):
         super().__init__(**kwargs)
         self._links: list[int] = []
         self._cgroup_fd: Optional[int] = None
-        self._claimed: dict[CounterKey, int] = {}
-        self._wanted_ifaces = {(k.netns, k.ifindex) for k in self.interfaces} if self.interfaces else None
 
     def _attach_more(self) -> None:
         from bcc import BPF
@@ -70,31 +68,6 @@ class WireProbe(BccProbe):
                 err = ctypes.get_errno() or -link
                 raise ProbeError(f"attaching {name} to the cgroup v2 root {root} failed: {os.strerror(err)}")
             self._links.append(link)
-
-    def _wanted(self, netns: int, ifindex: int) -> bool:
-        """The in-kernel interface filter, for bytes whose owner was learnt late."""
-        if self._wanted_ifaces is not None:
-            return (netns, ifindex) in self._wanted_ifaces
-        return self.include_loopback or ifindex != LOOPBACK_IFINDEX
-
-    def _extra_counters(self, counters: dict) -> None:
-        owners = self._bpf["owners"]
-        pending = self._bpf["pending"]
-        for k, v in list(pending.items()):
-            try:
-                owner = owners[owners.Key(k.cookie)]
-            except KeyError:
-                continue  # not known yet, or a socket of a process not sampled
-            protocol = PROTOCOLS.get(k.protocol)
-            if protocol is not None and self._wanted(owner.netns, k.ifindex):
-                key = CounterKey(owner.tgid, protocol, DIRECTIONS[k.dir])
-                self._claimed[key] = self._claimed.get(key, 0) + v.value
-            try:
-                del pending[k]
-            except KeyError:
-                pass
-        for key, value in self._claimed.items():
-            counters[key] = counters.get(key, 0) + value
 
     def sockets(self) -> list[SocketBytes]:
         """Per-socket wire bytes of sockets whose owner is known, through the interface filter."""

@@ -82,7 +82,7 @@ def test_read_reports_an_exited_process_once_then_forgets_it():
     snap = probe.read()
     assert snap.counters == {CounterKey(10, "tcp", "out"): 100}  # gone from the reads
     assert probe.exited() == {} and probe.exited_cgroups() == {}
-    assert probe._retired == {} and probe._exited_names == {}
+    assert probe._claimed == {} and probe._exited_names == {}
 
 
 def test_read_of_many_exits_stays_as_small_as_the_live_processes():

@@ -1,0 +1,170 @@
+"""Reading the probes' maps between samples: the same over BCC's tables and libbpf's.
+
+``MapReader`` is what ``loader.BccProbe`` (tables through BCC) and
+``fdprobe.FdProbe`` (tables through libbpf, in the daemon) share: folding
+the counters, retiring those of processes that exited, giving wire mode's
+late-owned bytes to their owners, keeping the --cgroup map in step with
+the cgroup tree, and forgetting what a daemon no longer needs. A subclass
+says only how to reach a map by name (``_table``); a table is used through
+the part of BCC's table API both kinds offer: ``items()``, ``keys()``,
+``t[key]`` (KeyError if absent), ``t[key] = value``, ``del t[key]``,
+``t.Key`` and ``t.Leaf``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+from procnetmon import cgroups as cgroupfs
+from procnetmon.interfaces import LOOPBACK_IFINDEX
+from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
+
+
+def _delete(table, key) -> None:
+    try:
+        del table[key]
+    except KeyError:
+        pass  # gone already (an LRU map evicts, the kernel deletes)
+
+
+class MapReader:
+    """The reading side of attached probes. Subclasses set the attributes
+    named in ``_init_reader`` and define ``_table(name)``."""
+
+    mode = ""
+
+    def _init_reader(self, *, include_loopback: bool, interfaces, cgroups: Optional[list[str]],
+                     cgroup_mount: Optional[str]) -> None:
+        self._include_loopback = include_loopback
+        self._wanted_ifaces = {(int(k[0]), int(k[1])) for k in interfaces} if interfaces else None
+        self._cgroup_tops = cgroups
+        self._cgroup_root = cgroup_mount
+        self._cgroup_ids: set[int] = set()
+        self._claimed: dict[CounterKey, int] = {}  # wire mode: bytes whose owner was learnt late
+        self._exited_names: dict[int, str] = {}
+        self._exited_cgroups: dict[int, int] = {}
+
+    def _table(self, name: str):
+        raise NotImplementedError
+
+    def _has_table(self, name: str) -> bool:
+        try:
+            self._table(name)
+        except KeyError:
+            return False
+        return True
+
+    def read(self) -> Snapshot:
+        """Cumulative counters of the processes in the kernel's map: live ones,
+        and those whose exit this read collected, for the last time.
+
+        Exits first: a process gone before its counters are read can add
+        nothing more, so its counters leave the map after this read and the
+        engine keeps its totals. Nothing of past processes is merged in
+        again: the cost of a read follows the processes still counted.
+        """
+        newly_exited = self._collect_exits()
+        self._refresh_cgroups()
+        table = self._table("counters")
+        counters: dict[CounterKey, int] = {}
+        for k, v in list(table.items()):
+            protocol = PROTOCOLS.get(k.protocol)
+            if protocol is None:
+                continue
+            key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
+            counters[key] = counters.get(key, 0) + v.value
+            if k.tgid in newly_exited:
+                _delete(table, k)  # the map stays as small as the live processes
+        if self.mode == "wire":
+            self._claim_pending(counters)
+        lost = self._table("lost")[ctypes.c_int(0)].value  # a one-slot array
+        return Snapshot(counters=counters, lost_updates=lost)
+
+    def _wanted(self, netns: int, ifindex: int) -> bool:
+        """The in-kernel interface filter, for bytes whose owner was learnt late."""
+        if self._wanted_ifaces is not None:
+            return (netns, ifindex) in self._wanted_ifaces
+        return self._include_loopback or ifindex != LOOPBACK_IFINDEX
+
+    def _claim_pending(self, counters: dict) -> None:
+        """Wire mode: give the bytes of sockets whose owner became known since
+        the last read (the ``pending`` map) to that owner."""
+        owners, pending = self._table("owners"), self._table("pending")
+        for k, v in list(pending.items()):
+            try:
+                owner = owners[owners.Key(k.cookie)]
+            except KeyError:
+                continue  # not known yet, or a socket of a process not sampled
+            protocol = PROTOCOLS.get(k.protocol)
+            if protocol is not None and self._wanted(owner.netns, k.ifindex):
+                key = CounterKey(owner.tgid, protocol, DIRECTIONS[k.dir])
+                self._claimed[key] = self._claimed.get(key, 0) + v.value
+            _delete(pending, k)
+        for key, value in self._claimed.items():
+            counters[key] = counters.get(key, 0) + value
+
+    def _refresh_cgroups(self) -> None:
+        """Put every cgroup now at or below a --cgroup path in target_cgroups,
+        and take out those that were removed (the kernel adds new ones itself)."""
+        if self._cgroup_tops is None or not self._has_table("target_cgroups"):
+            return
+        table = self._table("target_cgroups")
+        now = {cid for top in self._cgroup_tops for cid, _ in cgroupfs.walk_ids(self._cgroup_root, top)}
+        for cid in now - self._cgroup_ids:
+            table[table.Key(cid)] = table.Leaf(1)
+        for cid in self._cgroup_ids - now:
+            _delete(table, table.Key(cid))
+        self._cgroup_ids = now
+
+    def _collect_exits(self) -> set[int]:
+        table = self._table("exited")
+        # Only this read's exits: the engine keeps the names and cgroups it needs.
+        self._exited_names, self._exited_cgroups = {}, {}
+        for k, v in list(table.items()):
+            # surrogateescape: bytes that are not UTF-8 stay recoverable, and
+            # the outputs write them as \xHH like psutil's names.
+            self._exited_names[k.value] = v.comm.decode("utf-8", "surrogateescape")
+            self._exited_cgroups[k.value] = v.cgroup_id
+            _delete(table, k)
+        return set(self._exited_names)
+
+    def exit_info(self, pid: int) -> Optional[tuple[str, int]]:
+        """The kernel's note of ``pid``'s exit (name, cgroup id) before a read
+        collects it: a process that wrote and exited between two reads."""
+        table = self._table("exited")
+        try:
+            info = table[table.Key(pid)]
+        except KeyError:
+            return None
+        return info.comm.decode("utf-8", "surrogateescape"), info.cgroup_id
+
+    def exited(self) -> dict[int, str]:
+        """Names of the counted processes whose exit the latest read collected
+        (each exit is reported by one read only)."""
+        return dict(self._exited_names)
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each counted process that exited was in at its exit."""
+        return dict(self._exited_cgroups)
+
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call: who they are has changed."""
+        if not self._has_table("execed"):
+            return set()
+        table = self._table("execed")
+        fresh = set()
+        for k in list(table.keys()):
+            fresh.add(k.value)
+            _delete(table, k)
+        return fresh
+
+    def forget(self, pids) -> None:
+        """Drop what is kept of exited processes whose bytes were reported for
+        good (a daemon's memory must not grow with every process that ever ran)."""
+        gone = set(pids)
+        for key in [k for k in self._claimed if k.pid in gone]:
+            del self._claimed[key]
+        for pid in gone:
+            self._exited_names.pop(pid, None)
+            self._exited_cgroups.pop(pid, None)
