@@ -120,6 +120,44 @@ static __always_inline u16 read_u16(const void *base, long off)
     return v;
 }
 
+/* How a hook's program reads kernel memory, a constant at each hook:
+ * READ_PROBE goes through bpf_probe_read_kernel(), a helper call per field,
+ * and takes any address; READ_TYPED is a plain load, which the verifier
+ * allows (and makes fault-safe) only on pointers it knows the BTF type of:
+ * a BTF-typed tracepoint's arguments and the pointers loaded from them. */
+#define READ_PROBE 0
+#define READ_TYPED 1
+
+static __always_inline u16 load_u16(int how, const void *base, long off)
+{
+    if (how == READ_TYPED)
+        return *(const u16 *)((const char *)base + off);
+    return read_u16(base, off);
+}
+
+static __always_inline u32 load_u32(int how, const void *base, long off)
+{
+    if (how == READ_TYPED)
+        return *(const u32 *)((const char *)base + off);
+    return read_u32(base, off);
+}
+
+static __always_inline u64 load_u64(int how, const void *base, long off)
+{
+    if (how == READ_TYPED)
+        return *(const u64 *)((const char *)base + off);
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+    return v;
+}
+
+static __always_inline void *load_ptr(int how, const void *base, long off)
+{
+    if (how == READ_TYPED)
+        return *(void *const *)((const char *)base + off);
+    return read_ptr(base, off);
+}
+
 /* The inode number of the socket file sk belongs to (what /proc/PID/fd shows
  * as socket:[N]), or 0 once it has none (closed). The kernel hands inode
  * numbers out from a counter, so unlike the struct sock's address it names
@@ -158,10 +196,10 @@ static __always_inline int is_target(u32 tgid)
 }
 
 /* The inode number of a socket's network namespace (tracing programs only). */
-static __always_inline u32 netns_of(const void *sk)
+static __always_inline u32 netns_of(int how, const void *sk)
 {
-    void *net = read_ptr(sk, OFF_SK_NET);
-    return read_u32(net, OFF_NET_NS_INUM);
+    void *net = load_ptr(how, sk, OFF_SK_NET);
+    return net ? load_u32(how, net, OFF_NET_NS_INUM) : 0;
 }
 
 /* Whether traffic on ifindex of namespace netns is counted. The unknown

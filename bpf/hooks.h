@@ -4,10 +4,11 @@
  * says where it attaches and how it reads its arguments; every hook ends in
  * the including program's
  *
- *   static int on_socket_call(const void *sk, long ret, int flags, u16 dir);
+ *   static int on_socket_call(const void *sk, long ret, int flags, u16 dir, int how);
  *
  * called once per socket call, in the calling task's context, after the call
- * returned `ret` (bytes moved, or -errno) with recv `flags` (MSG_PEEK).
+ * returned `ret` (bytes moved, or -errno) with recv `flags` (MSG_PEEK);
+ * `how` says how the hook's program may read kernel memory (common.h).
  *
  * Every way a process moves bytes through a TCP or UDP socket ends in one of
  * these hook points, and in exactly one of them:
@@ -26,7 +27,10 @@
  * socket does not remember it): udp_rx_hint(sk), used when a filter needs
  * it (NEED_UDP_RX_IFINDEX).
  *
- * Options (-D): HOOKS_*; HAVE_<FUNCTION> for each optional kernel function
+ * Options (-D): HOOKS_*; TYPED_TRACEPOINTS (tracepoint backend: the
+ * socket-call programs are BTF-typed, tp_btf, and read with plain loads;
+ * procnetmon/probes/loader.py loads and attaches their pnm_typed_<name>);
+ * HAVE_<FUNCTION> for each optional kernel function
  * the kernel has (INET6_SENDMSG, INET6_RECVMSG, INET_SENDPAGE,
  * SKB_CONSUME_UDP); OFF_REGS_* (kprobe backend: where pt_regs keeps the
  * arguments and the return value).
@@ -71,15 +75,25 @@ static __always_inline u32 udp_rx_hint(const void *sk)
 /* ------------------------------------------------------------------------ */
 #if defined(HOOKS_TRACEPOINT)
 
+#ifdef TYPED_TRACEPOINTS
+#define SOCKET_TRACEPOINT(name) int pnm_typed_##name(u64 *ctx)
+#define TP_ARG(i) (ctx[i])
+#define TP_READ READ_TYPED
+#else
+#define SOCKET_TRACEPOINT(name) RAW_TRACEPOINT_PROBE(name)
+#define TP_ARG(i) (ctx->args[i])
+#define TP_READ READ_PROBE
+#endif
+
 /* args: struct sock *sk, int ret, int flags */
-RAW_TRACEPOINT_PROBE(sock_send_length)
+SOCKET_TRACEPOINT(sock_send_length)
 {
-    return on_socket_call((const void *)ctx->args[0], (int)ctx->args[1], 0, DIR_OUT);
+    return on_socket_call((const void *)TP_ARG(0), (int)TP_ARG(1), 0, DIR_OUT, TP_READ);
 }
 
-RAW_TRACEPOINT_PROBE(sock_recv_length)
+SOCKET_TRACEPOINT(sock_recv_length)
 {
-    return on_socket_call((const void *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], DIR_IN);
+    return on_socket_call((const void *)TP_ARG(0), (int)TP_ARG(1), (int)TP_ARG(2), DIR_IN, TP_READ);
 }
 
 /* splice(2) out of a TCP socket: the TCP socket behind fd_in, noted at
@@ -133,7 +147,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_splice)
         return 0;
     const void *where = (const void *)*sk;
     splicing.delete(&task);
-    return on_socket_call(where, args->ret, 0, DIR_IN);
+    return on_socket_call(where, args->ret, 0, DIR_IN, READ_PROBE);
 }
 
 #if defined(NEED_UDP_RX_IFINDEX) && defined(HAVE_SK_DATA_READY)
@@ -151,16 +165,15 @@ static __always_inline u32 udp_rx_hint(const void *sk)
 /* args: struct sock *sk. Runs in softirq right after a datagram is queued,
  * so the tail of the receive queue is that datagram. A reader on another
  * CPU may have taken it already: then the queue is empty and nothing is noted. */
-RAW_TRACEPOINT_PROBE(sk_data_ready)
+SOCKET_TRACEPOINT(sk_data_ready)
 {
-    const void *sk = (const void *)ctx->args[0];
-    if (read_u16(sk, OFF_SK_PROTOCOL) != IPPROTO_UDP)
+    const void *sk = (const void *)TP_ARG(0);
+    if (load_u16(TP_READ, sk, OFF_SK_PROTOCOL) != IPPROTO_UDP)
         return 0;
-    const void *queue = (const char *)sk + OFF_SK_RECEIVE_QUEUE;
-    void *skb = read_ptr(queue, OFF_SKB_HEAD_PREV);
-    if (!skb || skb == queue)
-        return 0;
-    u32 ifindex = read_u32(skb, OFF_SKB_IIF);
+    void *skb = load_ptr(TP_READ, sk, OFF_SK_RECEIVE_QUEUE + OFF_SKB_HEAD_PREV);
+    if (!skb || (u64)skb == (u64)sk + OFF_SK_RECEIVE_QUEUE)
+        return 0; /* the queue's head itself: empty */
+    u32 ifindex = load_u32(TP_READ, skb, OFF_SKB_IIF);
     if (!ifindex)
         return 0;
     u64 key = (u64)sk;
@@ -185,38 +198,38 @@ static __always_inline u32 udp_rx_hint(const void *sk)
 /* fexit sees the arguments and the return value together. */
 KRETFUNC_PROBE(inet_sendmsg, void *sock, void *msg, size_t size, int ret)
 {
-    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT);
+    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT, READ_PROBE);
 }
 
 KRETFUNC_PROBE(inet_recvmsg, void *sock, void *msg, size_t size, int flags, int ret)
 {
-    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN);
+    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN, READ_PROBE);
 }
 
 #ifdef HAVE_INET6_SENDMSG
 KRETFUNC_PROBE(inet6_sendmsg, void *sock, void *msg, size_t size, int ret)
 {
-    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT);
+    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT, READ_PROBE);
 }
 #endif
 
 #ifdef HAVE_INET6_RECVMSG
 KRETFUNC_PROBE(inet6_recvmsg, void *sock, void *msg, size_t size, int flags, int ret)
 {
-    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN);
+    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN, READ_PROBE);
 }
 #endif
 
 #ifdef HAVE_INET_SENDPAGE
 KRETFUNC_PROBE(inet_sendpage, void *sock, void *page, int offset, size_t size, int flags, long ret)
 {
-    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT);
+    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT, READ_PROBE);
 }
 #endif
 
 KRETFUNC_PROBE(tcp_splice_read, void *sock, void *ppos, void *pipe, size_t len, unsigned int flags, long ret)
 {
-    return on_socket_call(socket_sk(sock), ret, 0, DIR_IN);
+    return on_socket_call(socket_sk(sock), ret, 0, DIR_IN, READ_PROBE);
 }
 
 #ifdef NEED_UDP_RX_IFINDEX
@@ -296,7 +309,7 @@ int pnm_return(struct pt_regs *ctx)
     calls.delete(&task);
     /* Every hooked function returns an int, or a ssize_t within int range:
      * an int leaves the upper half of rax undefined, so only eax is read. */
-    return on_socket_call((const void *)call.sk, (int)reg(ctx, OFF_REGS_RC), (int)call.flags, call.dir);
+    return on_socket_call((const void *)call.sk, (int)reg(ctx, OFF_REGS_RC), (int)call.flags, call.dir, READ_PROBE);
 }
 
 #ifdef NEED_UDP_RX_IFINDEX

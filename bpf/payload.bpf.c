@@ -36,45 +36,48 @@ BPF_TABLE("lru_hash", struct socket_key, struct sock_info, sockets, MAX_SOCKETS)
 
 /* The device of the socket's cached route: where its packets leave. Unset
  * for unconnected UDP sockets, whose route is looked up per datagram. */
-static __always_inline u32 dev_ifindex_of(void *dst)
+static __always_inline u32 dev_ifindex_of(int how, void *dst)
 {
     if (!dst)
         return UNKNOWN_IFINDEX;
-    void *dev = read_ptr(dst, OFF_DST_DEV);
+    void *dev = load_ptr(how, dst, OFF_DST_DEV);
     if (!dev)
         return UNKNOWN_IFINDEX;
-    return read_u32(dev, OFF_DEV_IFINDEX);
+    return load_u32(how, dev, OFF_DEV_IFINDEX);
 }
 
-/* sk_protocol and the cached route, in one kernel read where BTF puts them
- * within 16 bytes of each other (every helper call costs ~20 ns per call). */
+/* sk_protocol and the cached route: through the helper in one kernel read
+ * where BTF puts them within 16 bytes of each other (each helper call costs
+ * more than the read itself). */
 struct proto_dst {
     u16 protocol;
     void *dst;
 };
 
-static __always_inline struct proto_dst read_proto_dst(const void *sk)
+static __always_inline struct proto_dst read_proto_dst(int how, const void *sk)
 {
     struct proto_dst out = {};
 #if OFF_SK_DST_CACHE >= OFF_SK_PROTOCOL && OFF_SK_DST_CACHE + 8 - OFF_SK_PROTOCOL <= 16
-    u8 window[16] = {};
-    bpf_probe_read_kernel(window, sizeof(window), (const char *)sk + OFF_SK_PROTOCOL);
-    __builtin_memcpy(&out.protocol, window, 2);
-    __builtin_memcpy(&out.dst, window + (OFF_SK_DST_CACHE - OFF_SK_PROTOCOL), 8);
-#else
-    out.protocol = read_u16(sk, OFF_SK_PROTOCOL);
-    out.dst = read_ptr(sk, OFF_SK_DST_CACHE);
+    if (how == READ_PROBE) {
+        u8 window[16] = {};
+        bpf_probe_read_kernel(window, sizeof(window), (const char *)sk + OFF_SK_PROTOCOL);
+        __builtin_memcpy(&out.protocol, window, 2);
+        __builtin_memcpy(&out.dst, window + (OFF_SK_DST_CACHE - OFF_SK_PROTOCOL), 8);
+        return out;
+    }
 #endif
+    out.protocol = load_u16(how, sk, OFF_SK_PROTOCOL);
+    out.dst = load_ptr(how, sk, OFF_SK_DST_CACHE);
     return out;
 }
 
 /* TCP keeps the ingress device of its segments in sk_rx_dst_ifindex; UDP
  * keeps nothing, so the backend's hooks tell it (hooks.h). */
-static __always_inline u32 rx_ifindex(const void *sk, u16 protocol, void *dst)
+static __always_inline u32 rx_ifindex(int how, const void *sk, u16 protocol, void *dst)
 {
     if (protocol == IPPROTO_TCP) {
-        u32 ifindex = read_u32(sk, OFF_SK_RX_DST_IFINDEX);
-        return ifindex ? ifindex : dev_ifindex_of(dst);
+        u32 ifindex = load_u32(how, sk, OFF_SK_RX_DST_IFINDEX);
+        return ifindex ? ifindex : dev_ifindex_of(how, dst);
     }
 #ifdef NEED_UDP_RX_IFINDEX
     return udp_rx_hint(sk);
@@ -121,8 +124,9 @@ static __always_inline void add_socket(const void *sk, u32 tgid, u16 family, u16
 }
 #endif
 
-/* Called by the backend's hooks (hooks.h) once per socket call that returned. */
-static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir)
+/* Called by the backend's hooks (hooks.h) once per socket call that
+ * returned, reading sk the hook's way (`how`, common.h). */
+static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir, int how)
 {
     if (ret <= 0 || !sk)
         return 0;
@@ -131,16 +135,16 @@ static __always_inline int on_socket_call(const void *sk, long ret, int flags, u
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid))
         return 0;
-    u16 family = read_u16(sk, OFF_SK_FAMILY);
+    u16 family = load_u16(how, sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return 0;
-    struct proto_dst pd = read_proto_dst(sk);
+    struct proto_dst pd = read_proto_dst(how, sk);
     u16 protocol = pd.protocol;
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return 0;
-    u32 ifindex = dir == DIR_OUT ? dev_ifindex_of(pd.dst) : rx_ifindex(sk, protocol, pd.dst);
+    u32 ifindex = dir == DIR_OUT ? dev_ifindex_of(how, pd.dst) : rx_ifindex(how, sk, protocol, pd.dst);
 #ifdef FILTER_IFACES
-    if (!iface_ok(netns_of(sk), ifindex))
+    if (!iface_ok(netns_of(how, sk), ifindex))
 #else
     if (!iface_ok(0, ifindex)) /* the namespace only matters to a filter */
 #endif

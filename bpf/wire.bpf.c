@@ -103,25 +103,24 @@ static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifin
 /* Process context only: the caller's thread group owns sk from now on.
  * Runs on every socket call, so the common case (owner already known) is
  * one kernel read and one lookup; the rest is read only to note a new one. */
-static __always_inline void note_owner(const void *sk)
+static __always_inline void note_owner(const void *sk, int how)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid))
         return;
-    u64 cookie = 0;
-    bpf_probe_read_kernel(&cookie, sizeof(cookie), (const char *)sk + OFF_SK_COOKIE);
+    u64 cookie = load_u64(how, sk, OFF_SK_COOKIE);
     if (cookie) {
         struct owner *known = owners.lookup(&cookie);
         if (known && known->tgid == tgid)
             return;
     }
-    u16 family = read_u16(sk, OFF_SK_FAMILY);
+    u16 family = load_u16(how, sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return;
-    u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
+    u16 protocol = load_u16(how, sk, OFF_SK_PROTOCOL);
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
         return;
-    struct owner fresh = {.tgid = tgid, .netns = netns_of(sk), .ino = socket_ino(sk)};
+    struct owner fresh = {.tgid = tgid, .netns = netns_of(how, sk), .ino = socket_ino(sk)};
     if (cookie) {
         owners.update(&cookie, &fresh);
     } else {
@@ -131,10 +130,10 @@ static __always_inline void note_owner(const void *sk)
 }
 
 /* Called by the backend's hooks (hooks.h) once per socket call. */
-static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir)
+static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir, int how)
 {
     if (sk)
-        note_owner(sk);
+        note_owner(sk, how);
     return 0;
 }
 
@@ -146,7 +145,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     const void *sk = (const void *)ctx->args[0];
     int newstate = (int)ctx->args[2];
     if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) {
-        note_owner(sk);
+        note_owner(sk, READ_PROBE);
     } else if (newstate == TCP_SYN_RECV) {
         /* A child socket, made in softirq at an address that an earlier
          * socket may have left an early owner under. */

@@ -49,7 +49,7 @@ OPTIONAL_TRACEPOINTS = ("sk_data_ready",)
 SPLICE_SYSCALL_EVENTS = ("syscalls/sys_enter_splice", "syscalls/sys_exit_splice")
 
 
-FACTS_FILE = "btf-facts-v2.json"
+FACTS_FILE = "btf-facts-v3.json"
 
 
 @dataclass
@@ -57,7 +57,7 @@ class BtfFacts:
     """What the backends ask of BTF, small enough to cache per kernel build
     (parsing BTF takes longer than compiling the program)."""
 
-    tracepoints: dict  # raw tracepoint name -> whether it exists
+    tracepoints: dict  # raw tracepoint name -> BTF id of its btf_trace_<name> typedef, or None
     functions: dict  # kernel function -> its BTF id, or None
     has_sendpage: bool  # struct proto_ops has ->sendpage (before Linux 6.5)
     exit_group_dead: bool = False  # sched_process_exit passes group_dead (after 6.12)
@@ -71,7 +71,7 @@ class BtfFacts:
             sendpage = False
         # A raw tracepoint's BTF prototype starts with a void *__data.
         exit_args = btf.func_proto_arity("btf_trace_sched_process_exit") or 0
-        return cls({t: btf.has_typedef(f"btf_trace_{t}") for t in TRACEPOINTS + OPTIONAL_TRACEPOINTS},
+        return cls({t: btf.typedef_id(f"btf_trace_{t}") for t in TRACEPOINTS + OPTIONAL_TRACEPOINTS},
                    {f: btf.func_id(f) for f in FUNCTIONS}, sendpage, exit_args >= 3)
 
 
@@ -105,6 +105,9 @@ class Backend:
     usable: bool
     detail: str  # where it attaches, or why it cannot
     functions: tuple = ()  # kernel functions hooked (fentry, kprobe)
+    # tracepoint: its socket-call programs are BTF-typed (tp_btf), reading
+    # kernel memory with plain loads rather than a helper call per field
+    typed: bool = False
     gaps: list = field(default_factory=list)  # what it would not see on this kernel
 
 
@@ -153,8 +156,22 @@ def tracepoint_backend(facts: Optional[BtfFacts]) -> Backend:
         # sendfile and splice into a socket then bypass sendmsg and its tracepoint.
         gaps.append("sendfile(2) and splice(2) into sockets: this kernel sends them through "
                     "->sendpage, which bypasses sock:sock_send_length (before Linux 6.5)")
-    return Backend("tracepoint", True, "raw tracepoints sock:sock_send_length + sock:sock_recv_length, "
-                                       "syscalls:sys_{enter,exit}_splice", gaps=gaps)
+    typed, why = _typed_tracepoints(facts)
+    kind = "BTF-typed raw tracepoints" if typed else f"raw tracepoints ({why})"
+    return Backend("tracepoint", True, f"{kind} sock:sock_send_length + sock:sock_recv_length, "
+                                       "syscalls:sys_{enter,exit}_splice", gaps=gaps, typed=typed)
+
+
+def _typed_tracepoints(facts: Optional[BtfFacts]) -> tuple[bool, str]:
+    """Whether the kernel takes BTF-typed tracepoint programs (tp_btf, Linux
+    5.5+), tried on sock_send_length; else why not."""
+    btf_id = facts.tracepoints.get("sock_send_length") if facts is not None else None
+    if not btf_id:
+        return False, "no BTF id for sock_send_length"
+    from procnetmon.kernel import trampoline
+
+    ok, why = trampoline.probe_btf_tracepoint(btf_id)
+    return ok, "" if ok else f"field reads through bpf_probe_read_kernel: {why}"
 
 
 def _hooked_functions(present: set[str]) -> tuple[list[str], list[str]]:

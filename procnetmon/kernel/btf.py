@@ -175,7 +175,12 @@ class BTF:
         raise BTFError(f"this kernel's BTF has no struct {name}")
 
     def has_typedef(self, name: str) -> bool:
-        return any(self._types[i].kind == KIND_TYPEDEF for i in self._by_name.get(name, []))
+        return self.typedef_id(name) is not None
+
+    def typedef_id(self, name: str) -> Optional[int]:
+        """The BTF id of typedef ``name`` (a raw tracepoint's ``btf_trace_<name>``
+        is what a BTF-typed tracepoint program attaches to), or None."""
+        return next((i for i in self._by_name.get(name, []) if self._types[i].kind == KIND_TYPEDEF), None)
 
     def func_id(self, name: str) -> Optional[int]:
         """The BTF id of kernel function ``name`` (what fentry/fexit attach to), or None."""

@@ -6,13 +6,14 @@ attach (``_attach_more``); reading the maps is ``reader.MapReader``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
 from typing import Optional
 
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.kernel import backends, cgroup_layout, headers, layout
+from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, expand_includes
 from procnetmon.probes.reader import MapReader
@@ -46,6 +47,8 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
         flags.append("-DHAVE_SK_DATA_READY")
+    if backend.typed:
+        flags.append("-DTYPED_TRACEPOINTS")
     if facts is not None and facts.exit_group_dead:
         flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
@@ -112,6 +115,9 @@ class BccProbe(MapReader):
         self.cgroups = cgroups
         self.cgroup_mount = cgroup_mount
         self._bpf = None
+        self._facts: Optional[backends.BtfFacts] = None
+        self._typed_fds: list[int] = []  # BTF-typed tracepoint programs and their links
+        self._typed_refused: Optional[str] = None  # why the kernel would not take them
         self._init_reader(include_loopback=include_loopback, interfaces=interfaces, cgroups=cgroups,
                           cgroup_mount=cgroup_mount)
 
@@ -125,11 +131,14 @@ class BccProbe(MapReader):
             header_dir, _synthetic = headers.ensure_headers()
         except headers.HeadersError as e:
             raise ProbeError(str(e)) from e
-        facts = backends.btf_facts()
+        facts = self._facts = backends.btf_facts()
         try:
             self.backend = backends.choose(backends.detect(facts), self.wanted_backend)
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
+        if self._typed_refused and self.backend.typed:
+            self.backend = dataclasses.replace(self.backend, typed=False, detail=self.backend.detail +
+                                               f" (BTF-typed programs refused: {self._typed_refused})")
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details,
                              cgroups=self.cgroups is not None,
@@ -161,6 +170,15 @@ class BccProbe(MapReader):
                              f"({cause}; run procnetmon --check to see what this kernel offers)") from e
         self._fill_filters()
         try:
+            if self.backend.typed:
+                try:
+                    self._attach_typed_tracepoints()
+                except bpfsys.BpfError as e:
+                    # A verifier that will not take the plain loads still
+                    # takes the same programs reading through the helper.
+                    self.close()
+                    self._typed_refused = str(e)
+                    return self.attach()
             if self.backend.name == "kprobe":
                 self._attach_kprobes()
             self._attach_more()
@@ -182,6 +200,19 @@ class BccProbe(MapReader):
                     self._bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
             except Exception as e:  # BCC raises bare Exception when an attach fails
                 raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
+
+    def _attach_typed_tracepoints(self) -> None:
+        """The tracepoint backend's BTF-typed programs (pnm_typed_<tracepoint>
+        in bpf/hooks.h), which BCC compiles but cannot load: loaded from its
+        bytes, maps resolved, through bpf(2)."""
+        for tracepoint, btf_id in sorted(self._facts.tracepoints.items()):
+            try:
+                insns = self._bpf.dump_func(f"pnm_typed_{tracepoint}".encode())
+            except Exception:  # BCC: not in this build (sk_data_ready without a filter)
+                continue
+            prog = bpfsys.load_tracing(insns, bpfsys.BPF_TRACE_RAW_TP, btf_id, tracepoint)
+            self._typed_fds.append(prog)
+            self._typed_fds.append(bpfsys.attach_tracing(prog))
 
     def _fill_filters(self) -> None:
         if self.pids is not None:
@@ -210,6 +241,9 @@ class BccProbe(MapReader):
         return []
 
     def close(self) -> None:
+        for fd in reversed(self._typed_fds):
+            os.close(fd)
+        self._typed_fds = []
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
