@@ -4,8 +4,9 @@
     sudo scripts/bench                        # the same, after installing what it needs
 
 Makes a namespace peer, keeps an iperf3 server in it, runs the workloads
-with no monitor, procnetmon, procnetmon -p, procnetmon --mode wire and nethogs
-alternately, prints the tables and writes docs/benchmarks.md. Everything it creates is removed
+with no monitor, empty BPF programs (the floor), procnetmon, procnetmon -p,
+procnetmon --mode wire, nethogs and bcc's tcptop alternately, prints the
+tables and writes docs/benchmarks.md. Everything it creates is removed
 at the end, also on errors, Ctrl-C and SIGTERM.
 """
 
@@ -20,14 +21,14 @@ import time
 from typing import Optional
 
 from bench import analysis, bpfstats, facts, report, runner
-from bench.monitors import Context
+from bench.monitors import Context, Unavailable
 from bench.netns import Peer
 from bench.workloads import WORKLOADS, IperfServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MONITORS = ["procnetmon", "procnetmon-p", "procnetmon-wire", "nethogs"]
-# The targets are payload mode's (issue 4); wire mode is measured beside it.
-BPF_PASS = ["procnetmon", "procnetmon-p", "procnetmon-wire"]
+MONITORS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-wire", "nethogs", "tcptop"]
+# The targets are payload mode's (issues 4, 12); wire mode is measured beside it.
+BPF_PASS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-wire", "tcptop"]
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -38,6 +39,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="CPU to pin iperf3 client and server to, or 'none' (default: the last CPU)")
     p.add_argument("--bpf-seconds", type=float, default=3,
                    help="length of each run of the BPF run-time pass; 0 skips it (default 3)")
+    p.add_argument("--bpf-reps", type=int, default=3,
+                   help="repetitions of the BPF run-time pass, whose medians the floor targets use (default 3)")
     p.add_argument("--output", default=os.path.join(ROOT, "docs", "benchmarks.md"),
                    help="where to write the report (default docs/benchmarks.md)")
     p.add_argument("--procnetmon", default=None,
@@ -65,35 +68,49 @@ def _signals_as_interrupt() -> None:
         signal.signal(signum, handler)
 
 
-def series(setup: runner.Setup, reps: int) -> list[runner.Run]:
-    """The scored runs: every workload under every configuration, alternating."""
+def series(setup: runner.Setup, reps: int, unavailable: dict[str, str]) -> list[runner.Run]:
+    """The scored runs: every workload under every configuration, alternating.
+    A monitor that cannot start here is noted in ``unavailable`` and left out."""
     by_name = {w.name: w for w in WORKLOADS}
     order = runner.plan(reps, list(by_name), MONITORS)
     runs = []
     for i, (rep, wname, monitor) in enumerate(order, 1):
-        run = runner.measure(setup, by_name[wname], monitor, rep)
+        if monitor in unavailable:
+            continue
+        try:
+            run = runner.measure(setup, by_name[wname], monitor, rep)
+        except Unavailable as e:
+            unavailable[monitor] = str(e)
+            print(f"bench: leaving {monitor} out: {e}", file=sys.stderr)
+            continue
         runner.progress(run, by_name[wname], i, len(order))
         runs.append(run)
     return runs
 
 
-def bpf_pass(setup: runner.Setup, seconds: float) -> list[runner.Run]:
-    """Unscored runs with the kernel timing every BPF program run."""
+def bpf_pass(setup: runner.Setup, seconds: float, reps: int, unavailable: dict[str, str]) -> list[runner.Run]:
+    """Unscored runs with the kernel timing every BPF program run, the floor
+    first in each repetition of each workload."""
     runs = []
     try:
         with bpfstats.RunTimeStats():
-            for w in WORKLOADS:
-                for monitor in BPF_PASS:
-                    run = runner.measure(setup, w, monitor, 0, seconds=seconds, programs=True)
-                    print(f"bench: BPF pass {w.name} {monitor}: {analysis.bpf_share(run):.2%} of a core",
-                          file=sys.stderr)
-                    runs.append(run)
+            for rep in range(reps):
+                for w in WORKLOADS:
+                    for monitor in (m for m in BPF_PASS if m not in unavailable):
+                        try:
+                            run = runner.measure(setup, w, monitor, rep, seconds=seconds, programs=True)
+                        except Unavailable as e:
+                            unavailable[monitor] = str(e)
+                            continue
+                        print(f"bench: BPF pass {rep + 1}/{reps} {w.name} {monitor}: "
+                              f"{analysis.bpf_share(run):.2%} of a core", file=sys.stderr)
+                        runs.append(run)
     except bpfstats.StatsUnavailable as e:
         print(f"bench: skipping the BPF run-time pass: {e}", file=sys.stderr)
     return runs
 
 
-def measure_all(args) -> tuple[list[runner.Run], list[runner.Run]]:
+def measure_all(args, unavailable: dict[str, str]) -> tuple[list[runner.Run], list[runner.Run]]:
     peer = Peer.create()
     server = None
     try:
@@ -104,8 +121,9 @@ def measure_all(args) -> tuple[list[runner.Run], list[runner.Run]]:
         # The first runs after setup are slower (cold caches, ARP, socket memory): not scored.
         for w in WORKLOADS:
             w.run(peer, 1, cpu=args.pin)
-        runs = series(setup, args.reps)
-        return runs, bpf_pass(setup, args.bpf_seconds) if args.bpf_seconds > 0 else []
+        runs = series(setup, args.reps, unavailable)
+        bpf = bpf_pass(setup, args.bpf_seconds, args.bpf_reps, unavailable) if args.bpf_seconds > 0 else []
+        return runs, bpf
     finally:
         if server is not None:
             server.stop()
@@ -120,8 +138,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     _signals_as_interrupt()
     began = time.monotonic()
     env = facts.collect(ROOT)
+    unavailable: dict[str, str] = {}
     try:
-        runs, bpf_runs = measure_all(args)
+        runs, bpf_runs = measure_all(args, unavailable)
     except KeyboardInterrupt:
         print("bench: interrupted; everything it made has been removed", file=sys.stderr)
         return 130
@@ -140,14 +159,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     startup = report.startup_table(start)
     verdict_text = report.verdict_table(verdicts)
     bpf = report.bpf_table(bpf_runs, workloads) if bpf_runs else None
+    floor = report.floor_table(analysis.floor_multiples(bpf_runs), workloads) if bpf_runs else None
+    missing = report.unavailable_text(unavailable)
 
     print()
-    for block in (results, startup, verdict_text, bpf):
+    for block in (results, missing, startup, verdict_text, floor, bpf):
         if block:
             print(block, end="\n\n")
-    method = report.method(args.reps, args.seconds, args.pin, args.bpf_seconds if bpf_runs else None)
-    text = report.markdown(env, method, results, startup, verdict_text, bpf, report.runs_table(runs, workloads),
-                           wall)
+    method = report.method(args.reps, args.seconds, args.pin, args.bpf_seconds if bpf_runs else None,
+                           args.bpf_reps)
+    text = report.markdown(env, method, results, missing, startup, verdict_text, floor, bpf,
+                           report.runs_table(runs, workloads), wall)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     text += kept_sections(args.output)
     with open(args.output, "w") as f:

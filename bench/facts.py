@@ -54,6 +54,7 @@ class Facts:
     iperf3: str
     nethogs: str
     bcc: str
+    tcptop: str = "unknown"
 
 
 def collect(root: str) -> Facts:
@@ -71,4 +72,5 @@ def collect(root: str) -> Facts:
         iperf3=_run("iperf3", "--version").splitlines()[0],
         nethogs=_package_version("nethogs"),
         bcc=_package_version("python3-bpfcc"),
+        tcptop=_package_version("bpfcc-tools"),
     )

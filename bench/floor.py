@@ -5,8 +5,8 @@ procnetmon's probes costs the kernel's call into BPF (the tracepoint's
 static call, the RCU and recursion guards of bpf_trace_run) and, with
 BPF_ENABLE_STATS, the two clock reads that time the run. Nothing a probe
 does can cost less, so the benchmark reads every probe's time as a
-multiple of this. Loaded through bpf(2) directly, like
-procnetmon/kernel/trampoline.py: no compiler, nothing else in the program.
+multiple of this. Loaded through bpf(2) directly (procnetmon/kernel/bpfsys.py):
+no compiler, nothing else in the program.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from typing import Optional
 
-SYS_BPF = 321  # x86_64
+from procnetmon.kernel import bpfsys
+
 BPF_PROG_LOAD = 5
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
@@ -24,26 +26,39 @@ BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 EMPTY = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 
+# procnetmon's payload hooks on the tracepoint backend (bpf/hooks.h); the
+# last one only with an interface filter or without loopback, as by default.
+HOOKS = ("sock_send_length", "sock_recv_length", "sk_data_ready")
+
+
 class FloorError(Exception):
     pass
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = libc.syscall(ctypes.c_long(SYS_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        raise FloorError(os.strerror(ctypes.get_errno()))
-    return ret
+def hook_of(program: str) -> Optional[str]:
+    """The hook a program runs on, from its name: procnetmon's raw tracepoint
+    programs are raw_tracepoint__<hook>, its BTF-typed ones and the empty
+    ones are <hook> cut to the kernel's 15 characters."""
+    name = program.removeprefix("raw_tracepoint__")
+    return next((h for h in HOOKS if name == h or (len(name) == 15 and h.startswith(name))), None)
+
+
+def hooks_here() -> list[str]:
+    """Those of HOOKS this kernel has."""
+    from procnetmon.kernel import backends
+
+    facts = backends.btf_facts()
+    if facts is None:
+        return []
+    return [h for h in HOOKS if facts.tracepoints.get(h)]
 
 
 class EmptyPrograms:
     """An empty raw-tracepoint program on each of ``tracepoints``, attached
-    while this is open. ``prog_fds`` maps each tracepoint to its program."""
+    while this is open."""
 
     def __init__(self, tracepoints):
         self.tracepoints = list(tracepoints)
-        self.prog_fds: dict[str, int] = {}
         self._fds: list[int] = []
 
     def __enter__(self) -> "EmptyPrograms":
@@ -54,14 +69,14 @@ class EmptyPrograms:
                 attr = bytearray(128)
                 struct.pack_into("<IIQQ", attr, 0, BPF_PROG_TYPE_RAW_TRACEPOINT, len(EMPTY) // 8,
                                  ctypes.addressof(insns), ctypes.addressof(license_))
-                struct.pack_into("<16s", attr, 48, b"floor_" + tp.encode()[:9])
-                prog = _bpf(BPF_PROG_LOAD, bytes(attr))
+                # Named as procnetmon names its program on the hook, to pair them.
+                struct.pack_into("<16s", attr, 48, tp.encode()[:15])
+                prog = bpfsys.bpf(BPF_PROG_LOAD, bytes(attr))
                 self._fds.append(prog)
                 name = ctypes.create_string_buffer(tp.encode())
-                link = _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", ctypes.addressof(name), prog) + bytes(4))
+                link = bpfsys.bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", ctypes.addressof(name), prog) + bytes(4))
                 self._fds.append(link)
-                self.prog_fds[tp] = prog
-        except FloorError as e:
+        except bpfsys.BpfError as e:
             self.__exit__()
             raise FloorError(f"the empty program could not be attached to {tp}: {e}") from e
         return self
@@ -69,13 +84,4 @@ class EmptyPrograms:
     def __exit__(self, *exc) -> None:
         for fd in reversed(self._fds):
             os.close(fd)
-        self._fds, self.prog_fds = [], {}
-
-    def stats(self) -> dict[str, tuple[int, int]]:
-        """(run_time_ns, run_cnt) of each tracepoint's empty program so far."""
-        out = {}
-        for tp, fd in self.prog_fds.items():
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                info = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-            out[tp] = (int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0)))
-        return out
+        self._fds = []

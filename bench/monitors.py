@@ -1,8 +1,9 @@
 """The monitors under test, each started, settled, watched and stopped the same way.
 
 A monitor is launched before the traffic and must be ready (procnetmon: its
-"probes attached" line; nethogs: its first refresh) before the workload
-starts. Its output is read continuously by threads, so it never blocks on a
+"probes attached" line; nethogs: its first refresh; tcptop: its "Tracing"
+line) before the workload starts; one that cannot start on this machine
+raises ``Unavailable`` with its own words, and the benchmark goes on without it. Its output is read continuously by threads, so it never blocks on a
 full pipe, and the moments of its first lines are noted for the start-up
 timings. ``NoMonitor`` is the baseline and costs nothing.
 """
@@ -21,6 +22,10 @@ from typing import Optional
 from bench import procstat
 
 ATTACHED = re.compile(r"probes attached in ([\d.]+) s(?:, ([\d.]+) s after launch)?")
+
+
+class Unavailable(RuntimeError):
+    """The monitor cannot run here at all (not a failed run): the message says why."""
 
 
 @dataclass
@@ -57,6 +62,7 @@ class _Lines:
         self.first: Optional[float] = None
         self.count = 0
         self.last = ""
+        self.tail: list[str] = []  # the last lines, kept with keep_last
         self.keep_last = keep_last
         self.on_line = on_line
         self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
@@ -69,6 +75,7 @@ class _Lines:
             self.count += 1
             if self.keep_last and line.strip():
                 self.last = line
+                self.tail = (self.tail + [line])[-20:]
             if self.on_line is not None:
                 self.on_line(line)
 
@@ -78,6 +85,7 @@ class Monitor:
 
     name = ""  # short key used in results
     title = ""  # shown in tables
+    own_process = True  # its CPU and memory are a process of its own (not the floor's)
 
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None
@@ -110,6 +118,15 @@ class Monitor:
             self.proc.kill()
             self.proc.wait()
             raise RuntimeError(f"{self.title} did not stop within {timeout:g} s of SIGINT")
+
+
+def _why(lines: "_Lines", fallback: str) -> str:
+    """The line of a failed start that says why, BCC's tracebacks aside."""
+    for line in reversed(lines.tail):
+        text = line.strip()
+        if text and not text.startswith(("Traceback", "File ", "^", "raise ", "b = BPF")) and text != "1 error generated.":
+            return text
+    return fallback
 
 
 class NoMonitor(Monitor):
@@ -232,3 +249,94 @@ class Nethogs(Monitor):
         self.err.thread.join(5)
         return StopInfo(first_output=self.out.first, lines=self.out.count, seen={"saw_iperf3": self._saw_iperf})
 
+
+
+class Tcptop(Monitor):
+    """bcc's tcptop (Debian's bpfcc-tools), every second, without clearing the screen.
+
+    The in-kernel peer of procnetmon: kprobes on tcp_sendmsg and
+    tcp_cleanup_rbuf, per-connection sums read every interval. Ready when it
+    prints "Tracing..."; it needs kprobes and the kernel's headers.
+    """
+
+    name = "tcptop"
+    title = "tcptop-bpfcc"
+
+    def __init__(self):
+        super().__init__()
+        self._tracing = threading.Event()
+        self._saw_iperf = False
+
+    def command(self, ctx: Context) -> list[str]:
+        return ["tcptop-bpfcc", "-C", "1"]
+
+    def _on_stdout(self, line: str) -> None:
+        if line.startswith("Tracing"):
+            self._tracing.set()
+        elif "iperf3" in line:
+            self._saw_iperf = True
+
+    def start(self, ctx: Context) -> StartInfo:
+        self.launched = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+        except OSError as e:
+            raise Unavailable(f"tcptop-bpfcc not runnable: {e}") from e
+        self.out = _Lines(self.proc.stdout, self.launched, on_line=self._on_stdout)
+        self.err = _Lines(self.proc.stderr, self.launched, keep_last=True)
+        deadline = time.monotonic() + 60  # BCC compiles its program first
+        while not self._tracing.wait(0.05):
+            if self.proc.poll() is not None:
+                self.err.thread.join(2)
+                raise Unavailable(f"tcptop-bpfcc did not start: {_why(self.err, f'exit {self.proc.returncode}')}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("tcptop-bpfcc did not start tracing within 60 s")
+        return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0)
+
+    def stop(self) -> StopInfo:
+        self._end()
+        self.out.thread.join(5)
+        self.err.thread.join(5)
+        return StopInfo(first_output=self.out.first, lines=self.out.count, seen={"saw_iperf3": self._saw_iperf})
+
+
+class Floor(Monitor):
+    """No tool: an empty BPF program on each hook procnetmon's payload mode
+    uses here (bench/floor.py), to price the bare act of running one."""
+
+    name = "floor"
+    title = "empty BPF programs"
+    own_process = False  # the programs belong to the benchmark's process
+
+    def __init__(self):
+        super().__init__()
+        self._programs = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        import os
+
+        return os.getpid()  # the programs' descriptors are this process's
+
+    def start(self, ctx: Context) -> StartInfo:
+        from bench import floor
+
+        hooks = floor.hooks_here()
+        if not hooks:
+            raise Unavailable("none of procnetmon's socket tracepoints exist on this kernel")
+        try:
+            self._programs = floor.EmptyPrograms(hooks).__enter__()
+        except floor.FloorError as e:
+            raise Unavailable(str(e)) from e
+        return StartInfo(cpu=0.0)
+
+    def stop(self) -> StopInfo:
+        self.kill()
+        return StopInfo(first_output=None, lines=0)
+
+    def kill(self) -> None:
+        if self._programs is not None:
+            self._programs.__exit__()
+            self._programs = None

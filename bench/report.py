@@ -17,7 +17,8 @@ from bench.runner import Run
 from bench.workloads import Workload
 
 TITLES = {"none": "no monitor", "procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p (server PID)",
-          "procnetmon-wire": "procnetmon --mode wire", "nethogs": "nethogs -t -C"}
+          "procnetmon-wire": "procnetmon --mode wire", "nethogs": "nethogs -t -C", "tcptop": "tcptop-bpfcc -C",
+          "floor": "empty BPF programs (floor)"}
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -112,11 +113,37 @@ def bpf_table(runs: list[Run], workloads: dict[str, Workload]) -> str:
     return _table(["run", "BPF program", "runs per second", "ns per run", "CPU, of one core"], body)
 
 
+def floor_table(multiples: list[analysis.FloorMultiple], workloads: dict[str, Workload]) -> str:
+    """Each monitor's programs on the socket hooks against empty programs on
+    the same hooks: medians over the BPF pass's repetitions, with their range."""
+    def span(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} × ({min(values):.2f}–{max(values):.2f})"
+
+    body = []
+    for m in multiples:
+        where = f"{workloads[m.workload].title}, {TITLES[m.monitor]}"
+        for hook, pairs in m.per_hook.items():
+            rate = statistics.median(m.rates[hook])
+            body.append([where, hook, f"{rate:,.0f}", f"{statistics.median(a for a, _ in pairs):.0f}",
+                         f"{statistics.median(b for _, b in pairs):.0f}", span([a / b for a, b in pairs])])
+        body.append([where, "**per socket call** (all the above)", "—",
+                     f"{statistics.median(m.per_call_ns):.0f}", f"{statistics.median(m.floor_per_call_ns):.0f}",
+                     span(m.ratios)])
+    return _table(["run", "hook", "runs per second", "ns per run", "empty program, ns per run",
+                   "multiple of the floor, median (range)"], body)
+
+
+def unavailable_text(unavailable: dict[str, str]) -> Optional[str]:
+    if not unavailable:
+        return None
+    return "\n".join(f"- {TITLES.get(m, m)}: not measured here. {why}" for m, why in unavailable.items())
+
+
 def verdict_table(verdicts: list[Verdict]) -> str:
     return _table(["target", "measured", "verdict"], [[v.target, v.measured, v.verdict] for v in verdicts])
 
 
-def method(reps: int, seconds: float, pin: Optional[int], bpf_seconds: Optional[float]) -> str:
+def method(reps: int, seconds: float, pin: Optional[int], bpf_seconds: Optional[float], bpf_reps: int = 1) -> str:
     pinned = (f"Client and server are both pinned to CPU {pin} (`iperf3 -A {pin}`), so the data path has one "
               "core and the monitor's user-space process the other: the throughput ratio shows what the "
               "monitor adds to the data path (BPF programs, packet capture), the CPU column what its own "
@@ -133,10 +160,16 @@ the server received per second). {pinned}
 Monitors: `procnetmon -c --interval 1s --json` (every process),
 `procnetmon -c --interval 1s --json -p <iperf3 server PID>`,
 `procnetmon -c --interval 1s --json --mode wire` (every process; measured
-beside the others, the targets are payload mode's), and
-`nethogs -t -C -d 1 <host veth>` (trace mode, TCP and UDP). Each monitor is
-started before the traffic and must be ready first (procnetmon: its
-"probes attached" line; nethogs: its first refresh). After one unscored
+beside the others, the targets are payload mode's),
+`nethogs -t -C -d 1 <host veth>` (trace mode, TCP and UDP), bcc's
+`tcptop-bpfcc -C 1` (Debian's bpfcc-tools; kprobes, TCP only), and "empty
+BPF programs": no tool, an empty raw tracepoint program (`r0 = 0; exit`) on
+each of procnetmon's socket hooks (sock_send_length, sock_recv_length,
+sk_data_ready), the floor of what any program on those hooks costs. Each
+monitor is started before the traffic and must be ready first (procnetmon:
+its "probes attached" line; nethogs: its first refresh; tcptop: its
+"Tracing" line); one that cannot start on this machine is left out, with
+the reason. After one unscored
 warm-up run per workload, {reps} repetitions each run every workload with no
 monitor, then each monitor in an order rotated per repetition; a last
 no-monitor run closes the series. Each monitored run is divided by the mean
@@ -154,28 +187,37 @@ the monitor is stopped with SIGINT."""
 
 procnetmon's probes run inside the watched processes' socket calls, so
 their cost is charged to those processes (and shows in the throughput), not
-to procnetmon's CPU. A separate pass of {bpf_seconds:g} s per workload, not
-scored for throughput, turns on the kernel's BPF run-time statistics
+to procnetmon's CPU. A separate pass, {bpf_reps} repetitions of {bpf_seconds:g} s
+per workload and BPF-based monitor (the empty programs first), not scored
+for throughput, turns on the kernel's BPF run-time statistics
 (BPF_ENABLE_STATS, which itself adds two clock reads per program run) and
-reads each program's run count and run time from /proc/PID/fdinfo. With
-the data path saturating its one core, the programs' share of that core is
-about what they take from the throughput; the targets table uses it as a
-second estimate of the throughput target, much less noisy than comparing
-runs on a shared virtual machine. It leaves out the cost of calling the
-programs from the tracepoints, and includes part of the clock reads."""
+reads each program's run count and run time from /proc/PID/fdinfo. The
+empty programs' time per run on each hook is the floor: it holds the
+tracepoint's call into BPF and the statistics' own clock reads, which no
+program can avoid, and it depends on the workload (after a 128 KiB TCP
+receive the caches are cold). Each procnetmon program is then read as a
+multiple of the floor on its hook in the same repetition, and per socket
+call (a send or receive; the per-packet sk_data_ready runs are charged to
+the calls): its programs' time per call against what empty programs would
+take for the same runs on the same hooks. With the data path saturating
+its one core, the programs' share of that core is about what they take
+from the throughput; the targets table uses it as a second estimate of the
+throughput target, much less noisy than comparing runs on a shared virtual
+machine."""
     # Paragraphs above are wrapped by hand around values of any length: rewrap them.
     paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
     return "\n\n".join(textwrap.fill(p, 78, break_long_words=False, break_on_hyphens=False)
                        for p in paragraphs)
 
 
-def markdown(facts: Facts, method_text: str, results: str, startup: str, verdicts: str,
-             bpf: Optional[str], every_run: str, wall_s: float) -> str:
+def markdown(facts: Facts, method_text: str, results: str, missing: Optional[str], startup: str, verdicts: str,
+             floor: Optional[str], bpf: Optional[str], every_run: str, wall_s: float) -> str:
     parts = [
         "# procnetmon benchmarks",
         "",
         "Written by `scripts/bench` (bench/); do not edit by hand, run it again.",
-        "What procnetmon costs the machine it watches, next to nethogs, on the same traffic in the same run.",
+        "What procnetmon costs the machine it watches, next to nethogs and bcc's tcptop, on the same traffic "
+        "in the same run.",
         "",
         "## Machine",
         "",
@@ -184,6 +226,7 @@ def markdown(facts: Facts, method_text: str, results: str, startup: str, verdict
             ["CPU", f"{facts.cpu}, {facts.cores} cores"], ["memory", facts.memory],
             ["procnetmon", facts.procnetmon], ["iperf3", facts.iperf3],
             ["nethogs", facts.nethogs], ["BCC (python3-bpfcc)", facts.bcc],
+            ["tcptop (bpfcc-tools)", facts.tcptop],
             ["benchmark wall time (setup aside)", f"{wall_s:.0f} s"],
         ]),
         "",
@@ -195,14 +238,19 @@ def markdown(facts: Facts, method_text: str, results: str, startup: str, verdict
         "",
         results,
         "",
+        *([missing, ""] if missing else []),
         startup,
         "",
         "## Targets",
         "",
         verdicts,
     ]
+    if floor:
+        parts += ["", "## Cost per run, as a multiple of the floor", "",
+                  "An empty program on the same hook, in the same repetition, is the floor (see Method).", "",
+                  floor]
     if bpf:
-        parts += ["", "## In-kernel cost of procnetmon's probes", "", bpf]
+        parts += ["", "## In-kernel cost of every program", "", bpf]
     parts += ["", "## Every run, in the order run", "",
               "\"vs no monitor\": against the mean of the no-monitor runs before and after it "
               "(no-monitor runs: against the mean of all of them).", "", every_run]

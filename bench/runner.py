@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from bench import bpfstats, procstat
-from bench.monitors import Context, Monitor, NoMonitor, Nethogs, Procnetmon, StartInfo, StopInfo
+from bench.monitors import (Context, Floor, Monitor, NoMonitor, Nethogs, Procnetmon, StartInfo, StopInfo,
+                            Tcptop)
 from bench.netns import Peer
 from bench.workloads import Workload
 
@@ -27,6 +28,8 @@ MONITORS: dict[str, Callable[[], Monitor]] = {
     "procnetmon-p": lambda: Procnetmon(watch_server=True),
     "procnetmon-wire": lambda: Procnetmon(watch_server=False, mode="wire"),
     "nethogs": Nethogs,
+    "tcptop": Tcptop,
+    "floor": Floor,
 }
 BASELINE = "none"
 
@@ -80,13 +83,14 @@ def measure(setup: Setup, workload: Workload, monitor_name: str, rep: int, *,
     try:
         start = monitor.start(setup.ctx)
         pid = monitor.pid
-        cpu_before = procstat.cpu_seconds(pid) if pid else None
+        own = pid if monitor.own_process else None
+        cpu_before = procstat.cpu_seconds(own) if own else None
         began = time.monotonic()
         outcome = workload.run(setup.peer, seconds or setup.seconds, cpu=setup.cpu)
         window = time.monotonic() - began
         # Read before the stop signal: what a monitor does on the way out is not sampling.
-        cpu_after = procstat.cpu_seconds(pid) if pid else None
-        peak = procstat.peak_rss_kib(pid) if pid else None
+        cpu_after = procstat.cpu_seconds(own) if own else None
+        peak = procstat.peak_rss_kib(own) if own else None
         progs = bpfstats.programs_of(pid) if programs and pid else []
         stop = monitor.stop()
     except BaseException:

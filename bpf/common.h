@@ -45,12 +45,11 @@
 #define MAX_CGROUPS 16384
 #endif
 
-struct counter_key {
-    u32 tgid;
-    u32 ifindex; /* 0: the kernel could not tell */
-    u16 protocol;
-    u16 dir;
-    u32 pad;
+/* Bytes of one process, in one entry found by its tgid alone: the smallest
+ * key hashes fastest, and the interface is decided by the filters before
+ * counting. A slot per protocol and direction (slot_of). */
+struct counts {
+    u64 bytes[4]; /* TCP in, TCP out, UDP in, UDP out */
 };
 
 struct iface_key {
@@ -79,7 +78,7 @@ struct exit_info {
     u64 cgroup_id; /* cgroup v2 id (directory inode) the process exited in */
 };
 
-BPF_HASH(counters, struct counter_key, u64, MAX_COUNTERS);
+BPF_HASH(counters, u32, struct counts, MAX_COUNTERS);
 BPF_HASH(target_pids, u32, u8, MAX_PIDS);
 BPF_HASH(target_ifaces, struct iface_key, u8, 256);
 #ifdef FILTER_CGROUPS
@@ -218,22 +217,26 @@ static __always_inline int iface_ok(u32 netns, u32 ifindex)
 #endif
 }
 
-static __always_inline void add(u32 tgid, u32 ifindex, u16 protocol, u16 dir, u64 bytes)
+static __always_inline u32 slot_of(u16 protocol, u16 dir)
 {
-    struct counter_key key = {.tgid = tgid, .ifindex = ifindex, .protocol = protocol, .dir = dir};
-    u64 *val = counters.lookup(&key);
-    if (!val) {
-        u64 zero = 0;
+    return (protocol == IPPROTO_UDP ? 2 : 0) + (dir & 1);
+}
+
+static __always_inline void add(u32 tgid, u16 protocol, u16 dir, u64 bytes)
+{
+    struct counts *c = counters.lookup(&tgid);
+    if (!c) {
+        struct counts zero = {};
         u8 one = 1;
-        counters.insert(&key, &zero);
-        counted.update(&tgid, &one); /* once per new key, not per call */
-        val = counters.lookup(&key);
-        if (!val) {
+        counters.insert(&tgid, &zero);
+        counted.update(&tgid, &one); /* once per process, not per call */
+        c = counters.lookup(&tgid);
+        if (!c) {
             note_lost();
             return;
         }
     }
-    __sync_fetch_and_add(val, bytes);
+    __sync_fetch_and_add(&c->bytes[slot_of(protocol, dir)], bytes);
 }
 
 /* Whether user space names tgid in its records: each given PID, or (without

@@ -24,7 +24,7 @@
  *   queue, so it gets its own hook.
  *
  * A backend may also tell the interface a UDP datagram arrived on (the
- * socket does not remember it): udp_rx_hint(sk), used when a filter needs
+ * socket does not remember it): udp_rx_hint(how, sk), used when a filter needs
  * it (NEED_UDP_RX_IFINDEX).
  *
  * Options (-D): HOOKS_*; TYPED_TRACEPOINTS (tracepoint backend: the
@@ -59,7 +59,7 @@ static __always_inline void note_udp_datagram(const void *skb)
     udp_rx_by_task.update(&task, &ifindex);
 }
 
-static __always_inline u32 udp_rx_hint(const void *sk)
+static __always_inline u32 udp_rx_hint(int how, const void *sk)
 {
     u64 task = bpf_get_current_pid_tgid();
     u32 *ifindex = udp_rx_by_task.lookup(&task);
@@ -153,14 +153,47 @@ TRACEPOINT_PROBE(syscalls, sys_exit_splice)
 #if defined(NEED_UDP_RX_IFINDEX) && defined(HAVE_SK_DATA_READY)
 /* Interface of the datagram last queued on each UDP socket, noted in softirq
  * by the sock:sk_data_ready tracepoint. */
+#ifdef TYPED_TRACEPOINTS
+/* In the socket's own BPF storage: found through the socket without hashing,
+ * and freed with it. Only a BTF-typed program may reach it, so the splice
+ * hook (TCP only) passes READ_PROBE and is told nothing. */
+BPF_SK_STORAGE(udp_rx_ifindex, u32);
+
+static __always_inline u32 *udp_rx_slot(const void *sk, u64 flags)
+{
+    return udp_rx_ifindex.sk_storage_get((void *)sk, 0, flags);
+}
+
+static __always_inline u32 udp_rx_hint(int how, const void *sk)
+{
+    if (how != READ_TYPED)
+        return UNKNOWN_IFINDEX;
+    u32 *ifindex = udp_rx_slot(sk, 0);
+    /* volatile: else the compiler merges this load with the socket's own
+     * (sk_rx_dst_ifindex, read for TCP) into one instruction that the
+     * verifier refuses, since it would serve two kinds of pointer. */
+    return ifindex ? *(volatile u32 *)ifindex : UNKNOWN_IFINDEX;
+}
+#else
 BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
 
-static __always_inline u32 udp_rx_hint(const void *sk)
+static __always_inline u32 *udp_rx_slot(const void *sk, u64 flags)
 {
     u64 key = (u64)sk;
-    u32 *ifindex = udp_rx_ifindex.lookup(&key);
+    u32 *slot = udp_rx_ifindex.lookup(&key);
+    if (slot || !flags)
+        return slot;
+    u32 none = UNKNOWN_IFINDEX;
+    udp_rx_ifindex.update(&key, &none);
+    return udp_rx_ifindex.lookup(&key);
+}
+
+static __always_inline u32 udp_rx_hint(int how, const void *sk)
+{
+    u32 *ifindex = udp_rx_slot(sk, 0);
     return ifindex ? *ifindex : UNKNOWN_IFINDEX;
 }
+#endif
 
 /* args: struct sock *sk. Runs in softirq right after a datagram is queued,
  * so the tail of the receive queue is that datagram. A reader on another
@@ -176,17 +209,15 @@ SOCKET_TRACEPOINT(sk_data_ready)
     u32 ifindex = load_u32(TP_READ, skb, OFF_SKB_IIF);
     if (!ifindex)
         return 0;
-    u64 key = (u64)sk;
-    u32 *known = udp_rx_ifindex.lookup(&key);
-    if (known && *known == ifindex)
-        return 0;
-    udp_rx_ifindex.update(&key, &ifindex);
+    u32 *known = udp_rx_slot(sk, BPF_SK_STORAGE_GET_F_CREATE);
+    if (known && *known != ifindex)
+        *known = ifindex;
     return 0;
 }
 #elif defined(NEED_UDP_RX_IFINDEX)
 /* Without sk_data_ready (it came with sock_send_length in 6.3, but a kernel
  * may leave it out) a received datagram's interface is unknown. */
-static __always_inline u32 udp_rx_hint(const void *sk)
+static __always_inline u32 udp_rx_hint(int how, const void *sk)
 {
     return UNKNOWN_IFINDEX;
 }

@@ -19,7 +19,7 @@
  * interface, loopback included) no hook learns a UDP datagram's interface. */
 #if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
 #define NEED_UDP_RX_IFINDEX 1
-static __always_inline u32 udp_rx_hint(const void *sk);
+static __always_inline u32 udp_rx_hint(int how, const void *sk);
 #endif
 
 #ifdef DETAILS
@@ -80,7 +80,7 @@ static __always_inline u32 rx_ifindex(int how, const void *sk, u16 protocol, voi
         return ifindex ? ifindex : dev_ifindex_of(how, dst);
     }
 #ifdef NEED_UDP_RX_IFINDEX
-    return udp_rx_hint(sk);
+    return udp_rx_hint(how, sk);
 #else
     return UNKNOWN_IFINDEX;
 #endif
@@ -149,7 +149,7 @@ static __always_inline int on_socket_call(const void *sk, long ret, int flags, u
     if (!iface_ok(0, ifindex)) /* the namespace only matters to a filter */
 #endif
         return 0;
-    add(tgid, ifindex, protocol, dir, (u64)ret);
+    add(tgid, protocol, dir, (u64)ret);
 #ifdef DETAILS
     add_socket(sk, tgid, family, protocol, dir, (u64)ret);
 #endif

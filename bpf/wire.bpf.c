@@ -346,7 +346,7 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
     }
     if (owner) {
         if (iface_ok(owner->netns, ifindex)) {
-            add(owner->tgid, ifindex, protocol, dir, bytes);
+            add(owner->tgid, protocol, dir, bytes);
 #ifdef DETAILS
             add_socket(sk, cookie, ifindex, dir, bytes);
 #endif

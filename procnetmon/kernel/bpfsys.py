@@ -30,7 +30,8 @@ class BpfError(OSError):
     """A load or attach the kernel refused; ``str()`` carries the verifier's last line."""
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
+def bpf(cmd: int, attr: bytes) -> int:
+    """The bpf(2) system call; its result, or BpfError."""
     nr = SYS_BPF.get(os.uname().machine)
     if nr is None:
         raise BpfError(95, f"no BTF-attached programs on {os.uname().machine} here")
@@ -56,7 +57,7 @@ def load_tracing(insns: bytes, attach_type: int, btf_id: int, name: str = "") ->
     struct.pack_into("<I", attr, 68, attach_type)  # expected_attach_type
     struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
     try:
-        return _bpf(BPF_PROG_LOAD, bytes(attr))
+        return bpf(BPF_PROG_LOAD, bytes(attr))
     except BpfError as e:
         lines = log.value.decode("utf-8", "replace").strip().splitlines()
         raise BpfError(e.errno, e.strerror + (f" ({lines[-1]})" if lines else "")) from None
@@ -65,7 +66,7 @@ def load_tracing(insns: bytes, attach_type: int, btf_id: int, name: str = "") ->
 def attach_tracing(prog_fd: int) -> int:
     """Attach a loaded tracing program where it was loaded for; the link's
     descriptor (closing it detaches)."""
-    return _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd) + bytes(4))
+    return bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd) + bytes(4))
 
 
 def try_attach(attach_type: int, btf_id: int) -> tuple[bool, str]:

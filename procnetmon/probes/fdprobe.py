@@ -18,9 +18,8 @@ from procnetmon.probes import ProbeError, SocketBytes
 from procnetmon.probes.reader import MapReader
 
 
-class CounterKeyC(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("ifindex", ctypes.c_uint32), ("protocol", ctypes.c_uint16),
-                ("dir", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+class CountsC(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint64 * 4)]
 
 
 class ExitInfoC(ctypes.Structure):
@@ -133,7 +132,7 @@ class FdProbe(MapReader):
         self.backend = type("Backend", (), {"name": header["backend"]})()
         lib = _libbpf()
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
-        types = {"counters": (CounterKeyC, u64), "exited": (u32, ExitInfoC), "lost": (u32, u64),
+        types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
                  "target_cgroups": (u64, u8), "execed": (u32, u8), "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
         for name, index in header["maps"].items():
             if name in types:

@@ -21,6 +21,10 @@ from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
 
 
+# The slots of a process's entry in the counters map (struct counts, bpf/common.h).
+SLOTS = (("tcp", "in"), ("tcp", "out"), ("udp", "in"), ("udp", "out"))
+
+
 def _delete(table, key) -> None:
     try:
         del table[key]
@@ -69,12 +73,11 @@ class MapReader:
         table = self._table("counters")
         counters: dict[CounterKey, int] = {}
         for k, v in list(table.items()):
-            protocol = PROTOCOLS.get(k.protocol)
-            if protocol is None:
-                continue
-            key = CounterKey(k.tgid, protocol, DIRECTIONS[k.dir])
-            counters[key] = counters.get(key, 0) + v.value
-            if k.tgid in newly_exited:
+            tgid = k.value
+            for (protocol, direction), n in zip(SLOTS, v.bytes):
+                if n:
+                    counters[CounterKey(tgid, protocol, direction)] = n
+            if tgid in newly_exited:
                 _delete(table, k)  # the map stays as small as the live processes
         if self.mode == "wire":
             self._claim_pending(counters)

@@ -32,10 +32,6 @@ class Key(SimpleNamespace):
         return vars(self) == vars(other)
 
 
-def kernel_key(tgid, protocol=6, direction=1):
-    return Key(tgid=tgid, protocol=protocol, dir=direction)
-
-
 class FakeBpf:
     def __init__(self):
         self.maps = {"counters": FakeMap(), "exited": FakeMap(),
@@ -47,9 +43,9 @@ class FakeBpf:
         return self.maps[name]
 
     def count(self, tgid, nbytes):
-        key = next((k for k in self.maps["counters"] if k.tgid == tgid), None) or kernel_key(tgid)
-        leaf = self.maps["counters"].setdefault(key, SimpleNamespace(value=0))
-        leaf.value += nbytes
+        """TCP bytes out (the second slot of struct counts)."""
+        leaf = self.maps["counters"].setdefault(Key(value=tgid), SimpleNamespace(bytes=[0, 0, 0, 0]))
+        leaf.bytes[1] += nbytes
 
     def exit(self, tgid, comm: bytes):
         self.maps["exited"][Key(value=tgid)] = SimpleNamespace(comm=comm, cgroup_id=1)
