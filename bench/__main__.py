@@ -28,7 +28,8 @@ from bench.workloads import WORKLOADS, IperfServer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MONITORS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-wire", "nethogs", "tcptop"]
 # The targets are payload mode's (issues 4, 12); wire mode is measured beside it.
-BPF_PASS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-wire", "tcptop"]
+# -i and -d in the BPF pass only: their cost per call, not another throughput series.
+BPF_PASS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-i", "procnetmon-d", "procnetmon-wire", "tcptop"]
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:

@@ -20,6 +20,7 @@ CPU_TARGET = 0.01  # of one core, at --interval 1s
 ATTACH_TARGET = 0.5  # seconds from launch to probes attached
 PROCNETMON = ("procnetmon", "procnetmon-p")  # the monitors the targets are for (payload mode)
 LABELS = {"procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p", "procnetmon-wire": "procnetmon --mode wire",
+          "procnetmon-i": "procnetmon -i", "procnetmon-d": "procnetmon -d",
           "nethogs": "nethogs", "tcptop": "tcptop-bpfcc", "floor": "empty BPF programs"}
 
 

@@ -147,13 +147,15 @@ class Procnetmon(Monitor):
     is ready, and carries its own launch-to-attached time.
     """
 
-    def __init__(self, watch_server: bool, mode: str = "payload"):
+    def __init__(self, watch_server: bool, mode: str = "payload", option: str = ""):
         super().__init__()
         self.watch_server = watch_server
         self.mode = mode
-        suffix = "" if mode == "payload" else f"-{mode}"
+        self.option = option  # "-i" (our veth) or "-d", beside the others in the BPF pass
+        suffix = ("" if mode == "payload" else f"-{mode}") + option
         self.name = ("procnetmon-p" if watch_server else "procnetmon") + suffix
-        self.title = ("procnetmon -p" if watch_server else "procnetmon") + ("" if mode == "payload" else f" --mode {mode}")
+        self.title = (("procnetmon -p" if watch_server else "procnetmon") +
+                      ("" if mode == "payload" else f" --mode {mode}") + (f" {option}" if option else ""))
         self._attached = threading.Event()
         self._attach_line = ""
         self._attached_at: Optional[float] = None
@@ -162,6 +164,10 @@ class Procnetmon(Monitor):
         cmd = [ctx.procnetmon, "-c", "--interval", "1s", "--json", "--mode", self.mode]
         if self.watch_server:
             cmd += ["-p", str(ctx.server_pid)]
+        if self.option == "-i":
+            cmd += ["-i", ctx.host_if]
+        elif self.option:
+            cmd.append(self.option)
         return cmd
 
     def _on_stderr(self, line: str) -> None:

@@ -17,7 +17,8 @@ from bench.runner import Run
 from bench.workloads import Workload
 
 TITLES = {"none": "no monitor", "procnetmon": "procnetmon", "procnetmon-p": "procnetmon -p (server PID)",
-          "procnetmon-wire": "procnetmon --mode wire", "nethogs": "nethogs -t -C", "tcptop": "tcptop-bpfcc -C",
+          "procnetmon-wire": "procnetmon --mode wire", "procnetmon-i": "procnetmon -i (host veth)",
+          "procnetmon-d": "procnetmon -d", "nethogs": "nethogs -t -C", "tcptop": "tcptop-bpfcc -C",
           "floor": "empty BPF programs (floor)"}
 
 
@@ -188,8 +189,8 @@ the monitor is stopped with SIGINT."""
 procnetmon's probes run inside the watched processes' socket calls, so
 their cost is charged to those processes (and shows in the throughput), not
 to procnetmon's CPU. A separate pass, {bpf_reps} repetitions of {bpf_seconds:g} s
-per workload and BPF-based monitor (the empty programs first), not scored
-for throughput, turns on the kernel's BPF run-time statistics
+per workload and BPF-based monitor (the empty programs first; procnetmon
+also with `-i <host veth>` and with `-d`), not scored for throughput, turns on the kernel's BPF run-time statistics
 (BPF_ENABLE_STATS, which itself adds two clock reads per program run) and
 reads each program's run count and run time from /proc/PID/fdinfo. The
 empty programs' time per run on each hook is the floor: it holds the

@@ -27,6 +27,8 @@ MONITORS: dict[str, Callable[[], Monitor]] = {
     "procnetmon": lambda: Procnetmon(watch_server=False),
     "procnetmon-p": lambda: Procnetmon(watch_server=True),
     "procnetmon-wire": lambda: Procnetmon(watch_server=False, mode="wire"),
+    "procnetmon-i": lambda: Procnetmon(watch_server=False, option="-i"),
+    "procnetmon-d": lambda: Procnetmon(watch_server=False, option="-d"),
     "nethogs": Nethogs,
     "tcptop": Tcptop,
     "floor": Floor,

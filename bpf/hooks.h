@@ -30,6 +30,8 @@
  * Options (-D): HOOKS_*; TYPED_TRACEPOINTS (tracepoint backend: the
  * socket-call programs are BTF-typed, tp_btf, and read with plain loads;
  * procnetmon/probes/loader.py loads and attaches their pnm_typed_<name>);
+ * UDP_RX_FENTRY (tracepoint backend, typed, where trampolines attach: a
+ * UDP datagram's interface from fentry on skb_consume_udp, not sk_data_ready);
  * HAVE_<FUNCTION> for each optional kernel function
  * the kernel has (INET6_SENDMSG, INET6_RECVMSG, INET_SENDPAGE,
  * SKB_CONSUME_UDP); OFF_REGS_* (kprobe backend: where pt_regs keeps the
@@ -150,9 +152,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_splice)
     return on_socket_call(where, args->ret, 0, DIR_IN, READ_PROBE);
 }
 
-#if defined(NEED_UDP_RX_IFINDEX) && defined(HAVE_SK_DATA_READY)
-/* Interface of the datagram last queued on each UDP socket, noted in softirq
- * by the sock:sk_data_ready tracepoint. */
+#if defined(NEED_UDP_RX_IFINDEX) && (defined(UDP_RX_FENTRY) || defined(HAVE_SK_DATA_READY))
+/* The interface of the datagram a UDP socket last took in, noted per socket
+ * by fentry on skb_consume_udp() inside the reading call (-DUDP_RX_FENTRY,
+ * where the kernel has trampolines: per call), else by the sock:sk_data_ready
+ * tracepoint in softirq (per packet, TCP's included). */
 #ifdef TYPED_TRACEPOINTS
 /* In the socket's own BPF storage: found through the socket without hashing,
  * and freed with it. Only a BTF-typed program may reach it, so the splice
@@ -195,6 +199,22 @@ static __always_inline u32 udp_rx_hint(int how, const void *sk)
 }
 #endif
 
+static __always_inline void note_udp_rx(const void *sk, u32 ifindex)
+{
+    u32 *known = udp_rx_slot(sk, BPF_SK_STORAGE_GET_F_CREATE);
+    if (known && *known != ifindex)
+        *known = ifindex;
+}
+
+#ifdef UDP_RX_FENTRY
+/* Runs in the UDP recvmsg, in the reading task, with the datagram the call
+ * returns, before sock:sock_recv_length fires for it. */
+KFUNC_PROBE(skb_consume_udp, void *sk, void *skb, int len)
+{
+    note_udp_rx(sk, load_u32(READ_TYPED, skb, OFF_SKB_IIF));
+    return 0;
+}
+#else
 /* args: struct sock *sk. Runs in softirq right after a datagram is queued,
  * so the tail of the receive queue is that datagram. A reader on another
  * CPU may have taken it already: then the queue is empty and nothing is noted. */
@@ -207,13 +227,11 @@ SOCKET_TRACEPOINT(sk_data_ready)
     if (!skb || (u64)skb == (u64)sk + OFF_SK_RECEIVE_QUEUE)
         return 0; /* the queue's head itself: empty */
     u32 ifindex = load_u32(TP_READ, skb, OFF_SKB_IIF);
-    if (!ifindex)
-        return 0;
-    u32 *known = udp_rx_slot(sk, BPF_SK_STORAGE_GET_F_CREATE);
-    if (known && *known != ifindex)
-        *known = ifindex;
+    if (ifindex)
+        note_udp_rx(sk, ifindex);
     return 0;
 }
+#endif
 #elif defined(NEED_UDP_RX_IFINDEX)
 /* Without sk_data_ready (it came with sock_send_length in 6.3, but a kernel
  * may leave it out) a received datagram's interface is unknown. */

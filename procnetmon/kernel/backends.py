@@ -108,6 +108,9 @@ class Backend:
     # tracepoint: its socket-call programs are BTF-typed (tp_btf), reading
     # kernel memory with plain loads rather than a helper call per field
     typed: bool = False
+    # tracepoint, typed: a UDP datagram's interface from fentry on
+    # skb_consume_udp (per receive call) rather than sk_data_ready (per packet)
+    udp_consume: bool = False
     gaps: list = field(default_factory=list)  # what it would not see on this kernel
 
 
@@ -219,7 +222,12 @@ def detect(facts: Optional[BtfFacts]) -> list[Backend]:
     # function (a recv blocked waiting for data) return without running
     # their fexit programs, and those bytes would be lost. A kretprobe is
     # armed per call and survives that.
-    return [tracepoint_backend(facts), kprobe_backend(symbols), fentry_backend(facts, symbols)]
+    tracepoint, fentry = tracepoint_backend(facts), fentry_backend(facts, symbols)
+    if tracepoint.typed and fentry.usable and "skb_consume_udp" in fentry.functions:
+        # An entry program, unlike fexit, loses nothing when the trampoline changes.
+        tracepoint.udp_consume = True
+        tracepoint.detail += "; UDP receive interfaces from fentry on skb_consume_udp"
+    return [tracepoint, kprobe_backend(symbols), fentry]
 
 
 def choose(backends: list[Backend], wanted: str = "auto") -> Backend:

@@ -49,6 +49,8 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
         flags.append("-DHAVE_SK_DATA_READY")
     if backend.typed:
         flags.append("-DTYPED_TRACEPOINTS")
+        if backend.udp_consume:
+            flags.append("-DUDP_RX_FENTRY")
     if facts is not None and facts.exit_group_dead:
         flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags

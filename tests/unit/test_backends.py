@@ -23,6 +23,36 @@ def test_backend_cflags_name_the_hooks_and_the_optional_functions():
     assert loader.backend_cflags(tracepoint, facts(sk_data_ready=False)) == ["-DHOOKS_TRACEPOINT"]
 
 
+def test_typed_tracepoints_and_the_per_call_udp_hook_are_compiled_in_only_when_detected():
+    typed = backends.Backend("tracepoint", True, "", typed=True)
+    assert loader.backend_cflags(typed, facts(sk_data_ready=7)) == [
+        "-DHOOKS_TRACEPOINT", "-DHAVE_SK_DATA_READY", "-DTYPED_TRACEPOINTS"]
+    consume = backends.Backend("tracepoint", True, "", typed=True, udp_consume=True)
+    assert loader.backend_cflags(consume, facts(sk_data_ready=7))[-2:] == [
+        "-DTYPED_TRACEPOINTS", "-DUDP_RX_FENTRY"]
+
+
+def test_the_typed_tracepoint_programs_are_named_as_the_loader_looks_them_up():
+    with open(bpf_source("hooks.h")) as f:
+        c = f.read()
+    assert "int pnm_typed_##name(u64 *ctx)" in c
+    for tracepoint in backends.TRACEPOINTS + backends.OPTIONAL_TRACEPOINTS:
+        assert f"SOCKET_TRACEPOINT({tracepoint})" in c, tracepoint
+
+
+def test_the_per_call_udp_hook_needs_what_detection_asks_of_the_tracepoint_backend(monkeypatch):
+    """UDP_RX_FENTRY only with typed programs and trampolines that take skb_consume_udp."""
+    tp = backends.Backend("tracepoint", True, "typed", typed=True)
+    fe = backends.Backend("fentry", True, "", functions=("inet_sendmsg", "skb_consume_udp"))
+    monkeypatch.setattr(backends, "kernel_symbols", lambda: set())
+    monkeypatch.setattr(backends, "tracepoint_backend", lambda facts: tp)
+    monkeypatch.setattr(backends, "fentry_backend", lambda facts, symbols: fe)
+    monkeypatch.setattr(backends, "kprobe_backend", lambda symbols: backends.Backend("kprobe", False, "none"))
+    assert backends.detect(None)[0].udp_consume
+    tp.udp_consume, fe.usable = False, False
+    assert not backends.detect(None)[0].udp_consume
+
+
 def test_every_hooked_function_has_a_kprobe_plan():
     planned = set(loader.KPROBE_ENTRIES) | {loader.KPROBE_UDP_DATAGRAM[0]}
     assert planned == set(backends.FUNCTIONS)
