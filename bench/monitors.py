@@ -75,7 +75,7 @@ class _Lines:
             self.count += 1
             if self.keep_last and line.strip():
                 self.last = line
-                self.tail = (self.tail + [line])[-20:]
+                self.tail = (self.tail + [line])[-200:]
             if self.on_line is not None:
                 self.on_line(line)
 
@@ -121,12 +121,16 @@ class Monitor:
 
 
 def _why(lines: "_Lines", fallback: str) -> str:
-    """The line of a failed start that says why, BCC's tracebacks aside."""
-    for line in reversed(lines.tail):
-        text = line.strip()
-        if text and not text.startswith(("Traceback", "File ", "^", "raise ", "b = BPF")) and text != "1 error generated.":
-            return text
-    return fallback
+    """The line of a failed start that says why: the first that names an
+    error (BCC's compiler and loader say it before their traceback), else
+    the last that is not part of a traceback."""
+    text = [line.strip() for line in lines.tail if line.strip()]
+    errors = [t for t in text if re.search(r"fatal error|FATAL|Unable to|cannot|No such file|[Ff]ailed to attach|"
+                                           r"not permitted", t)]
+    if errors:
+        return "; ".join(errors[:2])
+    rest = [t for t in text if not t.startswith(("Traceback", "File ", "^", "raise ", "b = BPF"))]
+    return rest[-1] if rest else fallback
 
 
 class NoMonitor(Monitor):
@@ -212,73 +216,22 @@ class Procnetmon(Monitor):
         return StopInfo(first_output=self.out.first, lines=self.out.count, seen=seen)
 
 
-class Nethogs(Monitor):
-    """nethogs in trace mode on our veth, TCP and UDP (-C), refreshing every second.
+class ReadyLineTool(Monitor):
+    """Another tool, ready once its output shows a line starting with
+    ``ready``; seen watching when a line names iperf3. One that exits before
+    it is ready cannot run here: ``Unavailable``, with its words."""
 
-    Its first "Refreshing:" block means it is capturing; the traffic starts after it.
-    """
-
-    name = "nethogs"
-    title = "nethogs"
-
-    def __init__(self):
-        super().__init__()
-        self._refreshed = threading.Event()
-        self._saw_iperf = False
-
-    def command(self, ctx: Context) -> list[str]:
-        return ["nethogs", "-t", "-C", "-d", "1", ctx.host_if]
-
-    def _on_stdout(self, line: str) -> None:
-        if line.startswith("Refreshing:"):
-            self._refreshed.set()
-        elif "iperf3" in line:
-            self._saw_iperf = True
-
-    def start(self, ctx: Context) -> StartInfo:
-        self.launched = time.monotonic()
-        self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.out = _Lines(self.proc.stdout, self.launched, on_line=self._on_stdout)
-        self.err = _Lines(self.proc.stderr, self.launched, keep_last=True)
-        deadline = time.monotonic() + 10
-        while not self._refreshed.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                self.err.thread.join(2)
-                raise RuntimeError(f"{self.title} did not start: {self.err.last.strip()!r}")
-        return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0)
-
-    def stop(self) -> StopInfo:
-        self._end()
-        self.out.thread.join(5)
-        self.err.thread.join(5)
-        return StopInfo(first_output=self.out.first, lines=self.out.count, seen={"saw_iperf3": self._saw_iperf})
-
-
-
-class Tcptop(Monitor):
-    """bcc's tcptop (Debian's bpfcc-tools), every second, without clearing the screen.
-
-    The in-kernel peer of procnetmon: kprobes on tcp_sendmsg and
-    tcp_cleanup_rbuf, per-connection sums read every interval. Ready when it
-    prints "Tracing..."; it needs kprobes and the kernel's headers.
-    """
-
-    name = "tcptop"
-    title = "tcptop-bpfcc"
+    ready = ""
+    start_timeout = 10.0
 
     def __init__(self):
         super().__init__()
-        self._tracing = threading.Event()
+        self._ready = threading.Event()
         self._saw_iperf = False
 
-    def command(self, ctx: Context) -> list[str]:
-        return ["tcptop-bpfcc", "-C", "1"]
-
     def _on_stdout(self, line: str) -> None:
-        if line.startswith("Tracing"):
-            self._tracing.set()
+        if line.startswith(self.ready):
+            self._ready.set()
         elif "iperf3" in line:
             self._saw_iperf = True
 
@@ -288,17 +241,17 @@ class Tcptop(Monitor):
             self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
         except OSError as e:
-            raise Unavailable(f"tcptop-bpfcc not runnable: {e}") from e
+            raise Unavailable(f"{self.title} not runnable: {e}") from e
         self.out = _Lines(self.proc.stdout, self.launched, on_line=self._on_stdout)
         self.err = _Lines(self.proc.stderr, self.launched, keep_last=True)
-        deadline = time.monotonic() + 60  # BCC compiles its program first
-        while not self._tracing.wait(0.05):
+        deadline = time.monotonic() + self.start_timeout
+        while not self._ready.wait(0.05):
             if self.proc.poll() is not None:
                 self.err.thread.join(2)
-                raise Unavailable(f"tcptop-bpfcc did not start: {_why(self.err, f'exit {self.proc.returncode}')}")
+                raise Unavailable(f"{self.title} did not start: {_why(self.err, f'exit {self.proc.returncode}')}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError("tcptop-bpfcc did not start tracing within 60 s")
+                raise RuntimeError(f"{self.title} was not ready within {self.start_timeout:g} s")
         return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0)
 
     def stop(self) -> StopInfo:
@@ -306,6 +259,46 @@ class Tcptop(Monitor):
         self.out.thread.join(5)
         self.err.thread.join(5)
         return StopInfo(first_output=self.out.first, lines=self.out.count, seen={"saw_iperf3": self._saw_iperf})
+
+
+class Nethogs(ReadyLineTool):
+    """nethogs in trace mode on our veth, TCP and UDP (-C), refreshing every second.
+
+    Its first "Refreshing:" block means it is capturing; the traffic starts after it.
+    """
+
+    name = "nethogs"
+    title = "nethogs"
+    ready = "Refreshing:"
+
+    def command(self, ctx: Context) -> list[str]:
+        return ["nethogs", "-t", "-C", "-d", "1", ctx.host_if]
+
+
+class Tcptop(ReadyLineTool):
+    """bcc's tcptop (Debian's bpfcc-tools), every second, without clearing the screen.
+
+    The in-kernel peer of procnetmon: kprobes on tcp_sendmsg and
+    tcp_cleanup_rbuf, per-connection sums read every interval. Ready when it
+    prints "Tracing..."; it needs kprobes and the kernel's headers.
+    """
+
+    name = "tcptop"
+    title = "tcptop-bpfcc"
+    ready = "Tracing"
+    start_timeout = 60.0  # BCC compiles its program first
+
+    def command(self, ctx: Context) -> list[str]:
+        return ["tcptop-bpfcc", "-C", "1"]
+
+    def start(self, ctx: Context) -> StartInfo:
+        try:
+            return super().start(ctx)
+        except Unavailable as e:
+            from procnetmon.kernel import backends
+
+            kprobes = backends.kprobe_backend(backends.kernel_symbols())
+            raise Unavailable(f"{e}" + ("" if kprobes.usable else f"; it also needs kprobes: {kprobes.detail}"))
 
 
 class Floor(Monitor):
