@@ -23,7 +23,7 @@ from typing import Optional
 from bench import analysis, bpfstats, facts, report, runner
 from bench.monitors import Context, Unavailable
 from bench.netns import Peer
-from bench.workloads import WORKLOADS, IperfServer
+from bench.workloads import WORKLOADS, IperfServer, Workload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MONITORS = ["floor", "procnetmon", "procnetmon-p", "procnetmon-wire", "nethogs", "tcptop"]
@@ -46,14 +46,39 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="where to write the report (default docs/benchmarks.md)")
     p.add_argument("--procnetmon", default=None,
                    help="procnetmon command (default: the one next to this Python, else on PATH)")
+    names = [w.name for w in WORKLOADS]
+    p.add_argument("--workloads", default=",".join(names),
+                   help=f"which workloads to run, comma-separated, of {', '.join(names)} (default all)")
+    p.add_argument("--timeout-scale", type=float, default=1.0,
+                   help="multiply the monitors' start and stop timeouts, for a slow machine such as a QEMU "
+                        "guest without KVM (default 1)")
+    p.add_argument("--note", default=None,
+                   help="a paragraph to put under the report's title (where and how it was run)")
     args = p.parse_args(argv)
     args.pin = None if args.pin == "none" else int(args.pin)
+    try:
+        args.workloads = pick_workloads(args.workloads)
+    except ValueError as e:
+        p.error(str(e))
+    if args.timeout_scale <= 0:
+        p.error("--timeout-scale must be positive")
     if args.procnetmon is None:
         beside = os.path.join(os.path.dirname(sys.executable), "procnetmon")
         args.procnetmon = beside if os.access(beside, os.X_OK) else shutil.which("procnetmon")
     if not args.procnetmon:
         p.error("procnetmon not found: run scripts/setup, or pass --procnetmon")
     return args
+
+
+def pick_workloads(spec: str) -> tuple[Workload, ...]:
+    """The workloads named in ``spec`` (comma-separated), in the benchmark's own order."""
+    wanted = [name.strip() for name in spec.split(",") if name.strip()]
+    known = {w.name for w in WORKLOADS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        raise ValueError(f"--workloads: unknown {', '.join(unknown) or 'nothing given'}; "
+                         f"choose from {', '.join(w.name for w in WORKLOADS)}")
+    return tuple(w for w in WORKLOADS if w.name in wanted)
 
 
 def _signals_as_interrupt() -> None:
@@ -69,10 +94,11 @@ def _signals_as_interrupt() -> None:
         signal.signal(signum, handler)
 
 
-def series(setup: runner.Setup, reps: int, unavailable: dict[str, str]) -> list[runner.Run]:
+def series(setup: runner.Setup, reps: int, unavailable: dict[str, str],
+           workloads: tuple[Workload, ...] = WORKLOADS) -> list[runner.Run]:
     """The scored runs: every workload under every configuration, alternating.
     A monitor that cannot start here is noted in ``unavailable`` and left out."""
-    by_name = {w.name: w for w in WORKLOADS}
+    by_name = {w.name: w for w in workloads}
     order = runner.plan(reps, list(by_name), MONITORS)
     runs = []
     for i, (rep, wname, monitor) in enumerate(order, 1):
@@ -89,14 +115,15 @@ def series(setup: runner.Setup, reps: int, unavailable: dict[str, str]) -> list[
     return runs
 
 
-def bpf_pass(setup: runner.Setup, seconds: float, reps: int, unavailable: dict[str, str]) -> list[runner.Run]:
+def bpf_pass(setup: runner.Setup, seconds: float, reps: int, unavailable: dict[str, str],
+             workloads: tuple[Workload, ...] = WORKLOADS) -> list[runner.Run]:
     """Unscored runs with the kernel timing every BPF program run, the floor
     first in each repetition of each workload."""
     runs = []
     try:
         with bpfstats.RunTimeStats():
             for rep in range(reps):
-                for w in WORKLOADS:
+                for w in workloads:
                     for monitor in (m for m in BPF_PASS if m not in unavailable):
                         try:
                             run = runner.measure(setup, w, monitor, rep, seconds=seconds, programs=True)
@@ -116,14 +143,16 @@ def measure_all(args, unavailable: dict[str, str]) -> tuple[list[runner.Run], li
     server = None
     try:
         server = IperfServer(peer, cpu=args.pin)
-        setup = runner.Setup(peer, Context(args.procnetmon, peer.host_if, server.pid), args.seconds, args.pin)
+        setup = runner.Setup(peer, Context(args.procnetmon, peer.host_if, server.pid, args.timeout_scale),
+                             args.seconds, args.pin)
         print(f"bench: peer {peer.peer_addr} in {peer.netns} via {peer.host_if}, iperf3 server PID {server.pid}",
               file=sys.stderr)
         # The first runs after setup are slower (cold caches, ARP, socket memory): not scored.
-        for w in WORKLOADS:
+        for w in args.workloads:
             w.run(peer, 1, cpu=args.pin)
-        runs = series(setup, args.reps, unavailable)
-        bpf = bpf_pass(setup, args.bpf_seconds, args.bpf_reps, unavailable) if args.bpf_seconds > 0 else []
+        runs = series(setup, args.reps, unavailable, args.workloads)
+        bpf = (bpf_pass(setup, args.bpf_seconds, args.bpf_reps, unavailable, args.workloads)
+               if args.bpf_seconds > 0 else [])
         return runs, bpf
     finally:
         if server is not None:
@@ -150,11 +179,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     wall = time.monotonic() - began
 
-    workloads = {w.name: w for w in WORKLOADS}
+    workloads = {w.name: w for w in args.workloads}
     table = analysis.rows(runs, list(workloads), [runner.BASELINE] + MONITORS)
     start = analysis.startup(runs)
     # The BPF estimate assumes the data path has one core to itself: only when pinned.
-    verdicts = analysis.verdicts(table, start, {w.name: w.title for w in WORKLOADS},
+    verdicts = analysis.verdicts(table, start, {w.name: w.title for w in args.workloads},
                                  bpf_runs if args.pin is not None else [])
     results = report.results_table(table, workloads)
     startup = report.startup_table(start)
@@ -168,9 +197,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if block:
             print(block, end="\n\n")
     method = report.method(args.reps, args.seconds, args.pin, args.bpf_seconds if bpf_runs else None,
-                           args.bpf_reps)
+                           args.bpf_reps, workloads=list(workloads))
     text = report.markdown(env, method, results, missing, startup, verdict_text, floor, bpf,
-                           report.runs_table(runs, workloads), wall)
+                           report.runs_table(runs, workloads), wall, note=args.note)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     text += kept_sections(args.output)
     with open(args.output, "w") as f:

@@ -11,6 +11,7 @@ timings. ``NoMonitor`` is the baseline and costs nothing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -35,6 +36,7 @@ class Context:
     procnetmon: str  # path of the procnetmon command
     host_if: str  # our end of the veth pair
     server_pid: int  # the iperf3 server in the peer namespace
+    timeout_scale: float = 1.0  # start and stop timeouts are multiplied by it (a slow QEMU guest)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class Monitor:
 
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None
+        self.timeout_scale = 1.0  # from the Context, at start
 
     @property
     def pid(self) -> Optional[int]:
@@ -111,6 +114,7 @@ class Monitor:
 
     def _end(self, timeout: float = 15) -> None:
         """SIGINT, as Ctrl-C would: both tools end cleanly on it."""
+        timeout *= self.timeout_scale
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout)
@@ -181,12 +185,13 @@ class Procnetmon(Monitor):
             self._attached.set()
 
     def start(self, ctx: Context) -> StartInfo:
+        self.timeout_scale = ctx.timeout_scale
         self.launched = time.monotonic()
         self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.out = _Lines(self.proc.stdout, self.launched, keep_last=True)
         self.err = _Lines(self.proc.stderr, self.launched, keep_last=True, on_line=self._on_stderr)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * ctx.timeout_scale
         while not self._attached.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
@@ -236,23 +241,29 @@ class ReadyLineTool(Monitor):
             self._saw_iperf = True
 
     def start(self, ctx: Context) -> StartInfo:
+        self.timeout_scale = ctx.timeout_scale
         self.launched = time.monotonic()
         try:
             self.proc = subprocess.Popen(self.command(ctx), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
+                                         stderr=subprocess.PIPE, text=True, env=self.environment())
         except OSError as e:
             raise Unavailable(f"{self.title} not runnable: {e}") from e
         self.out = _Lines(self.proc.stdout, self.launched, on_line=self._on_stdout)
         self.err = _Lines(self.proc.stderr, self.launched, keep_last=True)
-        deadline = time.monotonic() + self.start_timeout
+        timeout = self.start_timeout * ctx.timeout_scale
+        deadline = time.monotonic() + timeout
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None:
                 self.err.thread.join(2)
                 raise Unavailable(f"{self.title} did not start: {_why(self.err, f'exit {self.proc.returncode}')}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"{self.title} was not ready within {self.start_timeout:g} s")
+                raise RuntimeError(f"{self.title} was not ready within {timeout:g} s")
         return StartInfo(cpu=procstat.cpu_seconds(self.pid) or 0.0)
+
+    def environment(self) -> Optional[dict]:
+        """The tool's environment (None: the benchmark's own)."""
+        return None
 
     def stop(self) -> StopInfo:
         self._end()
@@ -290,6 +301,11 @@ class Tcptop(ReadyLineTool):
 
     def command(self, ctx: Context) -> list[str]:
         return ["tcptop-bpfcc", "-C", "1"]
+
+    def environment(self) -> Optional[dict]:
+        """Unbuffered: tcptop is Python, whose print() into a pipe waits for
+        4 KiB, so its "Tracing..." line would come many intervals late."""
+        return dict(os.environ, PYTHONUNBUFFERED="1")
 
     def start(self, ctx: Context) -> StartInfo:
         try:

@@ -144,7 +144,24 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     return _table(["target", "measured", "verdict"], [[v.target, v.measured, v.verdict] for v in verdicts])
 
 
-def method(reps: int, seconds: float, pin: Optional[int], bpf_seconds: Optional[float], bpf_reps: int = 1) -> str:
+WORKLOAD_METHOD = {
+    "tcp": "one TCP stream (`iperf3 -c ADDR -t {seconds:g}`, receiver's bits per second)",
+    "udp": "64-byte UDP datagrams as fast as the client sends them (`-u -b 0 -l 64`, datagrams the server "
+           "received per second)",
+}
+
+
+def _workloads_sentence(workloads: list[str], seconds: float) -> str:
+    """"Two workloads of 5 s each: A and B." (or one), as the method text says it."""
+    parts = [WORKLOAD_METHOD[w].format(seconds=seconds) for w in workloads]
+    if len(parts) == 1:
+        return f"One workload of {seconds:g} s: {parts[0]}."
+    count = {2: "Two", 3: "Three"}.get(len(parts), str(len(parts)))
+    return f"{count} workloads of {seconds:g} s each: " + ", ".join(parts[:-1]) + f" and {parts[-1]}."
+
+
+def method(reps: int, seconds: float, pin: Optional[int], bpf_seconds: Optional[float], bpf_reps: int = 1,
+           workloads: Optional[list[str]] = None) -> str:
     pinned = (f"Client and server are both pinned to CPU {pin} (`iperf3 -A {pin}`), so the data path has one "
               "core and the monitor's user-space process the other: the throughput ratio shows what the "
               "monitor adds to the data path (BPF programs, packet capture), the CPU column what its own "
@@ -153,10 +170,7 @@ def method(reps: int, seconds: float, pin: Optional[int], bpf_seconds: Optional[
 Traffic runs over a veth pair between the root namespace and a namespace
 made for the benchmark (addresses from 198.18.0.0/15), from an iperf3
 client in the root namespace to one `iperf3 -s` kept running in the peer
-namespace. Two workloads of {seconds:g} s each: one TCP stream
-(`iperf3 -c ADDR -t {seconds:g}`, receiver's bits per second) and 64-byte
-UDP datagrams as fast as the client sends them (`-u -b 0 -l 64`, datagrams
-the server received per second). {pinned}
+namespace. {_workloads_sentence(workloads or list(WORKLOAD_METHOD), seconds)} {pinned}
 
 Monitors: `procnetmon -c --interval 1s --json` (every process),
 `procnetmon -c --interval 1s --json -p <iperf3 server PID>`,
@@ -212,10 +226,12 @@ machine."""
 
 
 def markdown(facts: Facts, method_text: str, results: str, missing: Optional[str], startup: str, verdicts: str,
-             floor: Optional[str], bpf: Optional[str], every_run: str, wall_s: float) -> str:
+             floor: Optional[str], bpf: Optional[str], every_run: str, wall_s: float,
+             note: Optional[str] = None) -> str:
     parts = [
         "# procnetmon benchmarks",
         "",
+        *([note, ""] if note else []),
         "Written by `scripts/bench` (bench/); do not edit by hand, run it again.",
         "What procnetmon costs the machine it watches, next to nethogs and bcc's tcptop, on the same traffic "
         "in the same run.",
