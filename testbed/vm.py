@@ -41,6 +41,7 @@ MATRIX_TESTS = "tests/e2e/test_matrix.py"
 # Hard limits, so that a hung guest or test cannot eat CI's time.
 GUEST_TIMEOUT = 40 * 60  # one boot, all its runs
 RUN_TIMEOUT = 20 * 60  # one pytest run of the matrix module in a guest
+GUEST_CPUS = 2
 
 
 @dataclass(frozen=True)
@@ -415,6 +416,22 @@ def ensure_modules(release: str, modules_dir: str = "/lib/modules", cache: str =
         os.symlink(unpacked, f"{modules_dir}/{release}")
 
 
+def run_logged(cmd: list[str], env: dict, log: str, timeout: float):
+    """Run ``cmd`` in the repository with its output in ``log``; its exit code, or "timeout" once killed."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        RUNNING.add(proc.pid)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            f.write(f"\nvmtest: killed after {timeout:.0f} s\n")
+            return "timeout"
+        finally:
+            RUNNING.discard(proc.pid)
+
+
 def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: float) -> dict:
     """pytest of the matrix module, with $PROCNETMON_BACKEND set; returns the run's record."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache")
@@ -425,19 +442,7 @@ def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: floa
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "-rA", f"--junitxml={junit}",
            MATRIX_TESTS]
     started = time.monotonic()
-    with open(log, "w") as f:
-        try:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            RUNNING.add(proc.pid)
-            returncode = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            returncode = "timeout"
-            f.write(f"\nvmtest: killed after {timeout:.0f} s\n")
-        finally:
-            RUNNING.discard(proc.pid)
+    returncode = run_logged(cmd, env, log, timeout)
     return {"label": label, "backend": backend or "auto", "returncode": returncode,
             "seconds": round(time.monotonic() - started, 1), "log": log}
 
@@ -496,18 +501,22 @@ def _write_json(path: str, data: dict) -> None:
 
 def guest_command(root: str, out: str, everything: bool, headers_root: Optional[str]) -> str:
     """The one shell line the guest runs: the guest side of this module, its output kept in ``out``."""
-    args = ["-m", "testbed.vm", "guest", "--out", out] + (["--all"] if everything else [])
+    args = ["guest", "--out", out] + (["--all"] if everything else [])
     if headers_root:
         args += ["--headers", headers_root]
+    return _guest_line(root, out, args)
+
+
+def _guest_line(root: str, out: str, args: list[str]) -> str:
     python = f"{root}/.venv/bin/python"
-    return (f"cd {shlex.quote(root)} && exec {shlex.quote(python)} "
+    return (f"cd {shlex.quote(root)} && exec {shlex.quote(python)} -m testbed.vm "
             + " ".join(shlex.quote(a) for a in args) + f" > {shlex.quote(out)}/guest.log 2>&1")
 
 
 def vng_command(vng: str, kernel: Kernel, out: str, guest_cmd: str, cache: str = CACHE) -> list[str]:
     # The guest's /var/cache is an empty tmpfs: the unpacked kernels come in read-only.
     return [vng, "--disable-kvm", "--force-9p", "--rodir", f"{cache}/kernels", "--rwdir", out,
-            "-r", kernel.vmlinuz, "--memory", "2G", "--cpus", "2", "--exec", guest_cmd]
+            "-r", kernel.vmlinuz, "--memory", "2G", "--cpus", str(GUEST_CPUS), "--exec", guest_cmd]
 
 
 def install_boot_config(kernel: Kernel, boot: str = "/boot") -> None:
@@ -517,12 +526,11 @@ def install_boot_config(kernel: Kernel, boot: str = "/boot") -> None:
         shutil.copyfile(kernel.config, dest)
 
 
-def boot_and_test(vng: str, kernel: Kernel, out: str, everything: bool, timeout: float = GUEST_TIMEOUT) -> dict:
-    """Boot ``kernel``, run the guest side, return its guest.json (with host-side timings added)."""
+def boot(vng: str, kernel: Kernel, out: str, guest_cmd: str, timeout: float):
+    """Boot ``kernel`` to run ``guest_cmd``, QEMU's output in vng.log; (wall seconds, timed out, exit code)."""
     os.makedirs(out, exist_ok=True)
     install_boot_config(kernel)
-    headers_root = kernel.root if (everything and kernel.headers) else None
-    cmd = vng_command(vng, kernel, out, guest_command(ROOT, out, everything, headers_root))
+    cmd = vng_command(vng, kernel, out, guest_cmd)
     env = dict(os.environ, PATH=f"{os.path.dirname(vng)}:{os.environ.get('PATH', '')}")
     started = time.monotonic()
     timed_out = False
@@ -538,13 +546,19 @@ def boot_and_test(vng: str, kernel: Kernel, out: str, everything: bool, timeout:
             proc.wait()
         finally:
             RUNNING.discard(proc.pid)
-    timed_out = timed_out or bool(STOPPED)
-    wall = time.monotonic() - started
+    return time.monotonic() - started, timed_out or bool(STOPPED), proc.returncode
+
+
+def boot_and_test(vng: str, kernel: Kernel, out: str, everything: bool, timeout: float = GUEST_TIMEOUT) -> dict:
+    """Boot ``kernel``, run the guest side, return its guest.json (with host-side timings added)."""
+    headers_root = kernel.root if (everything and kernel.headers) else None
+    wall, timed_out, returncode = boot(vng, kernel, out, guest_command(ROOT, out, everything, headers_root),
+                                       timeout)
     try:
         with open(f"{out}/guest.json") as f:
             guest = json.load(f)
     except (OSError, ValueError):
-        guest = {"runs": [{"label": "boot", "returncode": "timeout" if timed_out else proc.returncode,
+        guest = {"runs": [{"label": "boot", "returncode": "timeout" if timed_out else returncode,
                            "seconds": round(wall, 1), "log": f"{out}/guest.log"}]}
     guest["wall"] = round(wall, 1)
     guest["timed_out"] = timed_out
@@ -570,6 +584,129 @@ def junits_of(out: str, guest: dict) -> dict:
     return texts
 
 
+# ---------------------------------------------------------------- the benchmark in a guest
+#
+# bcc's tcptop, which the benchmark sets beside procnetmon, needs kprobes and the
+# kernel's headers: this machine's kernel has neither, Debian's 6.12 both once
+# its linux-headers are linked in (link_headers). ``--bench`` boots that kernel
+# and runs ``python -m bench`` in it, with options for a slow TCG guest; the
+# report comes back through the shared folder and is copied to BENCH_OUTPUT.
+
+BENCH_KERNEL = "6.12"  # the default: kprobes, BTF, procnetmon's tracepoints, and headers fetched (headers=True)
+BENCH_TIMEOUT = 35 * 60  # the guest, boot to report
+# TCP only (tcptop counts TCP alone), short runs, few repetitions: every
+# instruction is emulated, and BCC compiles each tool's program at start.
+BENCH_ARGS = ("--workloads", "tcp", "--reps", "2", "--seconds", "3", "--bpf-reps", "1", "--bpf-seconds", "3",
+              "--timeout-scale", "5")
+BENCH_REPORT = "benchmarks.md"  # in the run's folder
+BENCH_OUTPUT = os.path.join(ROOT, "docs", "benchmarks-vm.md")
+
+
+def bench_note(kernel: Kernel, command: str, cpus: int = GUEST_CPUS) -> str:
+    """The report's first paragraph: where it ran, why its absolute numbers mean nothing, what made it."""
+    return (f"**Measured in a QEMU guest running Debian's {kernel.release} kernel ({kernel.spec.distro}), "
+            f"{cpus} vCPUs, under TCG without KVM** (nested virtualization hangs on the build machine), so "
+            "every guest instruction is emulated: absolute numbers (throughput, CPU, start-up times, ns per "
+            "program run) are far below native ones and mean nothing; only the ratios within this run, against "
+            "its own no-monitor runs and its own empty programs, compare. Made by `" + command + "`; "
+            "docs/benchmarks.md has the native figures.")
+
+
+def bench_plan(kernel: Kernel, bench_args: list[str], command: str, out: str) -> dict:
+    """What the guest is to do: link the kernel's headers, then run the benchmark with these arguments."""
+    args = list(bench_args) + ["--output", f"{out}/{BENCH_REPORT}", "--note", bench_note(kernel, command)]
+    return {"release": kernel.release, "headers": kernel.root if kernel.headers else None, "bench_args": args}
+
+
+def bench_environment(environ: dict, out: str) -> dict:
+    """The benchmark's environment in the guest.
+
+    No $BCC_KERNEL_SOURCE: given it, BCC takes every header from that one
+    directory, but Debian splits them between /lib/modules/<release>/build
+    (generated) and .../source, which BCC joins only when it looks there
+    itself. procnetmon sets it in its own process, to a tree of its own.
+    """
+    env = dict(environ, PYTHONDONTWRITEBYTECODE="1", PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache")
+    env.pop("BCC_KERNEL_SOURCE", None)
+    path = env.get("PATH", "").split(":")
+    env["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])  # nethogs, tcptop
+    return env
+
+
+def bench_guest_main(out: str, timeout: float = BENCH_TIMEOUT - 3 * 60) -> int:
+    """(Inside the guest) the plan of ``out``: headers linked, the benchmark run, bench.json written."""
+    with open(f"{out}/bench-plan.json") as f:
+        plan = json.load(f)
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    release = os.uname().release
+    record = {"release": release, "uptime_at_start": uptime, "plan": plan}
+    from procnetmon.kernel import check
+
+    ensure_modules(release)
+    check.mount_tracefs()
+    if plan.get("headers"):
+        link_headers(release, plan["headers"])
+    record["build"] = os.path.realpath(f"/lib/modules/{release}/build")
+    started = time.monotonic()
+    record["returncode"] = run_logged([sys.executable, "-m", "bench", *plan["bench_args"]],
+                                      bench_environment(os.environ, out), f"{out}/bench.log", timeout)
+    record["seconds"] = round(time.monotonic() - started, 1)
+    _write_json(f"{out}/bench.json", record)
+    return 0 if record["returncode"] == 0 else 1
+
+
+def bench_guest_command(root: str, out: str) -> str:
+    return _guest_line(root, out, ["bench-guest", "--out", out])
+
+
+def sections(markdown: str, titles: tuple[str, ...]) -> str:
+    """The ``## title`` sections of a report named in ``titles``, in the report's order."""
+    out, keep = [], False
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            keep = line[3:].strip() in titles
+        if keep:
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return f"({path} is missing)\n"
+
+
+def bench_in_guest(vng: str, kernel: Kernel, out: str, bench_args: list[str], command: str, output: str,
+                   timeout: float = BENCH_TIMEOUT) -> int:
+    """Boot ``kernel``, run the benchmark in it, copy its report to ``output``; 0 if there is a report."""
+    os.makedirs(out, exist_ok=True)
+    _write_json(f"{out}/bench-plan.json", bench_plan(kernel, bench_args, command, out))
+    say(f"booting {kernel.release} for the benchmark (at most {timeout / 60:.0f} minutes)")
+    wall, timed_out, _ = boot(vng, kernel, out, bench_guest_command(ROOT, out), timeout)
+    report = f"{out}/{BENCH_REPORT}"
+    state = "killed after" if timed_out else "done in"
+    if not os.path.exists(report):
+        say(f"{kernel.release}: {state} {wall:.0f} s without a report; the end of {out}/bench.log:")
+        print(tail(f"{out}/bench.log") if os.path.exists(f"{out}/bench.log") else tail(f"{out}/guest.log"),
+              end="", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    shutil.copyfile(report, output)
+    with open(report) as f:
+        print(sections(f.read(), ("Results", "Cost per run, as a multiple of the floor")), end="")
+    say(f"{kernel.release}: {state} {wall:.0f} s; report {report}, copied to {output}")
+    return 0
+
+
+def bench_command(argv: list[str]) -> str:
+    """The command line that made a report, as the report names it."""
+    rest = [a for a in argv if a != "--bench"]
+    return " ".join(["sudo", "scripts/vmbench", *(shlex.quote(a) for a in rest)])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="vmtest", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -577,20 +714,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     guest.add_argument("--out", required=True)
     guest.add_argument("--all", action="store_true")
     guest.add_argument("--headers", help="the unpacked kernel packages holding usr/src/linux-headers-*")
+    bench_guest = sub.add_parser("bench-guest", help="(inside a guest) run the benchmark as bench-plan.json says")
+    bench_guest.add_argument("--out", required=True)
     parser.add_argument("--all", action="store_true", help="every backend of every kernel, and the run with "
                                                            "real headers (default: each kernel's best backend)")
-    parser.add_argument("--kernels", default=",".join(k.name for k in KERNELS),
-                        help="which of " + ", ".join(k.name for k in KERNELS) + " to boot (comma-separated)")
+    parser.add_argument("--kernels", default=None,
+                        help="which of " + ", ".join(k.name for k in KERNELS) + " to boot (comma-separated; "
+                             f"default all, with --bench {BENCH_KERNEL})")
     parser.add_argument("--no-native", action="store_true", help="skip this machine's own kernel")
     parser.add_argument("--jobs", type=int, default=1, help="guests booted at once")
     parser.add_argument("--fetch-only", action="store_true", help="fetch and unpack the kernels, boot nothing")
-    args = parser.parse_args(argv)
+    parser.add_argument("--bench", action="store_true",
+                        help=f"run the benchmark (python -m bench) in one guest instead of the tests, and copy "
+                             f"its report to --bench-output (default: kernel {BENCH_KERNEL}, where tcptop runs)")
+    parser.add_argument("--bench-args", default=" ".join(BENCH_ARGS),
+                        help="the benchmark's options in the guest (default: %(default)s)")
+    parser.add_argument("--bench-output", default=BENCH_OUTPUT, help="where the report goes (default: %(default)s)")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if args.command == "guest":
         return guest_main(args.out, args.all, args.headers)
+    if args.command == "bench-guest":
+        return bench_guest_main(args.out)
+    if args.kernels is None:
+        args.kernels = BENCH_KERNEL if args.bench else ",".join(k.name for k in KERNELS)
 
+    wanted = [k for k in KERNELS if k.name in args.kernels.split(",")]
+    if args.bench and len(wanted) != 1:
+        parser.error("--bench boots one kernel: give --kernels one of " + ", ".join(k.name for k in KERNELS))
     signal.signal(signal.SIGTERM, _kill_running)
     signal.signal(signal.SIGINT, _kill_running)
-    wanted = [k for k in KERNELS if k.name in args.kernels.split(",")]
     started = time.monotonic()
     try:
         kernels = fetch_all(wanted)
@@ -605,6 +757,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     results_dir = f"{CACHE}/runs/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     os.makedirs(results_dir)
     say(f"results in {results_dir}")
+    if args.bench:
+        command = bench_command(argv if argv is not None else sys.argv[1:])
+        return bench_in_guest(vng, kernels[0], f"{results_dir}/{kernels[0].spec.name}", shlex.split(args.bench_args),
+                              command, args.bench_output)
     results = {}  # label -> (out dir, guest record)
     if not args.no_native:
         out = f"{results_dir}/native"
