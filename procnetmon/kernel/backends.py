@@ -226,7 +226,9 @@ def detect(facts: Optional[BtfFacts]) -> list[Backend]:
     if tracepoint.typed and fentry.usable and "skb_consume_udp" in fentry.functions:
         # An entry program, unlike fexit, loses nothing when the trampoline changes.
         tracepoint.udp_consume = True
-        tracepoint.detail += "; UDP receive interfaces from fentry on skb_consume_udp"
+        tracepoint.detail += "; UDP receive interfaces from fentry on skb_consume_udp (per call)"
+    elif tracepoint.usable and facts is not None and facts.tracepoints.get("sk_data_ready"):
+        tracepoint.detail += "; UDP receive interfaces from sock:sk_data_ready (per packet: no trampolines)"
     return [tracepoint, kprobe_backend(symbols), fentry]
 
 
