@@ -47,9 +47,12 @@
 
 /* Bytes of one process, in one entry found by its tgid alone: the smallest
  * key hashes fastest, and the interface is decided by the filters before
- * counting. A slot per protocol and direction (slot_of). */
+ * counting. */
 struct counts {
-    u64 bytes[4]; /* TCP in, TCP out, UDP in, UDP out */
+    u64 tcp_in;
+    u64 tcp_out;
+    u64 udp_in;
+    u64 udp_out;
 };
 
 struct iface_key {
@@ -217,11 +220,6 @@ static __always_inline int iface_ok(u32 netns, u32 ifindex)
 #endif
 }
 
-static __always_inline u32 slot_of(u16 protocol, u16 dir)
-{
-    return (protocol == IPPROTO_UDP ? 2 : 0) + (dir & 1);
-}
-
 static __always_inline void add(u32 tgid, u16 protocol, u16 dir, u64 bytes)
 {
     struct counts *c = counters.lookup(&tgid);
@@ -236,7 +234,18 @@ static __always_inline void add(u32 tgid, u16 protocol, u16 dir, u64 bytes)
             return;
         }
     }
-    __sync_fetch_and_add(&c->bytes[slot_of(protocol, dir)], bytes);
+    /* A field each, not an index: the verifiers of older kernels (5.10)
+     * refuse a computed offset into a map value they cannot bound. */
+    if (protocol == IPPROTO_UDP) {
+        if (dir == DIR_IN)
+            __sync_fetch_and_add(&c->udp_in, bytes);
+        else
+            __sync_fetch_and_add(&c->udp_out, bytes);
+    } else if (dir == DIR_IN) {
+        __sync_fetch_and_add(&c->tcp_in, bytes);
+    } else {
+        __sync_fetch_and_add(&c->tcp_out, bytes);
+    }
 }
 
 /* Whether user space names tgid in its records: each given PID, or (without

@@ -19,7 +19,7 @@ from procnetmon.probes.reader import MapReader
 
 
 class CountsC(ctypes.Structure):
-    _fields_ = [("bytes", ctypes.c_uint64 * 4)]
+    _fields_ = [(name, ctypes.c_uint64) for name in ("tcp_in", "tcp_out", "udp_in", "udp_out")]
 
 
 class ExitInfoC(ctypes.Structure):

@@ -21,7 +21,7 @@ from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
 
 
-# The slots of a process's entry in the counters map (struct counts, bpf/common.h).
+# The fields of a process's entry in the counters map (struct counts, bpf/common.h).
 SLOTS = (("tcp", "in"), ("tcp", "out"), ("udp", "in"), ("udp", "out"))
 
 
@@ -74,7 +74,8 @@ class MapReader:
         counters: dict[CounterKey, int] = {}
         for k, v in list(table.items()):
             tgid = k.value
-            for (protocol, direction), n in zip(SLOTS, v.bytes):
+            for protocol, direction in SLOTS:
+                n = getattr(v, f"{protocol}_{direction}")
                 if n:
                     counters[CounterKey(tgid, protocol, direction)] = n
             if tgid in newly_exited:
