@@ -192,6 +192,10 @@ def _print_ebpf(probe, out: TextIO) -> None:
     out.write(f"\n/* BCC_KERNEL_SOURCE={header_dir}\n * cflags: {' '.join(flags)}\n */\n")
 
 
+def _backend_label(backend) -> str:
+    return getattr(backend, "label", f"{backend.name} backend")
+
+
 def _seconds_since_launch() -> Optional[float]:
     """Time since this process was created, to 10 ms (psutil's create_time
     rests on the boot time in whole seconds, too coarse for this)."""
@@ -398,7 +402,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.name} backend); sampling {_describe_scope(args, command)}{serving}")
+                          f"({_backend_label(probe.backend)}); sampling {_describe_scope(args, command)}{serving}")
             if command is not None:
                 try:
                     command.release()

@@ -111,6 +111,16 @@ class Backend:
     # tracepoint, typed: a UDP datagram's interface from fentry on
     # skb_consume_udp (per receive call) rather than sk_data_ready (per packet)
     udp_consume: bool = False
+    refused: str = ""  # why the kernel would not take the typed programs after all
+
+    @property
+    def label(self) -> str:
+        """How the "probes attached" line names it."""
+        if self.typed:
+            return f"{self.name} backend, BTF-typed" + (", UDP interfaces per call" if self.udp_consume else "")
+        if self.refused:
+            return f"{self.name} backend, helper reads: BTF-typed programs refused ({self.refused})"
+        return f"{self.name} backend"
     gaps: list = field(default_factory=list)  # what it would not see on this kernel
 
 

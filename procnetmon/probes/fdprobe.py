@@ -129,7 +129,8 @@ class FdProbe(MapReader):
                   "include_loopback": self.include_loopback, "backend": self.wanted_backend,
                   "cgroups": self.cgroups, "cgroup_mount": self.cgroup_mount}
         header, self._fds = handoff.attach_in_child(config)
-        self.backend = type("Backend", (), {"name": header["backend"]})()
+        self.backend = type("Backend", (), {"name": header["backend"],
+                                            "label": header.get("label", header["backend"] + " backend")})()
         lib = _libbpf()
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),

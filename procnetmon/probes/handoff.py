@@ -76,7 +76,8 @@ def child_main(sock_fd: int) -> None:
             maps[name] = fds.index(probe._bpf.get_table(name).map_fd)
         except (KeyError, ValueError):
             pass
-    _send(sock, {"backend": probe.backend.name, "maps": maps, "cgroup_ids": sorted(probe._cgroup_ids)}, fds)
+    _send(sock, {"backend": probe.backend.name, "label": probe.backend.label, "maps": maps,
+                 "cgroup_ids": sorted(probe._cgroup_ids)}, fds)
     sock.close()
     # Not probe.close() nor BCC's exit handlers: they would detach what the
     # parent now holds. The kernel drops this process's references only.

@@ -139,8 +139,8 @@ class BccProbe(MapReader):
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         if self._typed_refused and self.backend.typed:
-            self.backend = dataclasses.replace(self.backend, typed=False, detail=self.backend.detail +
-                                               f" (BTF-typed programs refused: {self._typed_refused})")
+            self.backend = dataclasses.replace(self.backend, typed=False, udp_consume=False,
+                                               refused=self._typed_refused)
         flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
                              include_loopback=self.include_loopback, details=self.details,
                              cgroups=self.cgroups is not None,

@@ -95,3 +95,12 @@ def test_exit_hook_reads_group_dead_only_where_the_tracepoint_passes_it():
     with_arg = backends.BtfFacts(tracepoints={}, functions={}, has_sendpage=False, exit_group_dead=True)
     assert "-DHAVE_EXIT_GROUP_DEAD" in loader.backend_cflags(tracepoint, with_arg)
     assert "-DHAVE_EXIT_GROUP_DEAD" not in loader.backend_cflags(tracepoint, facts())
+
+
+def test_the_attach_line_names_how_the_backend_reads():
+    assert backends.Backend("kprobe", True, "").label == "kprobe backend"
+    assert backends.Backend("tracepoint", True, "", typed=True).label == "tracepoint backend, BTF-typed"
+    assert backends.Backend("tracepoint", True, "", typed=True, udp_consume=True).label == \
+        "tracepoint backend, BTF-typed, UDP interfaces per call"
+    refused = backends.Backend("tracepoint", True, "", refused="Invalid argument")
+    assert refused.label == "tracepoint backend, helper reads: BTF-typed programs refused (Invalid argument)"
