@@ -130,7 +130,7 @@ def _why(lines: "_Lines", fallback: str) -> str:
     the last that is not part of a traceback."""
     text = [line.strip() for line in lines.tail if line.strip()]
     errors = [t for t in text if re.search(r"fatal error|FATAL|Unable to|cannot|No such file|[Ff]ailed to attach|"
-                                           r"not permitted", t)]
+                                           r"not permitted|\berror:", t)]
     if errors:
         return "; ".join(errors[:2])
     rest = [t for t in text if not t.startswith(("Traceback", "File ", "^", "raise ", "b = BPF"))]

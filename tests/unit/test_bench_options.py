@@ -57,3 +57,17 @@ def test_the_note_comes_right_under_the_title():
     assert text.splitlines()[:3] == ["# procnetmon benchmarks", "", "**In a guest.**"]
     plain = report.markdown(facts, "m", "r", None, "s", "v", None, None, "e", 1.0)
     assert plain.splitlines()[2].startswith("Written by")
+
+
+def test_a_tool_that_cannot_compile_is_named_by_its_compiler_error():
+    from types import SimpleNamespace
+
+    from bench.monitors import _why
+
+    tail = ["In file included from /virtual/main.c:14:\n",
+            "arch/x86/include/asm/ibt.h:77:8: warning: 'nocf_check' attribute ignored\n",
+            "include/linux/foo.h:3:1: error: unknown type name 'bar'\n",
+            "1 error generated.\n", "Traceback (most recent call last):\n",
+            "Exception: Failed to compile BPF module <text>\n"]
+    assert _why(SimpleNamespace(tail=tail), "exit 1") == "include/linux/foo.h:3:1: error: unknown type name 'bar'"
+    assert _why(SimpleNamespace(tail=tail[-1:]), "exit 1") == "Exception: Failed to compile BPF module <text>"
