@@ -602,32 +602,124 @@ BENCH_REPORT = "benchmarks.md"  # in the run's folder
 BENCH_OUTPUT = os.path.join(ROOT, "docs", "benchmarks-vm.md")
 
 
-def bench_note(kernel: Kernel, command: str, cpus: int = GUEST_CPUS) -> str:
+# bcc's tools compile against the kernel's headers, whose include/linux/bpf.h
+# takes the size of the opaque uapi structs (bpf_rb_root, bpf_wq, ...). BCC
+# forces its own copy of the uapi bpf.h in first, and an old BCC's copy lacks
+# the newer ones: Debian 12's BCC 0.26 cannot compile tcptop against 6.12's
+# headers (bcc issue #4575; Debian 13 ships a newer BCC). tcptop then gets a
+# copy of the header tree in which those definitions, taken from the kernel's
+# own uapi bpf.h, come first; its program is unchanged.
+TCPTOP_HEADERS = "tcptop-headers"  # in the run's folder
+
+
+def bpf_structs_needed(linux_bpf_h: str) -> list[str]:
+    """The uapi structs include/linux/bpf.h takes the size or alignment of, in order."""
+    names = re.findall(r"(?:sizeof|__alignof__)\(struct (bpf_\w+)\)", linux_bpf_h)
+    return list(dict.fromkeys(names))
+
+
+def opaque_structs(uapi_bpf_h: str) -> dict[str, str]:
+    """The uapi bpf.h's ``struct bpf_x { ... } __attribute__((aligned(N)));`` definitions, by name."""
+    return {m.group(1): m.group(0) for m in
+            re.finditer(r"^struct (bpf_\w+) \{\n[^{}]*?\n\} __attribute__\(\(aligned\(\d+\)\)\);$", uapi_bpf_h,
+                         re.M)}
+
+
+def bpf_struct_shim(linux_bpf_h: str, uapi_bpf_h: str, bcc_defines) -> tuple[list[str], str]:
+    """The structs BCC's own uapi bpf.h lacks that the kernel's bpf.h needs, and a
+    header defining them (empty when none is missing). ``bcc_defines(name)``
+    says whether BCC's copy has the struct."""
+    defs = opaque_structs(uapi_bpf_h)
+    missing = [n for n in bpf_structs_needed(linux_bpf_h) if n in defs and not bcc_defines(n)]
+    if not missing:
+        return [], ""
+    body = "\n\n".join(defs[n] for n in missing)
+    return missing, ("/* Made by testbed/vm.py for bcc's tcptop: BCC's own copy of the uapi bpf.h\n"
+                     " * lacks these, which include/linux/bpf.h takes the size of. Copied from\n"
+                     " * this kernel's include/uapi/linux/bpf.h. */\n"
+                     "#ifndef _VMBENCH_BPF_STRUCTS\n#define _VMBENCH_BPF_STRUCTS\n"
+                     "#include <linux/types.h>\n\n" + body + "\n#endif\n")
+
+
+def libbcc_defines():
+    """Whether the running BCC's built-in uapi bpf.h defines a struct (read from libbcc's bytes)."""
+    import bcc  # noqa: F401  (loads libbcc, whose path /proc/self/maps then shows)
+
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "libbcc.so" in line}
+    data = b"".join(open(p, "rb").read() for p in sorted(paths))
+    return lambda name: f"struct {name} {{".encode() in data
+
+
+def tcptop_header_tree(kernel: Kernel, out: str, bcc_defines=None) -> tuple[Optional[str], list[str]]:
+    """A header tree tcptop can compile against ($BCC_KERNEL_SOURCE), when the
+    kernel's own needs the shim; (None, []) when BCC's copy lacks nothing."""
+    if not kernel.headers:
+        return None, []
+    from procnetmon.kernel import headers
+
+    version = kernel.release[:-len("-amd64")] if kernel.release.endswith("-amd64") else kernel.release
+    build, source = kernel.headers, f"{kernel.root}/usr/src/linux-headers-{version}-common"
+    with open(f"{source}/include/linux/bpf.h") as f:
+        linux_bpf_h = f.read()
+    with open(f"{source}/include/uapi/linux/bpf.h") as f:
+        uapi_bpf_h = f.read()
+    missing, shim = bpf_struct_shim(linux_bpf_h, uapi_bpf_h, bcc_defines or libbcc_defines())
+    if not missing:
+        return None, []
+    root = f"{out}/{TCPTOP_HEADERS}"
+    headers.merge_split_tree(root, build, source, "x86")
+    # include/linux: a directory of links, with bpf.h defining the missing structs first.
+    linux = f"{root}/include/linux"
+    os.unlink(linux)
+    os.makedirs(linux)
+    for name in os.listdir(f"{source}/include/linux"):
+        os.symlink(f"{source}/include/linux/{name}", f"{linux}/{name}")
+    os.unlink(f"{linux}/bpf.h")
+    with open(f"{linux}/bpf.h", "w") as f:
+        f.write(shim + f'#include "{source}/include/linux/bpf.h"\n')
+    return root, missing
+
+
+def bench_note(kernel: Kernel, command: str, cpus: int = GUEST_CPUS, tcptop_shim: tuple = ()) -> str:
     """The report's first paragraph: where it ran, why its absolute numbers mean nothing, what made it."""
     return (f"**Measured in a QEMU guest running Debian's {kernel.release} kernel ({kernel.spec.distro}), "
             f"{cpus} vCPUs, under TCG without KVM** (nested virtualization hangs on the build machine), so "
             "every guest instruction is emulated: absolute numbers (throughput, CPU, start-up times, ns per "
             "program run) are far below native ones and mean nothing; only the ratios within this run, against "
             "its own no-monitor runs and its own empty programs, compare. Made by `" + command + "`; "
-            "docs/benchmarks.md has the native figures.")
+            "docs/benchmarks.md has the native figures."
+            + ("" if not tcptop_shim else
+               " tcptop: this machine's BCC (Debian 12's 0.26) cannot compile it against this kernel's headers "
+               "as they are (bcc issue #4575: BCC's built-in uapi bpf.h lacks struct "
+               + ", ".join(tcptop_shim) + ", whose size include/linux/bpf.h takes; Debian 13 ships a newer "
+               "BCC), so it compiled against a copy of them in which those definitions, taken from the "
+               "kernel's own uapi bpf.h, come first; its program is unchanged."))
 
 
-def bench_plan(kernel: Kernel, bench_args: list[str], command: str, out: str) -> dict:
+def bench_plan(kernel: Kernel, bench_args: list[str], command: str, out: str,
+               tcptop_tree: Optional[str] = None, tcptop_shim: tuple = ()) -> dict:
     """What the guest is to do: link the kernel's headers, then run the benchmark with these arguments."""
-    args = list(bench_args) + ["--output", f"{out}/{BENCH_REPORT}", "--note", bench_note(kernel, command)]
-    return {"release": kernel.release, "headers": kernel.root if kernel.headers else None, "bench_args": args}
+    note = bench_note(kernel, command, tcptop_shim=tuple(tcptop_shim))
+    args = list(bench_args) + ["--output", f"{out}/{BENCH_REPORT}", "--note", note]
+    return {"release": kernel.release, "headers": kernel.root if kernel.headers else None, "bench_args": args,
+            "tcptop_headers": tcptop_tree, "tcptop_shim": list(tcptop_shim)}
 
 
-def bench_environment(environ: dict, out: str) -> dict:
+def bench_environment(environ: dict, out: str, tcptop_headers: Optional[str] = None) -> dict:
     """The benchmark's environment in the guest.
 
-    No $BCC_KERNEL_SOURCE: given it, BCC takes every header from that one
+    $BCC_KERNEL_SOURCE only for the shimmed tree (tcptop_header_tree), which
+    only tcptop reads: procnetmon sets it in its own process, to a tree of
+    its own. Otherwise none: given it, BCC takes every header from that one
     directory, but Debian splits them between /lib/modules/<release>/build
     (generated) and .../source, which BCC joins only when it looks there
-    itself. procnetmon sets it in its own process, to a tree of its own.
+    itself.
     """
     env = dict(environ, PYTHONDONTWRITEBYTECODE="1", PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache")
     env.pop("BCC_KERNEL_SOURCE", None)
+    if tcptop_headers:
+        env["BCC_KERNEL_SOURCE"] = tcptop_headers
     path = env.get("PATH", "").split(":")
     env["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])  # nethogs, tcptop
     return env
@@ -650,7 +742,8 @@ def bench_guest_main(out: str, timeout: float = BENCH_TIMEOUT - 3 * 60) -> int:
     record["build"] = os.path.realpath(f"/lib/modules/{release}/build")
     started = time.monotonic()
     record["returncode"] = run_logged([sys.executable, "-m", "bench", *plan["bench_args"]],
-                                      bench_environment(os.environ, out), f"{out}/bench.log", timeout)
+                                      bench_environment(os.environ, out, plan.get("tcptop_headers")),
+                                      f"{out}/bench.log", timeout)
     record["seconds"] = round(time.monotonic() - started, 1)
     _write_json(f"{out}/bench.json", record)
     return 0 if record["returncode"] == 0 else 1
@@ -683,7 +776,14 @@ def bench_in_guest(vng: str, kernel: Kernel, out: str, bench_args: list[str], co
                    timeout: float = BENCH_TIMEOUT) -> int:
     """Boot ``kernel``, run the benchmark in it, copy its report to ``output``; 0 if there is a report."""
     os.makedirs(out, exist_ok=True)
-    _write_json(f"{out}/bench-plan.json", bench_plan(kernel, bench_args, command, out))
+    try:
+        tree, shim = tcptop_header_tree(kernel, out)
+    except (OSError, ImportError) as e:
+        say(f"no header tree for tcptop ({e}): it compiles against the kernel's headers as they are")
+        tree, shim = None, []
+    if shim:
+        say(f"tcptop compiles against {tree}: BCC's own uapi bpf.h lacks struct {', '.join(shim)}")
+    _write_json(f"{out}/bench-plan.json", bench_plan(kernel, bench_args, command, out, tree, shim))
     say(f"booting {kernel.release} for the benchmark (at most {timeout / 60:.0f} minutes)")
     wall, timed_out, _ = boot(vng, kernel, out, bench_guest_command(ROOT, out), timeout)
     report = f"{out}/{BENCH_REPORT}"

@@ -145,3 +145,121 @@ def test_a_report_is_copied_and_its_tables_printed(monkeypatch, tmp_path, capsys
     assert output.read_text() == REPORT
     printed = capsys.readouterr().out
     assert "| results |" in printed and "| floor |" in printed and "| bpf |" not in printed
+
+
+# -- tcptop's header tree -----------------------------------------------------------
+
+LINUX_BPF_H = """\
+static inline u32 btf_field_type_size(enum btf_field_type type)
+{
+	switch (type) {
+	case BPF_SPIN_LOCK:
+		return sizeof(struct bpf_spin_lock);
+	case BPF_WORKQUEUE:
+		return sizeof(struct bpf_wq);
+	case BPF_RB_ROOT:
+		return sizeof(struct bpf_rb_root);
+	case BPF_KPTR_REF:
+		return sizeof(u64);
+	}
+}
+static inline u32 btf_field_type_align(enum btf_field_type type)
+{
+	return __alignof__(struct bpf_wq) + __alignof__(struct bpf_refcount);
+}
+"""
+
+UAPI_BPF_H = """\
+struct bpf_spin_lock {
+	__u32	val;
+};
+
+struct bpf_wq {
+	__u64 __opaque[2];
+} __attribute__((aligned(8)));
+
+struct bpf_rb_root {
+	__u64 __opaque[2];
+} __attribute__((aligned(8)));
+
+struct bpf_refcount {
+	__u32 __opaque[1];
+} __attribute__((aligned(4)));
+
+struct bpf_iter_num {
+	__u64 __opaque[1];
+} __attribute__((aligned(8)));
+"""
+
+
+def test_the_structs_the_kernels_bpf_h_takes_the_size_of():
+    assert vm.bpf_structs_needed(LINUX_BPF_H) == ["bpf_spin_lock", "bpf_wq", "bpf_rb_root", "bpf_refcount"]
+
+
+def test_the_opaque_uapi_structs():
+    defs = vm.opaque_structs(UAPI_BPF_H)
+    assert list(defs) == ["bpf_wq", "bpf_rb_root", "bpf_refcount", "bpf_iter_num"]
+    assert defs["bpf_refcount"] == "struct bpf_refcount {\n\t__u32 __opaque[1];\n} __attribute__((aligned(4)));"
+
+
+def test_the_shim_defines_only_what_bccs_copy_lacks():
+    missing, shim = vm.bpf_struct_shim(LINUX_BPF_H, UAPI_BPF_H, lambda name: name == "bpf_rb_root")
+    assert missing == ["bpf_wq", "bpf_refcount"]
+    assert "struct bpf_wq {" in shim and "struct bpf_refcount {" in shim
+    assert "bpf_rb_root" not in shim and "bpf_iter_num" not in shim
+    assert shim.index("#include <linux/types.h>") < shim.index("struct bpf_wq")
+
+
+def test_no_shim_when_bcc_has_them_all():
+    assert vm.bpf_struct_shim(LINUX_BPF_H, UAPI_BPF_H, lambda name: True) == ([], "")
+
+
+def _fake_headers(root, release="6.12.95+deb12-amd64"):
+    build = root / f"usr/src/linux-headers-{release}"
+    source = root / "usr/src/linux-headers-6.12.95+deb12-common"
+    (build / "include/generated").mkdir(parents=True)
+    (build / "arch/x86/include/generated").mkdir(parents=True)
+    (source / "include/linux").mkdir(parents=True)
+    (source / "include/uapi/linux").mkdir(parents=True)
+    (source / "arch/x86/include/asm").mkdir(parents=True)
+    (source / "include/linux/bpf.h").write_text(LINUX_BPF_H)
+    (source / "include/linux/kconfig.h").write_text("")
+    (source / "include/uapi/linux/bpf.h").write_text(UAPI_BPF_H)
+    return vm.Kernel(vm.KERNELS[2], release, str(root)), source
+
+
+def test_tcptops_tree_links_everything_but_a_bpf_h_that_defines_the_missing_structs_first(tmp_path):
+    kernel, source = _fake_headers(tmp_path / "k")
+    tree, missing = vm.tcptop_header_tree(kernel, str(tmp_path / "out"), lambda name: name == "bpf_wq")
+    assert tree == str(tmp_path / "out" / vm.TCPTOP_HEADERS)
+    assert missing == ["bpf_rb_root", "bpf_refcount"]
+    linux = tmp_path / "out" / vm.TCPTOP_HEADERS / "include/linux"
+    assert linux.is_dir() and not linux.is_symlink()
+    assert os.readlink(linux / "kconfig.h") == str(source / "include/linux/kconfig.h")
+    shim = (linux / "bpf.h").read_text()
+    assert not (linux / "bpf.h").is_symlink()
+    assert shim.rstrip().endswith(f'#include "{source}/include/linux/bpf.h"')
+    assert shim.index("struct bpf_rb_root {") < shim.index("#include \"")
+    gen = tmp_path / "out" / vm.TCPTOP_HEADERS / "include/generated"
+    assert os.readlink(gen) == str(tmp_path / "k/usr/src/linux-headers-6.12.95+deb12-amd64/include/generated")
+
+
+def test_no_tree_when_nothing_is_missing_or_there_are_no_headers(tmp_path):
+    kernel, _ = _fake_headers(tmp_path / "k")
+    assert vm.tcptop_header_tree(kernel, str(tmp_path / "out"), lambda name: True) == (None, [])
+    assert not (tmp_path / "out" / vm.TCPTOP_HEADERS).exists()
+    assert vm.tcptop_header_tree(K612, str(tmp_path / "out"), lambda name: False) == (None, [])
+
+
+def test_the_note_and_the_plan_say_when_tcptop_got_the_shim():
+    note = vm.bench_note(K612, "c", tcptop_shim=("bpf_wq", "bpf_refcount"))
+    assert "bpf_wq, bpf_refcount" in note and "#4575" in note and "program is unchanged" in note
+    assert "#4575" not in vm.bench_note(K612, "c")
+    plan = vm.bench_plan(K612, [], "c", "/o", "/o/tcptop-headers", ["bpf_wq"])
+    assert plan["tcptop_headers"] == "/o/tcptop-headers" and plan["tcptop_shim"] == ["bpf_wq"]
+    assert "bpf_wq" in plan["bench_args"][-1]
+
+
+def test_only_the_shimmed_tree_becomes_bcc_kernel_source():
+    env = vm.bench_environment({"BCC_KERNEL_SOURCE": "/x", "PATH": "/bin"}, "/o", "/o/tcptop-headers")
+    assert env["BCC_KERNEL_SOURCE"] == "/o/tcptop-headers"
