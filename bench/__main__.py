@@ -52,6 +52,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--timeout-scale", type=float, default=1.0,
                    help="multiply the monitors' start and stop timeouts, for a slow machine such as a QEMU "
                         "guest without KVM (default 1)")
+    p.add_argument("--tcptop", default="tcptop-bpfcc",
+                   help="bcc's tcptop command (default tcptop-bpfcc, Debian's name for it)")
     p.add_argument("--note", default=None,
                    help="a paragraph to put under the report's title (where and how it was run)")
     args = p.parse_args(argv)
@@ -143,8 +145,8 @@ def measure_all(args, unavailable: dict[str, str]) -> tuple[list[runner.Run], li
     server = None
     try:
         server = IperfServer(peer, cpu=args.pin)
-        setup = runner.Setup(peer, Context(args.procnetmon, peer.host_if, server.pid, args.timeout_scale),
-                             args.seconds, args.pin)
+        ctx = Context(args.procnetmon, peer.host_if, server.pid, args.timeout_scale, args.tcptop)
+        setup = runner.Setup(peer, ctx, args.seconds, args.pin)
         print(f"bench: peer {peer.peer_addr} in {peer.netns} via {peer.host_if}, iperf3 server PID {server.pid}",
               file=sys.stderr)
         # The first runs after setup are slower (cold caches, ARP, socket memory): not scored.

@@ -37,6 +37,7 @@ class Context:
     host_if: str  # our end of the veth pair
     server_pid: int  # the iperf3 server in the peer namespace
     timeout_scale: float = 1.0  # start and stop timeouts are multiplied by it (a slow QEMU guest)
+    tcptop: str = "tcptop-bpfcc"  # path of bcc's tcptop
 
 
 @dataclass
@@ -300,7 +301,7 @@ class Tcptop(ReadyLineTool):
     start_timeout = 60.0  # BCC compiles its program first
 
     def command(self, ctx: Context) -> list[str]:
-        return ["tcptop-bpfcc", "-C", "1"]
+        return [ctx.tcptop, "-C", "1"]
 
     def environment(self) -> Optional[dict]:
         """Unbuffered: tcptop is Python, whose print() into a pipe waits for

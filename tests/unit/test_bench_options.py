@@ -71,3 +71,13 @@ def test_a_tool_that_cannot_compile_is_named_by_its_compiler_error():
             "Exception: Failed to compile BPF module <text>\n"]
     assert _why(SimpleNamespace(tail=tail), "exit 1") == "include/linux/foo.h:3:1: error: unknown type name 'bar'"
     assert _why(SimpleNamespace(tail=tail[-1:]), "exit 1") == "Exception: Failed to compile BPF module <text>"
+
+
+def test_tcptop_is_debians_unless_told():
+    assert parse_args(["--procnetmon", "/bin/true"]).tcptop == "tcptop-bpfcc"
+    args = parse_args(["--procnetmon", "/bin/true", "--tcptop", "/o/tcptop-bpfcc"])
+    assert args.tcptop == "/o/tcptop-bpfcc"
+    from bench.monitors import Tcptop
+
+    assert Tcptop().command(Context("/p", "v", 1, tcptop=args.tcptop)) == ["/o/tcptop-bpfcc", "-C", "1"]
+    assert Tcptop().command(Context("/p", "v", 1)) == ["tcptop-bpfcc", "-C", "1"]
