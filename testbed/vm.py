@@ -608,7 +608,7 @@ BENCH_OUTPUT = os.path.join(ROOT, "docs", "benchmarks-vm.md")
 # the newer ones: Debian 12's BCC 0.26 cannot compile tcptop against 6.12's
 # headers (bcc issue #4575; Debian 13 ships a newer BCC). tcptop then gets a
 # copy of the header tree in which those definitions, taken from the kernel's
-# own uapi bpf.h, come first; its program is unchanged.
+# own uapi bpf.h, come first.
 TCPTOP_HEADERS = "tcptop-headers"  # in the run's folder
 
 
@@ -694,16 +694,75 @@ def bench_note(kernel: Kernel, command: str, cpus: int = GUEST_CPUS, tcptop_shim
                "as they are (bcc issue #4575: BCC's built-in uapi bpf.h lacks struct "
                + ", ".join(tcptop_shim) + ", whose size include/linux/bpf.h takes; Debian 13 ships a newer "
                "BCC), so it compiled against a copy of them in which those definitions, taken from the "
-               "kernel's own uapi bpf.h, come first; its program is unchanged."))
+               "kernel's own uapi bpf.h, come first."))
 
 
 def bench_plan(kernel: Kernel, bench_args: list[str], command: str, out: str,
                tcptop_tree: Optional[str] = None, tcptop_shim: tuple = ()) -> dict:
-    """What the guest is to do: link the kernel's headers, then run the benchmark with these arguments."""
-    note = bench_note(kernel, command, tcptop_shim=tuple(tcptop_shim))
-    args = list(bench_args) + ["--output", f"{out}/{BENCH_REPORT}", "--note", note]
-    return {"release": kernel.release, "headers": kernel.root if kernel.headers else None, "bench_args": args,
+    """What the guest is to do: link the kernel's headers, then run the benchmark (guest_bench_args)."""
+    return {"release": kernel.release, "headers": kernel.root if kernel.headers else None,
+            "bench_args": list(bench_args), "output": f"{out}/{BENCH_REPORT}",
+            "note": bench_note(kernel, command, tcptop_shim=tuple(tcptop_shim)),
             "tcptop_headers": tcptop_tree, "tcptop_shim": list(tcptop_shim)}
+
+
+TCPTOP = "/usr/sbin/tcptop-bpfcc"
+
+
+def probed_functions(script: str) -> list[str]:
+    """The kernel functions a bcc tool's program probes by name (BCC attaches
+    ``kprobe__f`` and ``kretprobe__f`` to ``f`` by itself)."""
+    return list(dict.fromkeys(re.findall(r"\bint k(?:ret)?probe__(\w+)\(", script)))
+
+
+def without_probes_on(script: str, gone: set) -> tuple[str, list[str]]:
+    """A bcc tool's script whose auto-attached probes on the functions ``gone``
+    are renamed so that BCC no longer attaches them; and which were."""
+    dropped = []
+
+    def rename(m):
+        if m.group(2) not in gone:
+            return m.group(0)
+        dropped.append(f"{m.group(1)} {m.group(2)}")
+        return f"int unattached_{m.group(1)}__{m.group(2)}("
+
+    return re.sub(r"\bint (kprobe|kretprobe)__(\w+)\(", rename, script), dropped
+
+
+def kernel_functions(kallsyms: str) -> set:
+    return {line.split()[2] for line in kallsyms.splitlines() if len(line.split()) >= 3}
+
+
+def tcptop_for_this_kernel(out: str, script_path: str = TCPTOP, kallsyms_path: str = "/proc/kallsyms"):
+    """(In the guest) tcptop as shipped when the kernel has every function it
+    probes; else a copy in ``out`` without the probes on the missing ones
+    (Debian 12's tcptop probes tcp_sendpage, which Linux 6.5 removed), and
+    the probes left out."""
+    with open(script_path) as f:
+        script = f.read()
+    with open(kallsyms_path) as f:
+        present = kernel_functions(f.read())
+    gone = {fn for fn in probed_functions(script) if fn not in present}
+    if not gone:
+        return None, []
+    text, dropped = without_probes_on(script, gone)
+    path = f"{out}/{os.path.basename(script_path)}"
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    return path, dropped
+
+
+def guest_bench_args(plan: dict, tcptop: Optional[str] = None, dropped: tuple = ()) -> list[str]:
+    """The benchmark's arguments in the guest: the plan's, the report's place and its note."""
+    note = plan["note"]
+    args = list(plan["bench_args"]) + ["--output", plan["output"]]
+    if tcptop:
+        args += ["--tcptop", tcptop]
+        note += (" tcptop as Debian 12 ships it also probes a function this kernel no longer has ("
+                 + ", ".join(dropped) + "; tcp_sendpage went in Linux 6.5) and cannot start: the run used a "
+                 "copy without those probes, its others unchanged (upstream tcptop has since dropped them too).")
+    return args + ["--note", note]
 
 
 def bench_environment(environ: dict, out: str, tcptop_headers: Optional[str] = None) -> dict:
@@ -740,8 +799,10 @@ def bench_guest_main(out: str, timeout: float = BENCH_TIMEOUT - 3 * 60) -> int:
     if plan.get("headers"):
         link_headers(release, plan["headers"])
     record["build"] = os.path.realpath(f"/lib/modules/{release}/build")
+    tcptop, dropped = tcptop_for_this_kernel(out)
+    record["tcptop"], record["tcptop_dropped"] = tcptop, dropped
     started = time.monotonic()
-    record["returncode"] = run_logged([sys.executable, "-m", "bench", *plan["bench_args"]],
+    record["returncode"] = run_logged([sys.executable, "-m", "bench", *guest_bench_args(plan, tcptop, dropped)],
                                       bench_environment(os.environ, out, plan.get("tcptop_headers")),
                                       f"{out}/bench.log", timeout)
     record["seconds"] = round(time.monotonic() - started, 1)

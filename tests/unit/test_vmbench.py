@@ -37,11 +37,12 @@ def test_the_note_names_the_kernel_tcg_and_the_command():
 def test_the_plan_links_the_headers_and_writes_the_report_in_the_run_folder():
     plan = vm.bench_plan(K612, ["--workloads", "tcp"], "sudo scripts/vmbench", "/c/runs/t/6.12")
     assert plan["headers"] is None  # no usr/src under /c/kernels here: nothing to link
-    args = plan["bench_args"]
+    json.dumps(plan)  # it travels to the guest as JSON
+    args = vm.guest_bench_args(plan)
     assert args[:2] == ["--workloads", "tcp"]
     assert args[args.index("--output") + 1] == "/c/runs/t/6.12/benchmarks.md"
     assert "TCG" in args[args.index("--note") + 1]
-    json.dumps(plan)  # it travels to the guest as JSON
+    assert "--tcptop" not in args
 
 
 def test_the_plan_has_the_headers_when_they_were_fetched(tmp_path):
@@ -253,13 +254,72 @@ def test_no_tree_when_nothing_is_missing_or_there_are_no_headers(tmp_path):
 
 def test_the_note_and_the_plan_say_when_tcptop_got_the_shim():
     note = vm.bench_note(K612, "c", tcptop_shim=("bpf_wq", "bpf_refcount"))
-    assert "bpf_wq, bpf_refcount" in note and "#4575" in note and "program is unchanged" in note
+    assert "bpf_wq, bpf_refcount" in note and "#4575" in note
     assert "#4575" not in vm.bench_note(K612, "c")
     plan = vm.bench_plan(K612, [], "c", "/o", "/o/tcptop-headers", ["bpf_wq"])
     assert plan["tcptop_headers"] == "/o/tcptop-headers" and plan["tcptop_shim"] == ["bpf_wq"]
-    assert "bpf_wq" in plan["bench_args"][-1]
+    assert "bpf_wq" in vm.guest_bench_args(plan)[-1]
 
 
 def test_only_the_shimmed_tree_becomes_bcc_kernel_source():
     env = vm.bench_environment({"BCC_KERNEL_SOURCE": "/x", "PATH": "/bin"}, "/o", "/o/tcptop-headers")
     assert env["BCC_KERNEL_SOURCE"] == "/o/tcptop-headers"
+
+
+# -- tcptop's probes ----------------------------------------------------------------
+
+TCPTOP_SCRIPT = """#! /usr/bin/python3
+bpf_text = \"\"\"
+int kprobe__tcp_sendmsg(struct pt_regs *ctx, struct sock *sk)
+{ return 0; }
+int kretprobe__tcp_sendmsg(struct pt_regs *ctx)
+{ return 0; }
+int kretprobe__tcp_sendpage(struct pt_regs *ctx)
+{ return tcp_sendstat(size); }
+int kprobe__tcp_sendpage(struct pt_regs *ctx, struct sock *sk,
+    struct page *page, int offset, size_t size)
+{ return 0; }
+int kprobe__tcp_cleanup_rbuf(struct pt_regs *ctx, struct sock *sk, int copied)
+{ return 0; }
+\"\"\"
+"""
+
+KALLSYMS = """ffffffff90b325c0 T tcp_sendmsg
+ffffffff90b327b0 T tcp_cleanup_rbuf
+ffffffffc0a01000 t veth_xmit	[veth]
+"""
+
+
+def test_the_functions_a_tool_probes():
+    assert vm.probed_functions(TCPTOP_SCRIPT) == ["tcp_sendmsg", "tcp_sendpage", "tcp_cleanup_rbuf"]
+    assert vm.kernel_functions(KALLSYMS) == {"tcp_sendmsg", "tcp_cleanup_rbuf", "veth_xmit"}
+
+
+def test_probes_on_gone_functions_are_renamed_away_and_the_rest_kept():
+    text, dropped = vm.without_probes_on(TCPTOP_SCRIPT, {"tcp_sendpage"})
+    assert dropped == ["kretprobe tcp_sendpage", "kprobe tcp_sendpage"]
+    assert vm.probed_functions(text) == ["tcp_sendmsg", "tcp_cleanup_rbuf"]
+    assert "int unattached_kprobe__tcp_sendpage(struct pt_regs *ctx, struct sock *sk," in text
+    assert text.replace("unattached_", "") == TCPTOP_SCRIPT
+
+
+def test_tcptop_is_copied_only_when_the_kernel_lacks_a_probed_function(tmp_path):
+    script, kallsyms = tmp_path / "tcptop-bpfcc", tmp_path / "kallsyms"
+    script.write_text(TCPTOP_SCRIPT)
+    kallsyms.write_text(KALLSYMS)
+    out = tmp_path / "out"
+    out.mkdir()
+    path, dropped = vm.tcptop_for_this_kernel(str(out), str(script), str(kallsyms))
+    assert path == str(out / "tcptop-bpfcc") and os.access(path, os.X_OK)
+    assert dropped == ["kretprobe tcp_sendpage", "kprobe tcp_sendpage"]
+    assert "unattached_kprobe__tcp_sendpage" in (out / "tcptop-bpfcc").read_text()
+    kallsyms.write_text(KALLSYMS + "ffffffff90b32000 T tcp_sendpage\n")
+    assert vm.tcptop_for_this_kernel(str(tmp_path / "elsewhere"), str(script), str(kallsyms)) == (None, [])
+
+
+def test_the_guest_runs_the_copy_and_the_note_says_so():
+    plan = vm.bench_plan(K612, ["--reps", "1"], "c", "/o")
+    args = vm.guest_bench_args(plan, "/o/tcptop-bpfcc", ["kprobe tcp_sendpage"])
+    assert args[args.index("--tcptop") + 1] == "/o/tcptop-bpfcc"
+    assert args[-2] == "--note" and "kprobe tcp_sendpage" in args[-1] and "Linux 6.5" in args[-1]
+    assert args[-1].startswith(plan["note"])
