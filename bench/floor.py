@@ -29,6 +29,9 @@ EMPTY = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0
 # procnetmon's payload hooks on the tracepoint backend (bpf/hooks.h); the
 # last one only with an interface filter or without loopback, as by default.
 HOOKS = ("sock_send_length", "sock_recv_length", "sk_data_ready")
+# Where trampolines attach, an fentry program on this function replaces
+# sk_data_ready: its time counts per call, with no empty program beside it.
+KFUNC_HOOKS = ("skb_consume_udp",)
 
 
 class FloorError(Exception):
@@ -39,6 +42,8 @@ def hook_of(program: str) -> Optional[str]:
     """The hook a program runs on, from its name: procnetmon's raw tracepoint
     programs are raw_tracepoint__<hook>, its BTF-typed ones and the empty
     ones are <hook> cut to the kernel's 15 characters."""
+    if program.startswith("kfunc__"):
+        return next((h for h in KFUNC_HOOKS if program == f"kfunc__{h}"), None)
     name = program.removeprefix("raw_tracepoint__")
     return next((h for h in HOOKS if name == h or (len(name) == 15 and h.startswith(name))), None)
 

@@ -214,7 +214,9 @@ receive the caches are cold). Each procnetmon program is then read as a
 multiple of the floor on its hook in the same repetition, and per socket
 call (a send or receive; the per-packet sk_data_ready runs are charged to
 the calls): its programs' time per call against what empty programs would
-take for the same runs on the same hooks. With the data path saturating
+take for the same runs on the same hooks (where trampolines attach, the
+fentry program on skb_consume_udp that replaces sk_data_ready counts in
+procnetmon's time per call, with no empty program beside it). With the data path saturating
 its one core, the programs' share of that core is about what they take
 from the throughput; the targets table uses it as a second estimate of the
 throughput target, much less noisy than comparing runs on a shared virtual

@@ -17,6 +17,8 @@ from bench.runner import Run
     ("raw_tracepoint__sched_process_exit", None),
     ("wire_egress", None),
     ("sock_", None),  # a prefix is no name
+    ("kfunc__skb_consume_udp", "skb_consume_udp"),  # the per-call UDP hook where trampolines attach
+    ("kfunc__inet_sendmsg", None),
 ])
 def test_programs_are_paired_with_their_hook_by_name(name, hook):
     assert hook_of(name) == hook
@@ -58,3 +60,13 @@ def test_without_a_floor_in_the_same_repetition_nothing_is_claimed():
     runs = [run("floor", 0, [("sock_send_lengt", 300, 10)], workload="tcp"),
             run("procnetmon", 0, [("sock_send_lengt", 600, 10)], workload="udp")]
     assert analysis.floor_multiples(runs) == []
+
+
+def test_a_hook_without_an_empty_program_still_counts_in_the_cost_per_call():
+    floor = run("floor", 0, [("sock_send_lengt", 30 * 100, 100), ("sock_recv_lengt", 40 * 100, 100)])
+    pnm = run("procnetmon", 0, [("sock_send_lengt", 60 * 100, 100), ("sock_recv_lengt", 60 * 100, 100),
+                                ("kfunc__skb_consume_udp", 20 * 100, 100)])
+    [m] = analysis.floor_multiples([floor, pnm])
+    assert "skb_consume_udp" not in m.per_hook  # nothing to be a multiple of
+    assert m.per_call_ns == [pytest.approx(70.0)]  # (6000 + 6000 + 2000) / 200 calls
+    assert m.floor_per_call_ns == [pytest.approx(35.0)]
