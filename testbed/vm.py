@@ -596,7 +596,7 @@ BENCH_KERNEL = "6.12"  # the default: kprobes, BTF, procnetmon's tracepoints, an
 BENCH_TIMEOUT = 35 * 60  # the guest, boot to report
 # TCP only (tcptop counts TCP alone), short runs, few repetitions: every
 # instruction is emulated, and BCC compiles each tool's program at start.
-BENCH_ARGS = ("--workloads", "tcp", "--reps", "1", "--seconds", "3", "--bpf-reps", "1", "--bpf-seconds", "3",
+BENCH_ARGS = ("--workloads", "tcp", "--reps", "2", "--seconds", "3", "--bpf-reps", "2", "--bpf-seconds", "3",
               "--timeout-scale", "5")
 BENCH_REPORT = "benchmarks.md"  # in the run's folder
 BENCH_OUTPUT = os.path.join(ROOT, "docs", "benchmarks-vm.md")
