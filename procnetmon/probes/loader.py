@@ -249,6 +249,9 @@ class BccProbe(MapReader):
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+        # Those cgroups were in the map just freed: a later attach (the
+        # fallback from typed programs) must put them in its own again.
+        self._cgroup_ids = set()
 
     def __enter__(self) -> "BccProbe":
         self.attach()

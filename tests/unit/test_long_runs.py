@@ -215,3 +215,13 @@ def test_children_followed_with_p_that_exit_stay_in_the_summary():
     assert [p.bytes_out for p in summary.processes[1:]] == [7, 7, 7, 7]
     assert summary.processes[0].bytes_in == 20
     assert len(sampler.archive) == 3 and not sampler.carried
+
+
+def test_closing_forgets_the_cgroups_of_the_map_it_freed():
+    """attach() falls back to helper reads by closing and attaching again:
+    the second map must be filled with every --cgroup id, not only new ones."""
+    probe = probe_over(FakeBpf())
+    probe._bpf.cleanup = lambda: None
+    probe._cgroup_ids = {101, 102}
+    probe.close()
+    assert probe._cgroup_ids == set()
