@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -64,12 +65,15 @@ class _Lines:
         self.launched = launched
         self.first: Optional[float] = None
         self.count = 0
-        self.last = ""
-        self.tail: list[str] = []  # the last lines, kept with keep_last
+        self.tail: deque[str] = deque(maxlen=200)  # the last non-blank lines, kept with keep_last
         self.keep_last = keep_last
         self.on_line = on_line
         self.thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
         self.thread.start()
+
+    @property
+    def last(self) -> str:
+        return self.tail[-1] if self.tail else ""
 
     def _read(self, pipe) -> None:
         for line in pipe:
@@ -77,8 +81,7 @@ class _Lines:
                 self.first = time.monotonic() - self.launched
             self.count += 1
             if self.keep_last and line.strip():
-                self.last = line
-                self.tail = (self.tail + [line])[-200:]
+                self.tail.append(line)
             if self.on_line is not None:
                 self.on_line(line)
 
