@@ -34,7 +34,7 @@ CACHE = os.environ.get("PROCNETMON_VM_CACHE", "/var/cache/procnetmon-vm")
 SOURCES = "/etc/apt/sources.list.d/debian.sources"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 SUITES = ("bullseye", "bookworm", "bookworm-backports")
-APT_PACKAGES = ("qemu-system-x86", "kmod", "busybox-static")
+PROGRAMS_LIST = os.path.join(ROOT, "scripts", "programs.txt")
 VIRTME_NG = "virtme-ng"
 BACKENDS = ("tracepoint", "fentry", "kprobe")  # procnetmon's payload backends, as --backend names them
 MATRIX_TESTS = "tests/e2e/test_matrix.py"
@@ -147,9 +147,23 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return done
 
 
+def programs_of(group: str, path: str = PROGRAMS_LIST) -> dict[str, str]:
+    """The programs of one group of scripts/programs.txt (the one list the scripts share), with their packages."""
+    found = {}
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and not fields[0].startswith("#") and group in fields[2].split(","):
+                found[fields[0]] = fields[1]
+    return found
+
+
 def ensure_tools(cache: str = CACHE) -> str:
-    """Install QEMU, kmod and busybox (apt) and virtme-ng (its own venv); return the vng path."""
-    missing = [p for p in APT_PACKAGES
+    """Install QEMU, kmod and busybox (apt) and virtme-ng (its own venv); return the vng path.
+
+    Called before anything else runs: fetching a kernel runs depmod (kmod)."""
+    wanted = programs_of("vm")
+    missing = [p for p in sorted(set(wanted.values()))
                if "install ok installed" not in subprocess.run(
                    ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout]
     if missing:
@@ -157,6 +171,10 @@ def ensure_tools(cache: str = CACHE) -> str:
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         run(["apt-get", "update", "-qq"], env=env)
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+    absent = [f"{program} ({package})" for program, package in wanted.items()
+              if program != "-" and not shutil.which(program)]
+    if absent:
+        raise VMError("missing after install: " + ", ".join(absent))
     venv = f"{cache}/venv"
     vng = f"{venv}/bin/vng"
     if not os.path.exists(vng):
@@ -906,12 +924,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGINT, _kill_running)
     started = time.monotonic()
     try:
+        vng = ensure_tools()
         kernels = fetch_all(wanted)
         if args.fetch_only:
             for k in kernels:
                 print(f"{k.spec.name:6} {k.release:28} {k.root}" + ("  (+headers)" if k.headers else ""))
             return 0
-        vng = ensure_tools()
     except VMError as e:
         print(f"vmtest: {e}", file=sys.stderr)
         return 1
