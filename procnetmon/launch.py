@@ -11,6 +11,7 @@ user who invoked sudo, with that user's groups. Standard library only.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import pwd
@@ -127,6 +128,8 @@ class Command:
                 os.setgroups(list(self.credentials.groups))
                 os.setgid(self.credentials.gid)
                 os.setuid(self.credentials.uid)
+            stage = "caps"
+            _clear_ambient_capabilities()
             stage = "exec"
             os.execvp(self.argv[0], self.argv)
         except OSError as e:
@@ -212,6 +215,20 @@ class Command:
         else:
             self._reap()
         return self.status
+
+
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def _clear_ambient_capabilities() -> None:
+    # A non-root caller's ambient capabilities survive execve: the measured
+    # command must not inherit what procnetmon was given to attach probes.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINVAL:  # EINVAL: a kernel without ambient capabilities
+            raise OSError(err, os.strerror(err))
 
 
 def _start_error(name: str, stage: str, number: int, credentials: Optional[Credentials]) -> CommandError:

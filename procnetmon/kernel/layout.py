@@ -113,7 +113,10 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
     try:
         with open(path) as f:
             cached = json.load(f)
-        if isinstance(cached, dict) and set(FIELDS) <= set(cached) <= set(FIELDS) | set(OPTIONAL):
+        # Each value becomes -DOFF_<name>=<value> in root's BPF compile: only
+        # plain non-negative ints are trusted, anything else is re-derived.
+        if (isinstance(cached, dict) and set(FIELDS) <= set(cached) <= set(FIELDS) | set(OPTIONAL)
+                and all(type(v) is int and 0 <= v < 1 << 20 for v in cached.values())):
             return cached
     except (OSError, ValueError):
         pass
@@ -126,6 +129,9 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
 
 
 def offset_cflags(offsets: dict[str, int]) -> list[str]:
+    for name, value in offsets.items():
+        if type(value) is not int or value < 0:
+            raise ValueError(f"offset {name} is not a non-negative integer")
     return [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
 
 

@@ -15,6 +15,7 @@ import csv
 import io
 
 from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict, timestamp
+from procnetmon.output.text import printable
 
 CSV_COLUMNS = (
     "timestamp",  # end of the record's window, ISO 8601 to the millisecond
@@ -59,12 +60,18 @@ def format_csv(record: Record, header: bool, aggregate: bool) -> str:
         writer.writeheader()
     common = _record_fields(record)
     for process in record.processes:
-        writer.writerow({**common, **_process_fields(process, record.type)})
+        writer.writerow(_escaped({**common, **_process_fields(process, record.type)}))
     if aggregate or not record.processes:
         # A record with no process still leaves a row: a cron job's idle
         # minute must not look like a minute it did not run.
-        writer.writerow({**common, **_total_fields(record)})
+        writer.writerow(_escaped({**common, **_total_fields(record)}))
     return buf.getvalue()
+
+
+def _escaped(row: dict) -> dict:
+    # Users name their processes: a raw newline in a command line would let
+    # them add a line of their choosing to root's file (an authorized_keys).
+    return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
 def _record_fields(record: Record) -> dict:

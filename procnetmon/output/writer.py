@@ -34,6 +34,7 @@ import select
 import stat
 import sys
 import threading
+import time
 from typing import IO, Callable, Optional, Union
 
 from procnetmon.model import RECORD_SUMMARY, Record
@@ -96,7 +97,17 @@ class Writer:
         if isinstance(target, (str, os.PathLike)):
             self._owned = True
             # newline="": the formatters already end their lines with "\n".
-            return open(target, "a", encoding="utf-8", errors="backslashreplace", newline="")
+            # O_NOFOLLOW: a user's symlink at the name must not redirect
+            # root's append; 0600: the rows hold every user's command lines.
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISFIFO(os.fstat(fd).st_mode) \
+                        and not stat.S_ISCHR(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file", os.fspath(target))
+                return open(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
+            except BaseException:
+                os.close(fd)
+                raise
         return target
 
     @staticmethod
@@ -245,6 +256,9 @@ class Writer:
         self.close()
 
 
+LOCK_WAIT_S = 0.5
+
+
 class _FileLock:
     def __init__(self, fd: Optional[int]):
         self.fd = fd
@@ -252,7 +266,18 @@ class _FileLock:
     def __enter__(self):
         if self.fd is not None:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                # Any reader can take this lock: wait at most LOCK_WAIT_S,
+                # then write unlocked rather than let another user stall root.
+                deadline = time.monotonic() + LOCK_WAIT_S
+                while True:
+                    try:
+                        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            self.fd = None
+                            break
+                        time.sleep(0.01)
             except OSError:
                 self.fd = None  # a filesystem without locks: write anyway
         return self

@@ -59,13 +59,21 @@ def test_several_interfaces_are_joined_with_semicolons(records):
     assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,,")
 
 
-def test_quoting_of_commas_quotes_and_newlines(records):
+def test_quoting_of_commas_quotes_and_escaping_of_newlines(records):
     proc = records.nginx(name='we,"ird', cmdline="a,b\nc")
     text = format_csv(records.summary([proc]), header=False, aggregate=False)
-    assert ',"we,""ird","a,b\nc",' in text
+    assert ',"we,""ird","a,b\\x0ac",' in text
     (row,) = list(csv.reader(io.StringIO(text)))
-    assert (row[3], row[4]) == ('we,"ird', "a,b\nc")
+    assert (row[3], row[4]) == ('we,"ird', "a,b\\x0ac")
     assert len(row) == len(CSV_COLUMNS)
+
+
+def test_a_command_line_cannot_add_a_line_to_the_file(records):
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBadKeyBadKeyBadKeyBadKeyBadKeyBadKeyBad evil"
+    proc = records.nginx(name="x\ry", cmdline=f"sleep\n{key}\n")
+    text = format_csv(records.summary([proc]), header=False, aggregate=False)
+    assert text.count("\n") == 1 and "\r" not in text
+    assert not any(line.startswith("ssh-") for line in text.splitlines())
 
 
 def test_empty_record_still_leaves_a_total_row_of_zeros(records):

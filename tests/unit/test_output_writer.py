@@ -202,7 +202,7 @@ def test_csv_header_decided_under_an_exclusive_lock(tmp_path, records, monkeypat
     real_flock = fcntl.flock
     monkeypatch.setattr(writer_module.fcntl, "flock", lambda fd, op: (calls.append(op), real_flock(fd, op)))
     run(Writer("csv", str(tmp_path / "net.csv")), records.summary())
-    assert calls == [fcntl.LOCK_EX, fcntl.LOCK_UN]
+    assert calls == [fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_UN]
 
 
 def test_full_device_raises_output_error(records):
