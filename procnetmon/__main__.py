@@ -308,22 +308,37 @@ def _start_command(args) -> launch.Command:
     return command
 
 
+def _prepare_kernel(args, err: TextIO, required: bool = True) -> None:
+    """Mount the kernel interfaces the probes need (kernel/mounts.py), saying so unless -q."""
+    from procnetmon.kernel import mounts
+
+    try:
+        mounts.prepare(None if args.quiet else (lambda line: _say(err, line)))
+    except mounts.MountError as e:
+        if required:
+            raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
+
+
 def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
     if args.ebpf:
+        _prepare_kernel(args, err, required=False)
         _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)
         return ExitStatus.OK
-    if args.command:
-        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
-                                            "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run with sudo")
+                                            "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run as root")
     if args.mode == MODE_WIRE and not check.has_wire_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
                                             "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
-                                            "run with sudo, or use --mode payload")
+                                            "run as root, or use --mode payload")
+    # Backend detection and the compile both read tracefs: it is there
+    # before the first probe is even described.
+    _prepare_kernel(args, err)
+    if args.command:
+        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
     if not args.command:
         return _measure(args, out, err, None, stdout_closed)
     command = _start_command(args)

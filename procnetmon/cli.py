@@ -59,19 +59,20 @@ a record: tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
 Needs root, or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
 without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
-counts are unknown). --check says what is missing."""
+counts are unknown; mounting tracefs when it is not mounted needs
+CAP_SYS_ADMIN). --check says what is missing."""
 
 EXAMPLES = """\
-examples:
-  sudo procnetmon -p 1234,5678 -t 60s --json          # one JSON document after 60 s
-  sudo procnetmon -t 10s                               # every process, a table after 10 s
-  sudo procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
-  sudo procnetmon -t 60s --csv -o /var/log/net.csv     # cron: appends rows, header only once
-  sudo procnetmon -p "$(pgrep -d, nginx)" -t 5s --json | jq '.processes[] | select(.bytes_out > 1e6)'
-  sudo procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
-  sudo procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
-  sudo procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
-  sudo procnetmon --check                              # what this kernel offers"""
+examples (as root; prefix sudo where it is installed):
+  procnetmon -p 1234,5678 -t 60s --json          # one JSON document after 60 s
+  procnetmon -t 10s                               # every process, a table after 10 s
+  procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
+  procnetmon -t 60s --csv -o /var/log/net.csv     # cron: appends rows, header only once
+  procnetmon -p "$(pgrep -d, nginx)" -t 5s --json | jq '.processes[] | select(.bytes_out > 1e6)'
+  procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
+  procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
+  procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
+  procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
 

@@ -474,12 +474,15 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
     from procnetmon.kernel import check
 
     ensure_modules(os.uname().release)
-    check.mount_tracefs()
     check_started = time.monotonic()
     check_run = subprocess.run([sys.executable, "-m", "procnetmon", "--check"], cwd=ROOT, capture_output=True,
                                text=True, env=dict(os.environ, PROCNETMON_CACHE_DIR=f"{out}/procnetmon-cache"))
     record["check"] = check_run.stdout + check_run.stderr
     record["check_seconds"] = round(time.monotonic() - check_started, 1)
+    # After --check, which must change nothing; procnetmon's runs mount it themselves.
+    from procnetmon.kernel import mounts
+
+    mounts.prepare()
     backends, source = offered_backends()
     record["offered"], record["offered_from"] = backends, source
     for name in BACKENDS:
@@ -813,7 +816,9 @@ def bench_guest_main(out: str, timeout: float = BENCH_TIMEOUT - 3 * 60) -> int:
     from procnetmon.kernel import check
 
     ensure_modules(release)
-    check.mount_tracefs()
+    from procnetmon.kernel import mounts
+
+    mounts.prepare()
     if plan.get("headers"):
         link_headers(release, plan["headers"])
     record["build"] = os.path.realpath(f"/lib/modules/{release}/build")

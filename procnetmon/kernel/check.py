@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from typing import Optional
 
@@ -216,22 +215,20 @@ def check_wire_tracepoints(btf: Optional[BTF]) -> Finding:
                    required=False)
 
 
-def mount_tracefs() -> bool:
-    """Mount tracefs where it belongs if it is not there yet; True when it is mounted afterwards."""
-    if os.path.isdir(TRACEFS + "/events"):
-        return True
-    subprocess.run(["mount", "-t", "tracefs", "tracefs", TRACEFS], capture_output=True, check=False)
-    return os.path.isdir(TRACEFS + "/events")
-
-
 def check_tracefs() -> Finding:
-    if mount_tracefs():
+    """What is mounted, and what a run would do; changes nothing."""
+    from procnetmon.kernel import mounts
+
+    tracefs = mounts.TRACEFS_INTERFACE
+    if mounts.is_mounted(tracefs):
         return Finding("tracefs", True, f"mounted at {TRACEFS}", required=False)
     if _mounted_fstype("tracefs"):
-        return Finding("tracefs", False, "mounted, but not readable without root (raw tracepoints work "
-                                         "without it)", "run as root", required=False)
-    return Finding("tracefs", False, f"not mounted at {TRACEFS} (raw tracepoints work without it)",
-                   f"mount -t tracefs tracefs {TRACEFS}", required=False)
+        return Finding("tracefs", False, "mounted, but not readable without root", "run as root", required=False)
+    if _has(effective_caps(), CAP_SYS_ADMIN):
+        return Finding("tracefs", True, f"not mounted at {TRACEFS}; a run mounts it (mount(2)) before it "
+                                        "compiles", required=False)
+    return Finding("tracefs", False, f"not mounted at {TRACEFS}, and mounting it needs CAP_SYS_ADMIN",
+                   f"as root: {tracefs.fix}")
 
 
 def kernel_config() -> dict[str, str]:

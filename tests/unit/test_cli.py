@@ -149,7 +149,7 @@ def test_design_examples_parse(capsys):
 def test_epilog_shows_the_examples():
     help_text = cli.build_parser().format_help()
     assert "examples:" in help_text
-    assert "sudo procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C" in help_text
+    assert "  procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C" in help_text
     assert "--ebpf" not in help_text  # hidden
 
 
