@@ -367,6 +367,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
     else:
         pids = args.pids
     probe, include_loopback = _make_probe(args, pids)
+    probe.verbose = args.verbose
     options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
                              include_loopback=include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,

@@ -57,13 +57,13 @@ per-process totals, rates, peaks and TCP/UDP connection counts as a table,
 JSON or CSV. Connection counts are the sockets a process holds at the end of
 a record: tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
-Needs root, or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
+Needs root (sudo where it is installed), or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
 without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
 counts are unknown; mounting tracefs when it is not mounted needs
 CAP_SYS_ADMIN). --check says what is missing."""
 
 EXAMPLES = """\
-examples (as root; prefix sudo where it is installed):
+examples:
   procnetmon -p 1234,5678 -t 60s --json          # one JSON document after 60 s
   procnetmon -t 10s                               # every process, a table after 10 s
   procnetmon -p 1234 -i eth0 --interval 1s -c     # a line per second until Ctrl-C
@@ -446,6 +446,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "-q", "--quiet", action="store_true",
         help="no progress or status messages on standard error",
+    )
+    group.add_argument(
+        "--verbose", action="store_true",
+        help="print the compiler's output on standard error; without it, a failed compile names the log "
+             "file that holds it",
     )
 
 

@@ -358,7 +358,7 @@ def compile_failure_cause(header_dir: str) -> str:
             return (f"the kernel headers in {header_dir} have no include/generated/autoconf.h "
                     "(CONFIG_BPF_SYSCALL is undefined without it): install the headers package "
                     "that matches the running kernel")
-        return f"compiling against the kernel headers in {header_dir} failed (the compiler's errors are above)"
+        return f"compiling against the kernel headers in {header_dir} failed"
     try:
         with open(os.path.join(header_dir, "include/generated/autoconf.h")) as f:
             autoconf = f.read()
@@ -369,5 +369,4 @@ def compile_failure_cause(header_dir: str) -> str:
             return (f"CONFIG_BPF_SYSCALL is undefined: the header tree {header_dir} has no kernel configuration; "
                     f"remove it and run again to rebuild it from {', '.join(config_candidates())}")
         return f"CONFIG_BPF_SYSCALL is not set in the kernel configuration {source}: this kernel cannot run BPF"
-    return (f"compiling against procnetmon's header tree {header_dir} (configuration from {source}) failed "
-            "(the compiler's errors are above)")
+    return (f"compiling against procnetmon's header tree {header_dir} (configuration from {source}) failed")

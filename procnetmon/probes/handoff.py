@@ -94,8 +94,10 @@ def attach_in_child(config: dict) -> tuple[dict, list[int]]:
     # The compiler's messages go to a file: a full pipe would stall the child.
     errors = tempfile.TemporaryFile()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "procnetmon.probes.handoff", str(child.fileno())],
-                                stdin=subprocess.PIPE, stderr=errors, pass_fds=[child.fileno()])
+        # Isolated (-I) and in /: with plain -m, a module planted in root's
+        # working directory would be imported before the standard library.
+        proc = subprocess.Popen([sys.executable, "-I", "-m", "procnetmon.probes.handoff", str(child.fileno())],
+                                stdin=subprocess.PIPE, stderr=errors, pass_fds=[child.fileno()], cwd="/")
         child.close()
         proc.stdin.write(json.dumps(config).encode())
         proc.stdin.close()
@@ -118,9 +120,7 @@ def attach_in_child(config: dict) -> tuple[dict, list[int]]:
         if "error" in header:
             for fd in fds:
                 os.close(fd)
-            errors.seek(0)
-            sys.stderr.write(errors.read().decode("utf-8", "replace"))  # the compiler's messages
-            raise ProbeError(header["error"])
+            raise ProbeError(header["error"])  # names the compiler's log (probes/compilelog.py)
         return header, fds
     finally:
         parent.close()

@@ -15,7 +15,7 @@ from typing import Optional
 from procnetmon.interfaces import InterfaceKey
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
-from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, expand_includes
+from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes
 from procnetmon.probes.reader import MapReader
 
 
@@ -100,6 +100,7 @@ class BccProbe(MapReader):
     mode = ""
     source = ""
     requirement = ""  # what the kernel must offer, for the error message
+    verbose = False  # the compiler's output on stderr instead of a log file (--verbose)
 
     def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
                  include_loopback: bool = False, details: bool = False, backend: str = "auto",
@@ -162,14 +163,20 @@ class BccProbe(MapReader):
             raise ProbeError("BCC's Python module is missing: install python3-bpfcc "
                              "(Debian/Ubuntu) or python3-bcc (Fedora/RHEL)") from e
         try:
-            # The raw tracepoints attach before the filter maps are filled,
-            # but with FILTER_* every lookup misses until then: nothing is
-            # counted that should not be.
-            self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
+            with compilelog.captured(self.verbose) as log:
+                # The raw tracepoints attach before the filter maps are filled,
+                # but with FILTER_* every lookup misses until then: nothing is
+                # counted that should not be.
+                self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-            cause = headers.compile_failure_cause(header_dir) if "compile" in str(e) else self.requirement
-            raise ProbeError(f"loading the {self.mode} probes ({self.backend.name} backend) failed: {e} "
-                             f"({cause}; run procnetmon --check to see what this kernel offers)") from e
+            what = f"loading the {self.mode} probes ({self.backend.name} backend) failed"
+            if "compile" not in str(e):
+                raise ProbeError(f"{what}: {e} ({self.requirement}; run procnetmon --check to see what this "
+                                 "kernel offers)") from e
+            why = compilelog.cause(log.text()) or headers.compile_failure_cause(header_dir)
+            where = (f"; the compiler's output is in {log.path} (--verbose prints it)" if log.path
+                     else "; the compiler's output is above")
+            raise ProbeError(f"{what}: {why}{where}") from e
         self._fill_filters()
         try:
             if self.backend.typed:

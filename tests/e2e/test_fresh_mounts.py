@@ -61,3 +61,30 @@ def test_without_cap_sys_admin_it_stops_before_compiling_and_names_the_fix():
     assert len(lines) == 1, done.stderr
     assert "tracefs" in lines[0] and "mount -t tracefs tracefs /sys/kernel/tracing" in lines[0]
     assert "CAP_SYS_ADMIN" in lines[0]
+
+
+def test_a_failed_compile_starts_with_its_cause_and_names_its_log(tmp_path):
+    # A tracefs without tracepoint formats: an empty tmpfs where it belongs.
+    cache = tmp_path / "cache"
+    done = in_fresh_namespace(
+        "mount -t tmpfs -o mode=0755 fake /sys/kernel/tracing && mkdir /sys/kernel/tracing/events && "
+        f"PROCNETMON_CACHE_DIR={shlex.quote(str(cache))} {PROCNETMON} -q -t 1s --json; echo status=$?")
+    assert "status=3" in done.stdout, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "could not read the format of tracepoint" in lines[0]
+    log = lines[0].split("the compiler's output is in ")[1].split(" ")[0]
+    assert log.startswith(str(cache))
+    with open(log) as f:
+        assert "incomplete definition of type 'struct tracepoint__" in f.read()
+    assert oct(__import__("os").stat(log).st_mode & 0o777) == "0o600"
+
+
+def test_a_closed_stderr_pipe_does_not_abort_the_compile(tmp_path):
+    # stderr's reader is gone before the compiler speaks: LLVM aborted with 134.
+    out = tmp_path / "out.json"
+    done = subprocess.run(["bash", "-c", f"{PROCNETMON} -t 1s --json 2>&1 >{shlex.quote(str(out))} | "
+                                         "(exec 0<&-; true); echo status=${PIPESTATUS[0]}"],
+                          capture_output=True, text=True, timeout=120)
+    assert "status=0" in done.stdout, done
+    assert json.loads(out.read_text())["type"] == "summary"

@@ -264,7 +264,7 @@ def test_compile_failure_cause_names_a_config_without_bpf(tmp_path, system):
 
 def test_compile_failure_cause_with_a_good_tree_points_at_the_compiler(tmp_path, system):
     root = build(tmp_path, system, config_text="CONFIG_BPF_SYSCALL=y\n")
-    assert "the compiler's errors are above" in headers.compile_failure_cause(root)
+    assert "compiling against procnetmon's header tree" in headers.compile_failure_cause(root)
 
 
 def test_compile_failure_cause_for_real_headers(tmp_path):
