@@ -1,0 +1,61 @@
+"""The --serve loader child as root, started from a directory another user
+controls: nothing planted there is imported (issue 20, item 1)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+PLANTS = ("json.py", "socket.py", "sitecustomize.py", "usercustomize.py", "procnetmon.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_modules_planted_in_the_working_directory_are_never_imported():
+    # Under /tmp, not pytest's root-only tmp_path: nobody must reach it.
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="pnm-trap-"))
+    trap = tmp_path / "trap"
+    trap.mkdir(mode=0o777)
+    os.chmod(trap, 0o777)
+    marker = tmp_path / "marker"
+    os.chmod(tmp_path, 0o755)
+    for name in PLANTS:
+        code = f"import os\nopen({str(marker)!r}, 'a').write('{name} uid=%d\\n' % os.getuid())\n"
+        subprocess.run(NOBODY + ["sh", "-c", f"cat > {trap}/{name}"], input=code, text=True, check=True)
+    # The installed command, as root starts it: its own directory, not the
+    # working directory, is first on its path.
+    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
+    port = free_port()
+    daemon = subprocess.Popen([command, "--serve", f"127.0.0.1:{port}", "-q"], cwd=trap,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, body = time.monotonic() + 90, ""
+        while time.monotonic() < deadline and daemon.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "procnetmon" in body, daemon.stderr.read() if daemon.poll() is not None else "no metrics"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        planted = marker.read_text() if marker.exists() else ""
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    assert not planted, planted
