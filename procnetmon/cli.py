@@ -230,7 +230,9 @@ def _netns_problem(namespace: str) -> Optional[str]:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``[ADDR:]PORT`` for --serve: "9101", ":9101", "127.0.0.1:9101", "[::1]:9101".
-    Without an address, every IPv4 address (as node_exporter listens)."""
+    Without an address, loopback only: listening on every address is asked
+    for by name (0.0.0.0:9101, [::]:9101), so metrics that hold every user's
+    command names are not offered to the network by default."""
     addr, sep, port = text.rpartition(":")
     bracketed = addr.startswith("[") and addr.endswith("]")
     if bracketed:
@@ -239,7 +241,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(
             f"invalid listen address {text!r}: write [ADDR:]PORT, e.g. 9101, 127.0.0.1:9101 or [::1]:9101"
         )
-    return addr or "0.0.0.0", int(port)
+    return addr or "127.0.0.1", int(port)
 
 
 def positive_int(text: str) -> int:
@@ -459,7 +461,8 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--serve", metavar="[ADDR:]PORT", type=parse_listen, default=None,
         help="run until stopped and serve Prometheus metrics on http://ADDR:PORT/metrics "
-        "(ADDR defaults to 0.0.0.0); records are not printed",
+        "(ADDR defaults to 127.0.0.1; give 0.0.0.0 to listen on every IPv4 address); at most 16 "
+        "connections at once, each closed after 10 s; records are not printed",
     )
     group.add_argument(
         "--metrics-pid", action="store_true", dest="metrics_pid",

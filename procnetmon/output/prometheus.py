@@ -13,6 +13,8 @@ use them: base units, ``_total`` for counters, HELP for every family.
 
 from __future__ import annotations
 
+import socket
+
 import os
 import sys
 import threading
@@ -181,8 +183,42 @@ class MetricsSink:
         self.closed = True
 
 
+# A scrape is one short request: more clients at once than this, or one that
+# takes longer, is not Prometheus and gets closed instead of a thread.
+MAX_CONNECTIONS = 16
+CONNECTION_TIMEOUT_S = 10.0
+
+
 def serve(metrics: Metrics, addr: str, port: int):
     """Start the HTTP endpoint (/metrics) in a daemon thread; OSError if it cannot listen."""
-    from prometheus_client import start_http_server
+    import socketserver
+    import threading
+    from wsgiref.simple_server import WSGIServer, make_server
 
-    return start_http_server(port, addr=addr, registry=registry_for(metrics, with_process=True))
+    from prometheus_client import exposition, make_wsgi_app
+
+    class BoundedServer(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+        def verify_request(self, request, client_address) -> bool:
+            if not self.slots.acquire(blocking=False):
+                return False  # closed at once: no thread, no buffer
+            request.settimeout(CONNECTION_TIMEOUT_S)
+            return True
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+        def handle_error(self, request, client_address) -> None:
+            pass  # a client that timed out or went away is not worth a traceback
+
+    app = make_wsgi_app(registry_for(metrics, with_process=True))
+    httpd = make_server(addr, port, app, BoundedServer, handler_class=exposition._SilentHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread

@@ -1,5 +1,6 @@
-"""The --serve loader child as root, started from a directory another user
-controls: nothing planted there is imported (issue 20, item 1)."""
+"""--serve as an attacker meets it: a loader child started from a directory
+another user controls imports nothing planted there; idle and unfinished
+clients cost no more than a bounded number of threads; loopback by default."""
 
 from __future__ import annotations
 
@@ -59,3 +60,56 @@ def test_modules_planted_in_the_working_directory_are_never_imported():
         planted = marker.read_text() if marker.exists() else ""
         shutil.rmtree(tmp_path, ignore_errors=True)
     assert not planted, planted
+
+
+def _start_daemon(port: int):
+    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
+    daemon = subprocess.Popen([command, "--serve", str(port), "-q"], cwd="/",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and daemon.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            return daemon
+        except OSError:
+            time.sleep(0.5)
+    daemon.kill()
+    raise AssertionError(f"the daemon never answered: {daemon.stderr.read()}")
+
+
+def test_idle_and_unfinished_clients_are_bounded_and_timed_out():
+    port = free_port()
+    daemon = _start_daemon(port)
+    idle = []
+    try:
+        threads_before = len(os.listdir(f"/proc/{daemon.pid}/task"))
+        for n in range(50):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if n % 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+            idle.append(s)
+        time.sleep(1)
+        threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
+        assert threads <= threads_before + 16, (threads_before, threads)
+        # Past the per-connection timeout the slots are free again for a scrape.
+        time.sleep(11)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "procnetmon" in body
+    finally:
+        for s in idle:
+            s.close()
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_the_default_address_is_loopback_only():
+    port = free_port()
+    daemon = _start_daemon(port)
+    try:
+        with open("/proc/net/tcp") as f:
+            listening = [line.split()[1] for line in f if line.split()[3] == "0A"]
+        assert f"0100007F:{port:04X}" in listening, listening
+        assert f"00000000:{port:04X}" not in listening
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
