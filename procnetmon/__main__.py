@@ -334,6 +334,14 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
         raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
                                             "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
                                             "run as root, or use --mode payload")
+    from procnetmon.kernel import cache
+
+    try:
+        cache.check_trusted()
+    except cache.UntrustedCache as e:
+        raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}; procnetmon compiles what it reads there "
+                                            "as root: remove it, or make it root's alone (chown -R root, "
+                                            "chmod go-w)") from None
     # Backend detection and the compile both read tracefs: it is there
     # before the first probe is even described.
     _prepare_kernel(args, err)

@@ -8,12 +8,51 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import tempfile
 
 DEFAULT_CACHE_DIR = "/var/cache/procnetmon"
 
 
+class UntrustedCache(Exception):
+    """The cache directory, or one above it, can be changed by someone other than root."""
+
+
 def cache_root() -> str:
+    # Under sudo the invoking user chose the environment: a cache of their
+    # choosing would feed root's compile.
+    if "SUDO_UID" in os.environ:
+        return DEFAULT_CACHE_DIR
     return os.environ.get("PROCNETMON_CACHE_DIR") or DEFAULT_CACHE_DIR
+
+
+def check_trusted(path: str = "") -> None:
+    """Refuse a cache that only root should be able to change but others can,
+    as ssh's StrictModes does: the directory (when it exists) and every one
+    above it must belong to root (or to whoever runs procnetmon) and be
+    unwritable by group and others, a root-owned sticky directory (/tmp)
+    excepted for the ones above."""
+    path = os.path.abspath(path or cache_root())
+    trusted_owners = {0, os.geteuid()}
+    current = path
+    while True:
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode) and current == path:
+                raise UntrustedCache(f"the cache {path} is a symbolic link")
+            sticky_above = current != path and st.st_mode & stat.S_ISVTX and st.st_uid == 0
+            if st.st_uid not in trusted_owners:
+                raise UntrustedCache(f"the cache {path} is not safe: {current} belongs to uid {st.st_uid}")
+            if st.st_mode & 0o022 and not sticky_above:
+                raise UntrustedCache(f"the cache {path} is not safe: {current} is writable by group or others "
+                                     f"(mode {stat.S_IMODE(st.st_mode):04o})")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
 
 
 def kernel_build_id() -> str:
@@ -28,9 +67,19 @@ def kernel_cache_dir() -> str:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Write a cache file so that a concurrent reader sees all of it or none."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write a cache file so that a concurrent reader sees all of it or none;
+    the temporary has a random name (O_EXCL) and every mode is explicit."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
