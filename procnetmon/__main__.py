@@ -271,11 +271,11 @@ def _metrics_writer(args, target):
     metrics = prometheus.Metrics(args.mode, with_pid=args.metrics_pid)
     addr, port = args.serve
     try:
-        prometheus.serve(metrics, addr, port)
+        endpoint = prometheus.serve(metrics, addr, port)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
     host = f"[{addr}]" if ":" in addr else addr
-    return prometheus.MetricsSink(metrics), f"; metrics on http://{host}:{port}/metrics"
+    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on http://{host}:{port}/metrics"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -427,6 +427,9 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
                           f"({_backend_label(probe.backend)}); sampling {_describe_scope(args, command)}{serving}")
+            endpoint = getattr(writer, "endpoint", None)
+            if endpoint is not None:
+                endpoint.start()
             if command is not None:
                 try:
                     command.release()

@@ -171,8 +171,9 @@ class MetricsSink:
 
     fmt = "serve"
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, endpoint: Optional["Endpoint"] = None):
         self.metrics = metrics
+        self.endpoint = endpoint
         self.closed = False
 
     def write(self, record: Record) -> bool:
@@ -219,6 +220,20 @@ def serve(metrics: Metrics, addr: str, port: int):
 
     app = make_wsgi_app(registry_for(metrics, with_process=True))
     httpd = make_server(addr, port, app, BoundedServer, handler_class=exposition._SilentHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return httpd, thread
+    return Endpoint(httpd)
+
+
+class Endpoint:
+    """The metrics' HTTP server: listening from the start (a busy port is an
+    error before anything is attached), answering only once ``start`` is
+    called after the probes are attached. A scraper that got an answer could
+    otherwise take the daemon for ready while the first processes' bytes
+    were not yet being counted; until then connections wait in the backlog."""
+
+    def __init__(self, httpd) -> None:
+        self.httpd = httpd
+
+    def start(self) -> None:
+        import threading
+
+        threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True).start()

@@ -113,3 +113,64 @@ def test_the_default_address_is_loopback_only():
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+CLIENT = """
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"x" * int(sys.argv[2]))
+s.close()
+"""
+
+
+def test_processes_of_the_first_interval_are_counted(tmp_path):
+    # Issue 19, item 7: /metrics answered before the probes were attached, so
+    # clients started as soon as it answered went uncounted.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    received = []
+
+    def drain():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                while chunk := conn.recv(65536):
+                    received.append(len(chunk))
+
+    import threading
+
+    threading.Thread(target=drain, daemon=True).start()
+    client = tmp_path / "pnmshort"
+    client.symlink_to(os.path.realpath(sys.executable))  # comm is the name it was run as
+    port = free_port()
+    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
+    daemon = subprocess.Popen([command, "--serve", str(port), "-q", "--include-loopback"], cwd="/",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline and daemon.poll() is None, "the daemon never answered"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        sizes = [777_777] + [1000] * 20
+        for size in sizes:
+            subprocess.run([str(client), "-I", "-c", CLIENT, str(listener.getsockname()[1]), str(size)],
+                           check=True, timeout=30)
+            time.sleep(0.37)
+        time.sleep(2.5)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        listener.close()
+    sent = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("procnetmon_payload_bytes_total{") and 'name="pnmshort"' in line
+               and 'direction="out"' in line)
+    assert sent == sum(sizes), body
