@@ -14,6 +14,15 @@ from harness import procnetmon_cmd
 BPF_ONLY = ["setpriv", "--inh-caps=-all,+bpf,+perfmon", "--bounding-set=-all,+bpf,+perfmon", "--"]
 
 
+@pytest.fixture(autouse=True)
+def tracefs_mounted():
+    """These runs may not mount tracefs (no CAP_SYS_ADMIN): as on a machine
+    where root mounted it, which the test suite's fresh state has not."""
+    from procnetmon.kernel import mounts
+
+    mounts.prepare()
+
+
 @pytest.fixture
 def listener():
     """A process holding one listening TCP socket on loopback."""
