@@ -534,9 +534,19 @@ def _guest_line(root: str, out: str, args: list[str]) -> str:
             + " ".join(shlex.quote(a) for a in args) + f" > {shlex.quote(out)}/guest.log 2>&1")
 
 
-def vng_command(vng: str, kernel: Kernel, out: str, guest_cmd: str, cache: str = CACHE) -> list[str]:
+# Directories the guest covers with empty file systems of its own.
+GUEST_HIDDEN = ("/var/tmp", "/var/cache", "/run", "/tmp")
+
+
+def vng_command(vng: str, kernel: Kernel, out: str, guest_cmd: str, cache: str = CACHE,
+                root: str = ROOT) -> list[str]:
     # The guest's /var/cache is an empty tmpfs: the unpacked kernels come in read-only.
-    return [vng, "--disable-kvm", "--force-9p", "--rodir", f"{cache}/kernels", "--rwdir", out,
+    extra = []
+    if any(root == d or root.startswith(d + "/") for d in GUEST_HIDDEN):
+        # A checkout there (a fresh clone in /var/tmp) would be an empty
+        # directory in the guest: it comes in as an overlay, writable inside.
+        extra = ["--overlay-rwdir", root]
+    return [vng, "--disable-kvm", "--force-9p", "--rodir", f"{cache}/kernels", "--rwdir", out, *extra,
             "-r", kernel.vmlinuz, "--memory", "2G", "--cpus", str(GUEST_CPUS), "--exec", guest_cmd]
 
 
