@@ -28,6 +28,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_daemon(port: int, *options: str, cwd: str = "/"):
+    # The installed command, as root starts it: its own directory, not the
+    # working directory, is first on its path.
+    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
+    daemon = subprocess.Popen([command, "--serve", str(port), "-q", *options], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and daemon.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            return daemon
+        except OSError:
+            time.sleep(0.5)
+    daemon.kill()
+    raise AssertionError(f"the daemon never answered: {daemon.stderr.read()}")
+
+
 def test_modules_planted_in_the_working_directory_are_never_imported():
     # Under /tmp, not pytest's root-only tmp_path: nobody must reach it.
     tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="pnm-trap-"))
@@ -39,42 +56,17 @@ def test_modules_planted_in_the_working_directory_are_never_imported():
     for name in PLANTS:
         code = f"import os\nopen({str(marker)!r}, 'a').write('{name} uid=%d\\n' % os.getuid())\n"
         subprocess.run(NOBODY + ["sh", "-c", f"cat > {trap}/{name}"], input=code, text=True, check=True)
-    # The installed command, as root starts it: its own directory, not the
-    # working directory, is first on its path.
-    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
     port = free_port()
-    daemon = subprocess.Popen([command, "--serve", f"127.0.0.1:{port}", "-q"], cwd=trap,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = _start_daemon(port, cwd=str(trap))
     try:
-        deadline, body = time.monotonic() + 90, ""
-        while time.monotonic() < deadline and daemon.poll() is None:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert "procnetmon" in body, daemon.stderr.read() if daemon.poll() is not None else "no metrics"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "procnetmon" in body
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
         planted = marker.read_text() if marker.exists() else ""
         shutil.rmtree(tmp_path, ignore_errors=True)
     assert not planted, planted
-
-
-def _start_daemon(port: int):
-    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
-    daemon = subprocess.Popen([command, "--serve", str(port), "-q"], cwd="/",
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and daemon.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-            return daemon
-        except OSError:
-            time.sleep(0.5)
-    daemon.kill()
-    raise AssertionError(f"the daemon never answered: {daemon.stderr.read()}")
 
 
 def test_idle_and_unfinished_clients_are_bounded_and_timed_out():
@@ -147,18 +139,8 @@ def test_processes_of_the_first_interval_are_counted(tmp_path):
     client = tmp_path / "pnmshort"
     client.symlink_to(os.path.realpath(sys.executable))  # comm is the name it was run as
     port = free_port()
-    command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
-    daemon = subprocess.Popen([command, "--serve", str(port), "-q", "--include-loopback"], cwd="/",
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = _start_daemon(port, "--include-loopback")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline and daemon.poll() is None, "the daemon never answered"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60).read()
-                break
-            except OSError:
-                time.sleep(0.05)
         sizes = [777_777] + [1000] * 20
         for size in sizes:
             subprocess.run([str(client), "-I", "-c", CLIENT, str(listener.getsockname()[1]), str(size)],
