@@ -544,8 +544,9 @@ def vng_command(vng: str, kernel: Kernel, out: str, guest_cmd: str, cache: str =
     extra = []
     if any(root == d or root.startswith(d + "/") for d in GUEST_HIDDEN):
         # A checkout there (a fresh clone in /var/tmp) would be an empty
-        # directory in the guest: it comes in as an overlay, writable inside.
-        extra = ["--overlay-rwdir", root]
+        # directory in the guest: it comes in shared (vng's --overlay-rwdir
+        # mounted nothing there); the guest writes no bytecode into it.
+        extra = ["--rwdir", root]
     return [vng, "--disable-kvm", "--force-9p", "--rodir", f"{cache}/kernels", "--rwdir", out, *extra,
             "-r", kernel.vmlinuz, "--memory", "2G", "--cpus", str(GUEST_CPUS), "--exec", guest_cmd]
 
