@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from procnetmon.kernel import backends, cache, headers
+from procnetmon.kernel import backends, cache, headers, mounts
 from procnetmon.kernel.btf import VMLINUX_BTF, BTF, BTFError
 
-TRACEFS = "/sys/kernel/tracing"
+TRACEFS = mounts.TRACEFS
 # Every backend needs these; sk_data_ready (Linux 6.x) only serves the
 # tracepoint backend's UDP receive interface.
 HELPER_TRACEPOINTS = ("sched_process_exit",)
