@@ -76,8 +76,24 @@ def _extra_size(kind: int, vlen: int) -> int:
     return 0
 
 
+# The same sizes as tables by kind (the kind field has 5 bits): the parse
+# walks every type of the kernel, and this is its inner loop.
+_FIXED_EXTRA = tuple(_extra_size(k, 0) for k in range(32))
+_PER_VLEN_EXTRA = tuple(_extra_size(k, 1) - _extra_size(k, 0) for k in range(32))
+
+# Kinds looked up by name; every other type keeps an empty name.
+_NAMED = frozenset({KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_INT})
+
+
 class BTF:
-    """The types of one BTF blob, indexed by name for struct/union/typedef lookups."""
+    """The types of one BTF blob, indexed by name for struct/union/typedef lookups.
+
+    A kernel's BTF holds over 100,000 types, and procnetmon needs a few
+    dozen. The parse only walks the headers, indexing names by their offset
+    in the string table; a type's name and members are decoded when it is
+    first asked for. In an emulated guest the eager parse took over a
+    minute per run; natively, a second of every cold start.
+    """
 
     def __init__(self, data: bytes):
         if len(data) < 24:
@@ -90,10 +106,15 @@ class BTF:
             if magic != BTF_MAGIC:
                 raise BTFError("not a BTF blob (bad magic)")
         type_off, type_len, str_off, str_len = struct.unpack_from(endian + "IIII", data, 8)
+        self._data = data
+        self._endian = endian
         self._strings = data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self._types: list[Optional[BtfType]] = [None]  # type id 0 is void
-        self._by_name: dict[str, list[int]] = {}
-        self._funcs: dict[str, int] = {}  # function name -> its FUNC type id
+        # Per type id: (kind, name offset, size or type, where its extra data starts, vlen, kind_flag).
+        self._raw: list[Optional[tuple]] = [None]  # type id 0 is void
+        self._decoded: dict[int, BtfType] = {}
+        self._named: dict[int, list[int]] = {}  # name offset -> ids of the named kinds
+        self._funcs: dict[int, int] = {}  # name offset -> the first FUNC type id of that name
+        self._offsets: dict[str, list[int]] = {}
         try:
             self._parse_types(data, hdr_len + type_off, type_len, endian)
         except struct.error as e:
@@ -115,18 +136,55 @@ class BTF:
         pos, end = start, start + length
         unpack = struct.unpack_from
         header = e + "III"
-        member_fmt = e + "III"
+        raw, named, funcs = self._raw, self._named, self._funcs
+        fixed, per_vlen = _FIXED_EXTRA, _PER_VLEN_EXTRA
         while pos < end:
             name_off, info, size_or_type = unpack(header, data, pos)
             pos += 12
             kind = (info >> 24) & 0x1F
             vlen = info & 0xFFFF
-            kind_flag = info >> 31
-            members: tuple = ()
+            type_id = len(raw)
+            raw.append((kind, name_off, size_or_type, pos, vlen, info >> 31))
+            if name_off:
+                if kind in _NAMED:
+                    named.setdefault(name_off, []).append(type_id)
+                elif kind == KIND_FUNC:
+                    # Functions are kept apart: trampolines attach to them by id.
+                    funcs.setdefault(name_off, type_id)
+            pos += fixed[kind] + per_vlen[kind] * vlen
+        if pos > end or end > len(data):
+            raise BTFError("BTF data is truncated or corrupt: the last type runs past the type section")
+
+    def _name_offsets(self, name: str) -> list[int]:
+        """Where ``name`` starts in the string table (usually once; a blob need not be deduplicated)."""
+        found = self._offsets.get(name)
+        if found is None:
+            found = []
+            try:
+                needle = b"\0" + name.encode("ascii") + b"\0"
+            except UnicodeEncodeError:
+                needle = None
+            at = self._strings.find(needle) if needle else -1
+            while at >= 0:
+                found.append(at + 1)
+                at = self._strings.find(needle, at + 1)
+            self._offsets[name] = found
+        return found
+
+    def _ids_named(self, name: str) -> list[int]:
+        """The ids of the structs, unions, typedefs and ints called ``name``, in id order."""
+        ids = [i for off in self._name_offsets(name) for i in self._named.get(off, ())]
+        return sorted(ids)
+
+    def _decode(self, type_id: int) -> BtfType:
+        kind, name_off, size_or_type, pos, vlen, kind_flag = self._raw[type_id]
+        data, e = self._data, self._endian
+        members: tuple = ()
+        try:
             if kind in (KIND_STRUCT, KIND_UNION):
                 ms = []
                 for i in range(vlen):
-                    m_name, m_type, m_off = unpack(member_fmt, data, pos + 12 * i)
+                    m_name, m_type, m_off = struct.unpack_from(e + "III", data, pos + 12 * i)
                     if kind_flag:
                         bit_off, bf_size = m_off & 0xFFFFFF, m_off >> 24
                     else:
@@ -134,28 +192,21 @@ class BTF:
                     ms.append(Member(self._str(m_name), m_type, bit_off, bf_size))
                 members = tuple(ms)
             elif kind == KIND_FUNC_PROTO:
-                members = tuple(unpack(e + "I", data, pos + 8 * i + 4)[0] for i in range(vlen))
-            pos += _extra_size(kind, vlen)
-            # Only named structs, unions and typedefs are looked up by name;
-            # skipping the rest keeps the parse of ~100k types fast.
-            if kind in (KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_INT):
-                name = self._str(name_off) if name_off else ""
-            else:
-                name = ""
-            if kind == KIND_FUNC and name_off:
-                # Functions are kept apart: trampolines attach to them by id.
-                self._funcs.setdefault(self._str(name_off), len(self._types))
-            self._types.append(BtfType(kind, name, size_or_type, members))
-            if name:
-                self._by_name.setdefault(name, []).append(len(self._types) - 1)
+                members = tuple(struct.unpack_from(e + "I", data, pos + 8 * i + 4)[0] for i in range(vlen))
+        except struct.error as err:
+            raise BTFError(f"BTF data is truncated or corrupt: {err}") from None
+        name = self._str(name_off) if name_off and kind in _NAMED else ""
+        return BtfType(kind, name, size_or_type, members)
 
     def type(self, type_id: int) -> BtfType:
-        try:
-            t = self._types[type_id]
-        except IndexError:
-            raise BTFError(f"BTF type id {type_id} out of range") from None
-        if t is None:
+        t = self._decoded.get(type_id)
+        if t is not None:
+            return t
+        if not 0 <= type_id < len(self._raw):
+            raise BTFError(f"BTF type id {type_id} out of range")
+        if self._raw[type_id] is None:
             raise BTFError("member has type void")
+        t = self._decoded[type_id] = self._decode(type_id)
         return t
 
     def resolve(self, type_id: int) -> tuple[int, BtfType]:
@@ -168,9 +219,9 @@ class BTF:
 
     def struct_id(self, name: str) -> int:
         """The type id of the complete struct or union called ``name``."""
-        for type_id in self._by_name.get(name, []):
-            t = self._types[type_id]
-            if t.kind in (KIND_STRUCT, KIND_UNION) and (t.members or t.size_or_type):
+        for type_id in self._ids_named(name):
+            kind, _, size, _, vlen, _ = self._raw[type_id]
+            if kind in (KIND_STRUCT, KIND_UNION) and (vlen or size):
                 return type_id
         raise BTFError(f"this kernel's BTF has no struct {name}")
 
@@ -180,15 +231,16 @@ class BTF:
     def typedef_id(self, name: str) -> Optional[int]:
         """The BTF id of typedef ``name`` (a raw tracepoint's ``btf_trace_<name>``
         is what a BTF-typed tracepoint program attaches to), or None."""
-        return next((i for i in self._by_name.get(name, []) if self._types[i].kind == KIND_TYPEDEF), None)
+        return next((i for i in self._ids_named(name) if self._raw[i][0] == KIND_TYPEDEF), None)
 
     def func_id(self, name: str) -> Optional[int]:
         """The BTF id of kernel function ``name`` (what fentry/fexit attach to), or None."""
-        return self._funcs.get(name)
+        ids = [self._funcs[off] for off in self._name_offsets(name) if off in self._funcs]
+        return min(ids) if ids else None
 
     def func_arity(self, name: str) -> Optional[int]:
         """Parameter count of kernel function ``name``, or None when BTF does not have it."""
-        type_id = self._funcs.get(name)
+        type_id = self.func_id(name)
         if type_id is None:
             return None
         _, proto = self.resolve(self.type(type_id).size_or_type)
@@ -196,8 +248,8 @@ class BTF:
 
     def func_proto_arity(self, typedef_name: str) -> Optional[int]:
         """Parameter count of a function-pointer typedef (e.g. ``btf_trace_<tp>``)."""
-        for type_id in self._by_name.get(typedef_name, []):
-            t = self._types[type_id]
+        for type_id in self._ids_named(typedef_name):
+            t = self.type(type_id)
             if t.kind != KIND_TYPEDEF:
                 continue
             _, target = self.resolve(t.size_or_type)

@@ -52,6 +52,10 @@ def test_check_output_says_wire_mode_is_unavailable_without_net_admin(monkeypatc
 
     entry._load_modules()
     monkeypatch.setattr(check, "effective_caps", lambda *a: BPF_ONLY)
+    # As on a machine whose tracefs is mounted: without it (a fresh boot),
+    # wire mode's first missing piece would be the mount, not the capability.
+    monkeypatch.setattr(check, "check_tracefs",
+                        lambda: check.Finding("tracefs", True, f"mounted at {check.TRACEFS}", required=False))
     out = io.StringIO()
     entry.run_check(out)
     text = out.getvalue()
