@@ -916,6 +916,12 @@ def bench_command(argv: list[str]) -> str:
     return " ".join(["sudo", "scripts/vmbench", *(shlex.quote(a) for a in rest)])
 
 
+def default_jobs(kernels: int, cpus: Optional[int] = None) -> int:
+    """Guests booted at once when --jobs is not given: as many as the CPUs can emulate side by side."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(kernels, cpus // GUEST_CPUS))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="vmtest", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
@@ -931,7 +937,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="which of " + ", ".join(k.name for k in KERNELS) + " to boot (comma-separated; "
                              f"default all, with --bench {BENCH_KERNEL})")
     parser.add_argument("--no-native", action="store_true", help="skip this machine's own kernel")
-    parser.add_argument("--jobs", type=int, default=1, help="guests booted at once")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="guests booted at once (default: one per two CPUs of this machine, since each guest "
+                             f"has {GUEST_CPUS} and emulating them keeps a CPU busy each)")
     parser.add_argument("--fetch-only", action="store_true", help="fetch and unpack the kernels, boot nothing")
     parser.add_argument("--bench", action="store_true",
                         help=f"run the benchmark (python -m bench) in one guest instead of the tests, and copy "
@@ -985,7 +993,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         say(f"{kernel.release} done in {guest['wall']:.0f} s")
         return kernel, out, guest
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    jobs = args.jobs if args.jobs is not None else default_jobs(len(kernels))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for kernel, out, guest in pool.map(one, kernels):
             results[f"{kernel.spec.name} {kernel.release}"] = (out, guest)
 

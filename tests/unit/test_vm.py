@@ -216,3 +216,10 @@ def test_a_hung_guest_is_killed_and_reported(monkeypatch, tmp_path):
     assert not vm.RUNNING
     rows = vm.rows_of("6.1", guest, {})
     assert rows[0].failed == 1 and "no results" in rows[0].note
+
+
+def test_guests_booted_at_once_follow_the_cpus():
+    assert vm.default_jobs(3, cpus=2) == 1  # this machine: one guest keeps both CPUs busy
+    assert vm.default_jobs(3, cpus=8) == 3
+    assert vm.default_jobs(3, cpus=5) == 2
+    assert vm.default_jobs(1, cpus=64) == 1
