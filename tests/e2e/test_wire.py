@@ -102,12 +102,7 @@ def test_server_of_many_short_connections_reconciles_handshakes_included(peer, f
     client = TrafficProcess("many-clients", addr, server.port, protocol="tcp", connections=100, send=100)
     truth = {}
     doc, veth = reconcile(peer, server, client, truth)
-    # The server is what this test is about: 1%. The client of 100 short
-    # connections also gets the peer's last FIN/ACK of some of them after
-    # its socket became a TIME_WAIT one, which has no owner (a documented
-    # limit): about 52 bytes on a few connections of 100, up to ~2% of its
-    # small inbound total, depending on timing.
-    assert_reconciles(doc, veth, server, client, truth, tolerance={"client": 0.03})
+    assert_reconciles(doc, veth, server, client, truth)
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
