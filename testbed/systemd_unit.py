@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRIB = os.path.join(ROOT, "contrib")
 UNIT = os.path.join(CONTRIB, "procnetmon.service")
 WIRE_DROPIN = os.path.join(CONTRIB, "procnetmon-wire.conf")
+CONNECTIONS_DROPIN = os.path.join(CONTRIB, "procnetmon-connections.conf")
 SECCOMP_EXEC = os.path.join(ROOT, "testbed", "seccomp_exec.py")
 NOBODY = 65534
 
@@ -124,14 +125,14 @@ def setpriv_caps(caps: list[str]) -> str:
     return ",".join(["-all"] + ["+" + c[len("CAP_"):].lower() for c in caps])
 
 
-def sandboxed(command: list[str], *dropins: str, allow_file: str) -> list[str]:
+def sandboxed(command: list[str], *dropins: str, allow_file: str, without: tuple[str, ...] = ()) -> list[str]:
     """COMMAND as the unit would run it: as nobody (standing in for the
-    dynamic user), with exactly the unit's capabilities, no supplementary
-    groups, no_new_privs, its system call filter and its umask. The caller
-    writes ``allow_file`` (see ``write_allow_file``)."""
+    dynamic user), with exactly the unit's capabilities (less ``without``),
+    no supplementary groups, no_new_privs, its system call filter and its
+    umask. The caller writes ``allow_file`` (see ``write_allow_file``)."""
     settings = service(*dropins)
-    ambient = setpriv_caps(merged_list(settings, "AmbientCapabilities"))
-    bounding = setpriv_caps(merged_list(settings, "CapabilityBoundingSet"))
+    ambient = setpriv_caps([c for c in merged_list(settings, "AmbientCapabilities") if c not in without])
+    bounding = setpriv_caps([c for c in merged_list(settings, "CapabilityBoundingSet") if c not in without])
     last = last_values(settings)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", f"--inh-caps={ambient}",
             f"--ambient-caps={ambient}", f"--bounding-set={bounding}", "--no-new-privs",
