@@ -146,7 +146,7 @@ def unit_dir():
         pytest.skip("needs systemd-analyze (systemd)")
     path = tempfile.mkdtemp(prefix="pnm-unitfile-")
     with open(unit.UNIT) as f:
-        text = f.read().replace("/usr/local/bin/procnetmon", shutil.which("true"))
+        text = f.read().replace("/usr/local/bin/procnetmon", shutil.which("sh"))
     with open(os.path.join(path, "procnetmon.service"), "w") as f:
         f.write(text)
     os.mkdir(os.path.join(path, "procnetmon.service.d"))
