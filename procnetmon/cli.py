@@ -57,10 +57,12 @@ per-process totals, rates, peaks and TCP/UDP connection counts as a table,
 JSON or CSV. Connection counts are the sockets a process holds at the end of
 a record: tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
-Needs root (sudo where it is installed), or CAP_BPF and CAP_PERFMON (wire mode also CAP_NET_ADMIN;
-without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH other processes' connection
-counts are unknown; mounting tracefs when it is not mounted needs
-CAP_SYS_ADMIN). --check says what is missing."""
+Needs root (sudo where it is installed), or CAP_BPF, CAP_PERFMON and
+CAP_DAC_READ_SEARCH (to read tracefs; wire mode also CAP_NET_ADMIN;
+without CAP_SYS_PTRACE other processes' connection counts are unknown;
+mounting tracefs when it is not mounted needs CAP_SYS_ADMIN).
+contrib/procnetmon.service runs --serve with just that. --check says what
+is missing."""
 
 EXAMPLES = """\
 examples:

@@ -223,7 +223,8 @@ def check_tracefs() -> Finding:
     if mounts.is_mounted(tracefs):
         return Finding("tracefs", True, f"mounted at {TRACEFS}", required=False)
     if _mounted_fstype("tracefs"):
-        return Finding("tracefs", False, "mounted, but not readable without root", "run as root", required=False)
+        return Finding("tracefs", False, "mounted, but not readable without root",
+                       "run as root, or with CAP_DAC_READ_SEARCH", required=False)
     if _has(effective_caps(), CAP_SYS_ADMIN):
         return Finding("tracefs", True, f"not mounted at {TRACEFS}; a run mounts it (mount(2)) before it "
                                         "compiles", required=False)

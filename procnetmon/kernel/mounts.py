@@ -53,6 +53,17 @@ def is_mounted(interface: Interface) -> bool:
     return interface is TRACEFS_INTERFACE and os.path.isdir(DEBUGFS_TRACEFS + "/events")
 
 
+def mounted_but_unreadable(interface: Interface, mounts_path: str = "/proc/self/mounts") -> bool:
+    """Mounted at its place, yet its probe path cannot be seen: tracefs is
+    mode 0700 root, so a user with CAP_BPF but no CAP_DAC_READ_SEARCH."""
+    try:
+        with open(mounts_path) as f:
+            return any(len(parts) > 2 and parts[1] == interface.target and parts[2] == interface.fstype
+                       for parts in (line.split() for line in f))
+    except OSError:
+        return False
+
+
 def missing() -> list[Interface]:
     return [i for i in NEEDED if not is_mounted(i)]
 
@@ -83,6 +94,10 @@ def prepare(say: Optional[Callable[[str], None]] = None) -> list[Interface]:
     Raises MountError, naming the interface and the fix, when one cannot be."""
     mounted = []
     for interface in missing():
+        if mounted_but_unreadable(interface):
+            # Mounting it again would not help, and "not mounted" would mislead.
+            raise MountError(f"{interface.name} is mounted at {interface.target} but only root may read it: "
+                             "run as root, or with CAP_DAC_READ_SEARCH")
         try:
             _mount(interface)
         except OSError as e:

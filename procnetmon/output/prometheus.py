@@ -67,6 +67,10 @@ class Metrics:
         adds only when no interval came before it (its bytes are theirs)."""
         counts = record.type == RECORD_INTERVAL or not self._intervals_seen
         connections: dict[tuple, int] = {}
+        # A label set holding a process whose sockets could not be read (no
+        # CAP_SYS_PTRACE, as under contrib/procnetmon.service) has no
+        # connections sample: absent says "unknown", a sum would undercount.
+        unknown: set[tuple] = set()
         with self._lock:
             for row in record.processes:
                 labels = self._label_values(row)
@@ -77,13 +81,16 @@ class Metrics:
                             self._bytes[key] = self._bytes.get(key, 0) + value
                 for protocol, value in (("tcp", row.tcp_connections), ("udp", row.udp_connections)):
                     key = labels + (protocol,)
-                    connections[key] = connections.get(key, 0) + value
+                    if value is None:
+                        unknown.add(key)
+                    else:
+                        connections[key] = connections.get(key, 0) + value
             if record.type == RECORD_INTERVAL:
                 self._intervals_seen = True
             # Label sets that moved nothing this interval keep their last count
             # of sockets only if they are in the record; others fall to 0.
-            self._connections = {key: 0 for key in self._connections}
-            self._connections.update(connections)
+            self._connections = {key: 0 for key in self._connections if key not in unknown}
+            self._connections.update((key, n) for key, n in connections.items() if key not in unknown)
             self._lost = max(self._lost, record.lost_updates)
             self._last_end = record.end.timestamp()
 

@@ -2,6 +2,7 @@
 text, the atomic textfile, and --serve's listen address."""
 
 import argparse
+import dataclasses
 import os
 
 import pytest
@@ -102,3 +103,23 @@ def test_parse_listen(text, expected):
 def test_parse_listen_refuses(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_listen(text)
+
+
+def test_unknown_connection_counts_leave_the_label_set_without_a_sample(records):
+    """The daemon without CAP_SYS_PTRACE (contrib/procnetmon.service) cannot
+    read other users' sockets: their counts are None. That took the daemon
+    down with a TypeError; now such a label set has no connections sample
+    (unknown), while its bytes and the other label sets' counts stay."""
+    m = Metrics("payload")
+    unreadable = records.nginx(pid=1, tcp_connections=None, udp_connections=None)
+    readable = records.nginx(pid=2)
+    known = [readable, records.curl()]
+    m.add(dataclasses.replace(records.interval(known), processes=[unreadable] + known))
+    got = samples(exposition(m))
+    assert got[bytes_sample()] == 2000
+    connections = {labels: v for (name, labels), v in got.items() if name == "procnetmon_connections"}
+    assert {dict(labels)["name"] for labels in connections} == {"curl"}
+    # Once readable again, the label set has its count back.
+    m.add(records.interval([records.nginx(pid=2)]))
+    assert any(dict(labels)["name"] == "nginx" for (name, labels) in samples(exposition(m))
+               if name == "procnetmon_connections")
