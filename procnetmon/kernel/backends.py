@@ -63,6 +63,19 @@ class BtfFacts:
     exit_group_dead: bool = False  # sched_process_exit passes group_dead (after 6.12)
 
     @classmethod
+    def from_cached(cls, data) -> Optional["BtfFacts"]:
+        """The facts a cache file holds, or None unless each is of its kind
+        (the ids choose what root attaches programs to)."""
+        if not isinstance(data, dict) or set(data) != {"tracepoints", "functions", "has_sendpage",
+                                                       "exit_group_dead"}:
+            return None
+        if not (_ids_of(data["tracepoints"], TRACEPOINTS + OPTIONAL_TRACEPOINTS)
+                and _ids_of(data["functions"], FUNCTIONS)
+                and type(data["has_sendpage"]) is bool and type(data["exit_group_dead"]) is bool):
+            return None
+        return cls(**data)
+
+    @classmethod
     def from_btf(cls, btf: BTF) -> "BtfFacts":
         try:
             btf.member_offset("proto_ops", "sendpage")
@@ -75,6 +88,11 @@ class BtfFacts:
                    {f: btf.func_id(f) for f in FUNCTIONS}, sendpage, exit_args >= 3)
 
 
+def _ids_of(value, names) -> bool:
+    return (isinstance(value, dict) and set(value) == set(names)
+            and all(v is None or (type(v) is int and v > 0) for v in value.values()))
+
+
 def btf_facts(btf: Optional[BTF] = None, cache_dir: Optional[str] = None) -> Optional["BtfFacts"]:
     """This kernel's BtfFacts, from the cache or from ``btf`` (parsed if not
     given); None without BTF."""
@@ -84,9 +102,11 @@ def btf_facts(btf: Optional[BTF] = None, cache_dir: Optional[str] = None) -> Opt
     if btf is None:
         try:
             with open(path) as f:
-                return BtfFacts(**json.load(f))
-        except (OSError, ValueError, TypeError):
-            pass
+                facts = BtfFacts.from_cached(json.load(f))
+            if facts is not None:
+                return facts
+        except (OSError, ValueError):
+            pass  # missing or damaged: derived again below, and rewritten
         try:
             btf = BTF.from_file(VMLINUX_BTF)
         except BTFError:

@@ -31,8 +31,24 @@ def check_trusted(path: str = "") -> None:
     as ssh's StrictModes does: the directory (when it exists) and every one
     above it must belong to root (or to whoever runs procnetmon) and be
     unwritable by group and others, a root-owned sticky directory (/tmp)
-    excepted for the ones above."""
+    excepted for the ones above.
+
+    A symbolic link above the cache (/var/cache pointing to a larger disk)
+    is as safe as the directory holding it, which the walk checks, and as
+    the directories it leads to, which the walk then checks too; the cache
+    itself must not be one.
+    """
     path = os.path.abspath(path or cache_root())
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise UntrustedCache(f"the cache {path} is a symbolic link")
+    except FileNotFoundError:
+        pass
+    for chain in dict.fromkeys((path, os.path.realpath(path))):
+        _check_chain(path, chain)
+
+
+def _check_chain(cache: str, path: str) -> None:
     trusted_owners = {0, os.geteuid()}
     current = path
     while True:
@@ -40,19 +56,26 @@ def check_trusted(path: str = "") -> None:
             st = os.lstat(current)
         except FileNotFoundError:
             st = None
-        if st is not None:
-            if stat.S_ISLNK(st.st_mode) and current == path:
-                raise UntrustedCache(f"the cache {path} is a symbolic link")
+        if st is not None and not stat.S_ISLNK(st.st_mode):
             sticky_above = current != path and st.st_mode & stat.S_ISVTX and st.st_uid == 0
             if st.st_uid not in trusted_owners:
-                raise UntrustedCache(f"the cache {path} is not safe: {current} belongs to uid {st.st_uid}")
+                raise UntrustedCache(f"the cache {cache} is not safe: {current} belongs to uid {st.st_uid}")
             if st.st_mode & 0o022 and not sticky_above:
-                raise UntrustedCache(f"the cache {path} is not safe: {current} is writable by group or others "
+                raise UntrustedCache(f"the cache {cache} is not safe: {current} is writable by group or others "
                                      f"(mode {stat.S_IMODE(st.st_mode):04o})")
         parent = os.path.dirname(current)
         if parent == current:
             return
         current = parent
+
+
+def valid_offsets(cached, required, optional=()) -> bool:
+    """Whether offsets read back from the cache may be used: exactly the
+    names expected, each a plain non-negative int. Each becomes
+    -DOFF_<name>=<value> in the BPF program root compiles, so anything else
+    (a string of C, above all) is re-derived instead."""
+    return (isinstance(cached, dict) and set(required) <= set(cached) <= set(required) | set(optional)
+            and all(type(v) is int and 0 <= v < 1 << 20 for v in cached.values()))
 
 
 def kernel_build_id() -> str:

@@ -34,7 +34,7 @@ def cgroup_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
     try:
         with open(path) as f:
             cached = json.load(f)
-        if isinstance(cached, dict) and set(cached) == set(FIELDS):
+        if cache.valid_offsets(cached, FIELDS):
             return cached
     except (OSError, ValueError):
         pass

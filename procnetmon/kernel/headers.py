@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import hashlib
 import os
 import re
 import shutil
+import tempfile
 from typing import Optional
 
 from procnetmon.kernel import cache
@@ -31,6 +33,10 @@ PROC_CONFIG = "/proc/config.gz"
 TREE_VERSION = 3
 STAMP = f".procnetmon-tree-v{TREE_VERSION}"
 MERGED_STAMP = ".procnetmon-merged-v1"
+# What a finished tree holds (each file's digest, each link's target): a
+# tree that no longer matches it (a file lost or changed, a link moved) is
+# damaged, and is built again rather than failing every compile.
+MANIFEST = ".procnetmon-manifest"
 
 
 class HeadersError(Exception):
@@ -116,8 +122,7 @@ def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = N
     directories next to them.
     """
     arch = arch or _arch_name()
-    tmp = f"{root}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _new_tmp(root)
     # BCC reads only include/ and arch/<arch>/include/ (see its kbuild_helper).
     for sub in ("include", f"arch/{arch}/include"):
         os.makedirs(os.path.join(tmp, sub))
@@ -128,6 +133,7 @@ def merge_split_tree(root: str, build: str, source: str, arch: Optional[str] = N
         if os.path.isdir(os.path.join(build, sub, "generated")):
             _link(os.path.join(build, sub, "generated"), os.path.join(tmp, sub, "generated"))
     _write(f"{tmp}/{MERGED_STAMP}", f"{build}\n{source}\n")
+    _seal(tmp)
     _install_tree(tmp, root, MERGED_STAMP)
     return root
 
@@ -197,10 +203,54 @@ _KCONFIG_H = """\
 """
 
 
+def _new_tmp(root: str) -> str:
+    """An empty directory beside ``root`` under a name nobody can guess, to build a tree in."""
+    os.makedirs(os.path.dirname(root), mode=0o755, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(root), prefix=os.path.basename(root) + ".tmp-")
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
 def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    """A new file of the tree (in a directory made for it, so O_EXCL: nothing is followed)."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(text)
+
+
+def manifest_of(root: str) -> str:
+    """A digest of everything in the tree ``root``, links by their targets (not followed)."""
+    entries = []
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            rel = os.path.relpath(path, root)
+            if rel == MANIFEST:
+                continue
+            if os.path.islink(path):
+                entries.append(f"L {rel} {os.readlink(path)}")
+            elif name in files:
+                with open(path, "rb") as f:
+                    entries.append(f"F {rel} {hashlib.sha256(f.read()).hexdigest()}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+
+
+def _seal(tmp: str) -> None:
+    _write(os.path.join(tmp, MANIFEST), manifest_of(tmp) + "\n")
+
+
+def is_whole(root: str, stamp: str, want: Optional[str] = None) -> bool:
+    """Whether ``root`` is a finished tree (its ``stamp`` holding ``want``, when
+    given) that still matches its manifest."""
+    found = _read(os.path.join(root, stamp))
+    if found is None or (want is not None and found != want):
+        return False
+    sealed = _read(os.path.join(root, MANIFEST))
+    try:
+        return sealed == manifest_of(root) + "\n"
+    except OSError:
+        return False
 
 
 def _link(target: str, path: str) -> None:
@@ -223,8 +273,7 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
     config_source = "given"
     if config_text is None:
         config_text, config_source = read_config(config_candidates(release))
-    tmp = f"{root}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _new_tmp(root)
     arch = _arch_name()
 
     _write(f"{tmp}/include/generated/autoconf.h", autoconf_from_config(config_text))
@@ -247,6 +296,7 @@ def build_tree(root: str, release: Optional[str] = None, config_text: Optional[s
     _link(asm_generic_dir, f"{tmp}/include/uapi/asm-generic")
     _link(asm_dir, f"{tmp}/arch/{arch}/include/uapi/asm")
     _write(f"{tmp}/{STAMP}", f"{release}\n{config_source}\n")
+    _seal(tmp)
     _install_tree(tmp, root, STAMP)
     return root
 
@@ -269,21 +319,20 @@ def _install_tree(tmp: str, root: str, stamp: str) -> None:
     removed in place: no compiler ever finds ``root`` half gone.
     """
     wanted = _read(os.path.join(tmp, stamp))
-    if os.path.isdir(root) and _read(os.path.join(root, stamp)) == wanted:
+    if os.path.isdir(root) and is_whole(root, stamp, wanted):
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    aside = f"{root}.{os.getpid()}.old"
+    aside = tempfile.mkdtemp(dir=os.path.dirname(root), prefix=os.path.basename(root) + ".old-")
     try:
-        os.rename(root, aside)
+        os.rename(root, os.path.join(aside, "tree"))
     except FileNotFoundError:
-        aside = None
+        pass
     try:
         os.rename(tmp, root)
     except OSError:
         # Another procnetmon put its tree there in between: use that one.
         shutil.rmtree(tmp, ignore_errors=True)
-    if aside:
-        shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
@@ -306,20 +355,16 @@ def ensure_headers(cache_dir: Optional[str] = None) -> tuple[str, bool]:
                     merge_split_tree(root, *split)
         return root, False
     root = os.path.join(cache_dir or cache.kernel_cache_dir(), f"headers-v{TREE_VERSION}")
-    if not os.path.isfile(os.path.join(root, STAMP)):
+    if not is_whole(root, STAMP):
         with _building(root):
-            if not os.path.isfile(os.path.join(root, STAMP)):  # another procnetmon may have made it
+            if not is_whole(root, STAMP):  # another procnetmon may have made it
                 build_tree(root)
     return root, True
 
 
 def _merged_for(root: str, want: str) -> bool:
     """Whether ``root`` joins the split headers ``want`` names."""
-    try:
-        with open(os.path.join(root, MERGED_STAMP)) as f:
-            return f.read() == want
-    except OSError:
-        return False
+    return is_whole(root, MERGED_STAMP, want)
 
 
 @contextlib.contextmanager
@@ -328,7 +373,8 @@ def _building(root: str):
     started together (cron jobs, a payload and a wire run) must not replace
     the tree under one that is compiling with it."""
     os.makedirs(os.path.dirname(root), exist_ok=True)
-    with open(root + ".lock", "a") as lock:
+    fd = os.open(root + ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

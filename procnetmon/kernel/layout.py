@@ -113,10 +113,7 @@ def kernel_offsets(btf_path: str = VMLINUX_BTF, cache_dir: Optional[str] = None)
     try:
         with open(path) as f:
             cached = json.load(f)
-        # Each value becomes -DOFF_<name>=<value> in root's BPF compile: only
-        # plain non-negative ints are trusted, anything else is re-derived.
-        if (isinstance(cached, dict) and set(FIELDS) <= set(cached) <= set(FIELDS) | set(OPTIONAL)
-                and all(type(v) is int and 0 <= v < 1 << 20 for v in cached.values())):
+        if cache.valid_offsets(cached, FIELDS, OPTIONAL):
             return cached
     except (OSError, ValueError):
         pass

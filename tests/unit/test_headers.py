@@ -360,7 +360,7 @@ def test_a_tree_built_meanwhile_by_another_procnetmon_is_kept(tmp_path, system):
     assert os.stat(tree).st_ino == before
     assert (tree / "include/linux/kconfig.h").exists()
     kconfig.close()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path):
@@ -377,6 +377,7 @@ def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path)
         os.makedirs(root, exist_ok=True)
         with open(os.path.join(root, headers.STAMP), "w") as f:
             f.write("x\n")
+        headers._seal(root)
 
     monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
     monkeypatch.setattr(headers, "build_tree", slow_build)
@@ -389,3 +390,42 @@ def test_procnetmons_started_together_build_the_tree_once(monkeypatch, tmp_path)
         t.join()
     assert len(calls) == 1
     assert len(got) == 4 and len(set(got)) == 1
+
+
+def _built_tree(monkeypatch, cache_dir):
+    monkeypatch.setattr(headers, "real_headers_dir", lambda release=None: None)
+    monkeypatch.setattr(headers, "read_config", lambda paths: ("CONFIG_BPF_SYSCALL=y\n", "given"))
+    root, synthetic = headers.ensure_headers(str(cache_dir))
+    assert synthetic and headers.is_whole(root, headers.STAMP)
+    return root
+
+
+@pytest.mark.parametrize("damage", ["file lost", "file changed", "link moved", "manifest lost"])
+def test_a_damaged_tree_is_built_again(monkeypatch, tmp_path, damage):
+    """Issue 20, item 5: a damaged cache failed every compile until a person deleted it."""
+    root = _built_tree(monkeypatch, tmp_path)
+    kconfig = os.path.join(root, "include/linux/kconfig.h")
+    if damage == "file lost":
+        os.unlink(kconfig)
+    elif damage == "file changed":
+        with open(kconfig, "a") as f:
+            f.write("#error planted\n")
+    elif damage == "link moved":
+        link = os.path.join(root, "include/uapi/linux/if.h")
+        os.unlink(link)
+        os.symlink("/etc/passwd", link)
+    else:
+        os.unlink(os.path.join(root, headers.MANIFEST))
+    assert not headers.is_whole(root, headers.STAMP)
+    again, _ = headers.ensure_headers(str(tmp_path))
+    assert again == root and headers.is_whole(root, headers.STAMP)
+    with open(kconfig) as f:
+        assert "#error planted" not in f.read()
+    assert os.readlink(os.path.join(root, "include/uapi/linux/if.h")) == "/usr/include/linux/if.h"
+
+
+def test_a_whole_tree_is_kept(monkeypatch, tmp_path):
+    root = _built_tree(monkeypatch, tmp_path)
+    before = os.stat(root).st_ino
+    headers.ensure_headers(str(tmp_path))
+    assert os.stat(root).st_ino == before
