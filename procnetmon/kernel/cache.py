@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import tempfile
+
+from procnetmon.trust import Untrusted, check_writers
 
 DEFAULT_CACHE_DIR = "/var/cache/procnetmon"
 
 
-class UntrustedCache(Exception):
+class UntrustedCache(Untrusted):
     """The cache directory, or one above it, can be changed by someone other than root."""
 
 
@@ -27,32 +28,13 @@ def cache_root() -> str:
 
 
 def check_trusted(path: str = "") -> None:
-    """Refuse a cache that only root should be able to change but others can,
-    as ssh's StrictModes does: the directory (when it exists) and every one
-    above it must belong to root (or to whoever runs procnetmon) and be
-    unwritable by group and others, a root-owned sticky directory (/tmp)
-    excepted for the ones above."""
+    """Refuse a cache that only root should be able to change but others can
+    (``procnetmon.trust``: the directory, when it exists, and every one above it)."""
     path = os.path.abspath(path or cache_root())
-    trusted_owners = {0, os.geteuid()}
-    current = path
-    while True:
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if stat.S_ISLNK(st.st_mode) and current == path:
-                raise UntrustedCache(f"the cache {path} is a symbolic link")
-            sticky_above = current != path and st.st_mode & stat.S_ISVTX and st.st_uid == 0
-            if st.st_uid not in trusted_owners:
-                raise UntrustedCache(f"the cache {path} is not safe: {current} belongs to uid {st.st_uid}")
-            if st.st_mode & 0o022 and not sticky_above:
-                raise UntrustedCache(f"the cache {path} is not safe: {current} is writable by group or others "
-                                     f"(mode {stat.S_IMODE(st.st_mode):04o})")
-        parent = os.path.dirname(current)
-        if parent == current:
-            return
-        current = parent
+    try:
+        check_writers(path, f"the cache {path}")
+    except Untrusted as e:
+        raise UntrustedCache(str(e)) from None
 
 
 def kernel_build_id() -> str:
