@@ -259,23 +259,33 @@ def _warn_on_unknown_counts(write, err: TextIO):
 
 def _metrics_writer(args, target):
     """The records' sink for --serve (the HTTP endpoint, started here so that
-    a busy port is a usage error before anything is attached) or for
-    --format prometheus."""
-    from procnetmon.output import prometheus
+    a busy port or a bad --web-config is a usage error before anything is
+    attached) or for --format prometheus."""
+    import math
 
+    from procnetmon.output import prometheus, webconfig
+
+    bounds = dict(with_pid=args.metrics_pid, max_sets=args.metrics_max_sets,
+                  idle_intervals=math.ceil(prometheus.IDLE_SECONDS / args.interval))
     if args.serve is None:
         try:
-            return prometheus.TextfileWriter(target, args.mode, with_pid=args.metrics_pid), ""
+            return prometheus.TextfileWriter(target, args.mode, **bounds), ""
         except OSError as e:
             raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {e.strerror}: {e.filename}") from None
-    metrics = prometheus.Metrics(args.mode, with_pid=args.metrics_pid)
+    web = None
+    if args.web_config is not None:
+        try:
+            web = webconfig.load(args.web_config)
+        except webconfig.WebConfigError as e:
+            raise Fatal(ExitStatus.USAGE, f"error: --web-config: {e}") from None
+    metrics = prometheus.Metrics(args.mode, **bounds)
     addr, port = args.serve
     try:
-        endpoint = prometheus.serve(metrics, addr, port)
+        endpoint = prometheus.serve(metrics, addr, port, web)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
     host = f"[{addr}]" if ":" in addr else addr
-    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on http://{host}:{port}/metrics"
+    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
