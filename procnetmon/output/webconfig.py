@@ -102,9 +102,10 @@ def _read_trusted(path: str, what: str) -> bytes:
         raise WebConfigError(str(e)) from None
     except OSError as e:
         raise WebConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WebConfigError(f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise WebConfigError(f"{what} {path} is not a regular file")
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise WebConfigError(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
