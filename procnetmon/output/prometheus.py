@@ -44,10 +44,14 @@ HELP = {
 }
 
 
-# What a client's processes can make of the label sets is bounded: a value
-# is cut to MAX_LABEL_CHARS; past max_sets label sets, new ones add to the
-# OTHER set; a set without bytes or sockets for idle_intervals is dropped.
-MAX_LABEL_CHARS = 64
+# What a user's processes can make of the label sets is bounded: a name is
+# cut to MAX_NAME_CHARS, a cgroup path or container to MAX_PATH_CHARS (a
+# container ID alone is 64 hex digits, a Kubernetes pod's cgroup path some
+# 170 characters: cut shorter, distinct containers would merge); past
+# max_sets label sets, new ones add to the OTHER set; a set without bytes or
+# sockets for idle_intervals is dropped.
+MAX_NAME_CHARS = 64
+MAX_PATH_CHARS = 256
 IDLE_SECONDS = 900.0
 OTHER_NAME = "other"
 DIRECTIONS = ("in", "out")
@@ -89,15 +93,18 @@ class Metrics:
         self._intervals_seen = False
 
     def _label_values(self, row) -> tuple:
-        values = (row.name, row.cgroup or "", row.container or "")
+        values = (str(row.name)[:MAX_NAME_CHARS], (row.cgroup or "")[:MAX_PATH_CHARS],
+                  (row.container or "")[:MAX_PATH_CHARS])
         if self.with_pid:
             values += ("" if row.pid is None else str(row.pid),)
-        return tuple(str(v)[:MAX_LABEL_CHARS] for v in values)
+        return values
 
-    def _set_for(self, labels: tuple, has_something: bool) -> Optional[_LabelSet]:
+    def _set_for(self, labels: tuple) -> _LabelSet:
         found = self._sets.get(labels)
-        if found is not None or not has_something:
-            return found  # a new set with nothing to show is not worth a series
+        if found is not None:
+            return found
+        # A set is made at 0 when its processes are first seen (with -p,
+        # before they move a byte), so that increase() counts from there.
         if len(self._sets) < self.max_sets and labels != self.other_labels:
             found = self._sets[labels] = _LabelSet()
             return found
@@ -115,10 +122,7 @@ class Metrics:
                 moved = {(d, p): (getattr(row, p).bytes_in if d == "in" else getattr(row, p).bytes_out)
                          for d in DIRECTIONS for p in PROTOCOLS} if counts else {}
                 sockets = {"tcp": row.tcp_connections or 0, "udp": row.udp_connections or 0}
-                target = self._set_for(self._label_values(row),
-                                       any(moved.values()) or any(sockets.values()))
-                if target is None:
-                    continue
+                target = self._set_for(self._label_values(row))
                 entry = touched.setdefault(id(target), (target, {p: 0 for p in PROTOCOLS}))
                 for key, value in moved.items():
                     target.bytes[key] += value
