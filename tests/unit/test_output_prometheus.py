@@ -202,3 +202,14 @@ def test_a_set_with_sockets_is_not_idle(records):
         m.add(records.interval([records.nginx(name="server", tcp=Bytes(0, 0), udp=Bytes(0, 0))]))
     assert "server" in names_of(exposition(m))
 
+
+
+def test_a_hostile_name_is_escaped_and_adds_no_sample(records):
+    # A user names a process so as to forge a line of the exposition.
+    forged = 'x"} 1e18\nprocnetmon_payload_bytes_total{name="fake\\'
+    m = Metrics("payload")
+    m.add(records.interval([records.nginx(name=forged)]))
+    text = exposition(m)
+    assert "\nprocnetmon_payload_bytes_total{name=\"fake" not in text
+    assert names_of(text) == {forged}
+    assert max(samples(text).values()) < 1e18
