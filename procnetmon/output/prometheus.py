@@ -63,7 +63,10 @@ class _LabelSet:
 
     def __init__(self) -> None:
         self.bytes = {(d, p): 0.0 for d in DIRECTIONS for p in PROTOCOLS}
-        self.connections = {p: 0 for p in PROTOCOLS}
+        # None: unknown (a process's sockets could not be read, as without
+        # CAP_SYS_PTRACE under contrib/procnetmon.service): no sample, since
+        # a sum would undercount.
+        self.connections: dict[str, Optional[int]] = {p: 0 for p in PROTOCOLS}
         self.idle = 0  # records in a row without bytes or sockets
 
 
@@ -121,7 +124,7 @@ class Metrics:
             for row in record.processes:
                 moved = {(d, p): (getattr(row, p).bytes_in if d == "in" else getattr(row, p).bytes_out)
                          for d in DIRECTIONS for p in PROTOCOLS} if counts else {}
-                sockets = {"tcp": row.tcp_connections or 0, "udp": row.udp_connections or 0}
+                sockets = {"tcp": row.tcp_connections, "udp": row.udp_connections}
                 target = self._set_for(self._label_values(row))
                 entry = touched.setdefault(id(target), (target, {p: 0 for p in PROTOCOLS}))
                 for key, value in moved.items():
@@ -129,7 +132,8 @@ class Metrics:
                     if value:
                         target.idle = -1  # active: 0 after this record
                 for protocol, value in sockets.items():
-                    entry[1][protocol] += value
+                    held = entry[1][protocol]
+                    entry[1][protocol] = None if held is None or value is None else held + value
                     if value:
                         target.idle = -1
             if record.type == RECORD_INTERVAL:
@@ -169,7 +173,8 @@ class Metrics:
                 for (direction, protocol), value in label_set.bytes.items():
                     counter.add_metric(list(labels) + [direction, protocol], value)
                 for protocol, value in label_set.connections.items():
-                    gauge.add_metric(list(labels) + [protocol], value)
+                    if value is not None:
+                        gauge.add_metric(list(labels) + [protocol], value)
             yield counter
             yield gauge
             lost = CounterMetricFamily(f"{PREFIX}_lost_updates", HELP["lost_updates_total"])
