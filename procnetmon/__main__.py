@@ -259,23 +259,27 @@ def _warn_on_unknown_counts(write, err: TextIO):
 
 def _metrics_writer(args, target):
     """The records' sink for --serve (the HTTP endpoint, started here so that
-    a busy port is a usage error before anything is attached) or for
-    --format prometheus."""
+    a busy port or a bad --web-config is a usage error before anything is
+    attached) or for --format prometheus."""
+    import math
+
     from procnetmon.output import prometheus
 
+    bounds = dict(with_pid=args.metrics_pid, max_sets=args.metrics_max_sets,
+                  idle_intervals=math.ceil(prometheus.IDLE_SECONDS / args.interval))
     if args.serve is None:
         try:
-            return prometheus.TextfileWriter(target, args.mode, with_pid=args.metrics_pid), ""
+            return prometheus.TextfileWriter(target, args.mode, **bounds), ""
         except OSError as e:
             raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {e.strerror}: {e.filename}") from None
-    metrics = prometheus.Metrics(args.mode, with_pid=args.metrics_pid)
+    metrics = prometheus.Metrics(args.mode, **bounds)
     addr, port = args.serve
     try:
-        endpoint = prometheus.serve(metrics, addr, port)
+        endpoint = prometheus.serve(metrics, addr, port, getattr(args, "web", None))
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
     host = f"[{addr}]" if ":" in addr else addr
-    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on http://{host}:{port}/metrics"
+    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -308,6 +312,19 @@ def _start_command(args) -> launch.Command:
     return command
 
 
+def _load_web_config(args):
+    """--web-config read and checked whole (TLS files loaded) before the
+    machine is touched: a file that is not safe, or not usable, is a usage error."""
+    if getattr(args, "web_config", None) is None:
+        return None
+    from procnetmon.output import webconfig
+
+    try:
+        return webconfig.load(args.web_config)
+    except webconfig.WebConfigError as e:
+        raise Fatal(ExitStatus.USAGE, f"error: --web-config: {e}") from None
+
+
 def _prepare_kernel(args, err: TextIO, required: bool = True) -> None:
     """Mount the kernel interfaces the probes need (kernel/mounts.py), saying so unless -q."""
     from procnetmon.kernel import mounts
@@ -323,6 +340,7 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     if args.check:
         return run_check(out, args.backend)
     _check_pids(args.pids)
+    args.web = _load_web_config(args)
     if args.ebpf:
         _prepare_kernel(args, err, required=False)
         _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)

@@ -37,6 +37,11 @@ MAX_PIDS = 4096
 MAX_DURATION = 365 * 24 * 3600.0
 # The largest -n and --top.
 MAX_COUNT = 1_000_000_000
+# Label sets of the metrics (output/prometheus.py): past the cap, further sets
+# fold into name="other", so a user who starts processes under many names
+# cannot grow the scrape without bound.
+DEFAULT_MAX_SETS = 200
+MAX_SETS = 100_000
 
 FORMATS = ("text", "json", "csv", "prometheus")
 SORT_KEYS = ("pid", "name", "in", "out", "total")
@@ -244,6 +249,14 @@ def parse_listen(text: str) -> tuple[str, int]:
             f"invalid listen address {text!r}: write [ADDR:]PORT, e.g. 9101, 127.0.0.1:9101 or [::1]:9101"
         )
     return addr or "127.0.0.1", int(port)
+
+
+def parse_max_sets(text: str) -> int:
+    """``--metrics-max-sets``: from 1 to ``MAX_SETS``."""
+    value = positive_int(text)
+    if value > MAX_SETS:
+        raise argparse.ArgumentTypeError(f"invalid number {_shown(text)}: the largest is {MAX_SETS}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -464,11 +477,24 @@ def _add_other_options(parser: argparse.ArgumentParser) -> None:
         "--serve", metavar="[ADDR:]PORT", type=parse_listen, default=None,
         help="run until stopped and serve Prometheus metrics on http://ADDR:PORT/metrics "
         "(ADDR defaults to 127.0.0.1; give 0.0.0.0 to listen on every IPv4 address); at most 16 "
-        "connections at once, each closed after 10 s; records are not printed",
+        "connections at once, each closed after 10 s, requests of at most 8 KiB of headers; "
+        "records are not printed",
+    )
+    group.add_argument(
+        "--web-config", metavar="FILE", dest="web_config", default=None,
+        help="TLS and basic auth for --serve, from a YAML file in node_exporter's web config format "
+        "(tls_server_config: cert_file, key_file; basic_auth_users: bcrypt hashes); the file "
+        "and the TLS files must be writable by root alone",
     )
     group.add_argument(
         "--metrics-pid", action="store_true", dest="metrics_pid",
         help="add a pid label to the metrics (one series per process: mind the cardinality)",
+    )
+    group.add_argument(
+        "--metrics-max-sets", metavar="N", type=parse_max_sets, dest="metrics_max_sets",
+        default=DEFAULT_MAX_SETS,
+        help=f"at most N label sets in the metrics (default {DEFAULT_MAX_SETS}); the bytes and sockets "
+        "of further ones add to name=\"other\"",
     )
     parser.add_argument(
         "--check", action="store_true",
@@ -548,6 +574,8 @@ def _violations(args: argparse.Namespace):
     yield from _duration_violations(args)
     if args.serve is not None and (args.format_options or args.output not in (None, "-")):
         yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
+    if args.web_config is not None and args.serve is None:
+        yield "--web-config sets up --serve's TLS and basic auth: add --serve [ADDR:]PORT, or drop --web-config"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import tempfile
+
+from procnetmon.trust import Untrusted, check_writers
 
 DEFAULT_CACHE_DIR = "/var/cache/procnetmon"
 
 
-class UntrustedCache(Exception):
+class UntrustedCache(Untrusted):
     """The cache directory, or one above it, can be changed by someone other than root."""
 
 
@@ -27,46 +28,13 @@ def cache_root() -> str:
 
 
 def check_trusted(path: str = "") -> None:
-    """Refuse a cache that only root should be able to change but others can,
-    as ssh's StrictModes does: the directory (when it exists) and every one
-    above it must belong to root (or to whoever runs procnetmon) and be
-    unwritable by group and others, a root-owned sticky directory (/tmp)
-    excepted for the ones above.
-
-    A symbolic link above the cache (/var/cache pointing to a larger disk)
-    is as safe as the directory holding it, which the walk checks, and as
-    the directories it leads to, which the walk then checks too; the cache
-    itself must not be one.
-    """
+    """Refuse a cache that only root should be able to change but others can
+    (``procnetmon.trust``: the directory, when it exists, and every one above it)."""
     path = os.path.abspath(path or cache_root())
     try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            raise UntrustedCache(f"the cache {path} is a symbolic link")
-    except FileNotFoundError:
-        pass
-    for chain in dict.fromkeys((path, os.path.realpath(path))):
-        _check_chain(path, chain)
-
-
-def _check_chain(cache: str, path: str) -> None:
-    trusted_owners = {0, os.geteuid()}
-    current = path
-    while True:
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISLNK(st.st_mode):
-            sticky_above = current != path and st.st_mode & stat.S_ISVTX and st.st_uid == 0
-            if st.st_uid not in trusted_owners:
-                raise UntrustedCache(f"the cache {cache} is not safe: {current} belongs to uid {st.st_uid}")
-            if st.st_mode & 0o022 and not sticky_above:
-                raise UntrustedCache(f"the cache {cache} is not safe: {current} is writable by group or others "
-                                     f"(mode {stat.S_IMODE(st.st_mode):04o})")
-        parent = os.path.dirname(current)
-        if parent == current:
-            return
-        current = parent
+        check_writers(path, f"the cache {path}")
+    except Untrusted as e:
+        raise UntrustedCache(str(e)) from None
 
 
 def valid_offsets(cached, required, optional=()) -> bool:

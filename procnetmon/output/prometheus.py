@@ -13,18 +13,20 @@ use them: base units, ``_total`` for counters, HELP for every family.
 
 from __future__ import annotations
 
-import socket
-
 import os
 import sys
 import threading
-from typing import IO, Optional
+from typing import IO, TYPE_CHECKING, Optional
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from procnetmon import __version__
+from procnetmon.cli import DEFAULT_MAX_SETS
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
+
+if TYPE_CHECKING:
+    from procnetmon.output.endpoint import Endpoint
 
 PREFIX = "procnetmon"
 LABELS = ("name", "cgroup", "container")
@@ -42,70 +44,138 @@ HELP = {
 }
 
 
-class Metrics:
-    """Running totals per label set, fed with records, read by prometheus_client."""
+# What a user's processes can make of the label sets is bounded: a name is
+# cut to MAX_NAME_CHARS, a cgroup path or container to MAX_PATH_CHARS (a
+# container ID alone is 64 hex digits, a Kubernetes pod's cgroup path some
+# 170 characters: cut shorter, distinct containers would merge); past
+# max_sets label sets, new ones add to the OTHER set; a set without bytes or
+# sockets for idle_intervals is dropped.
+MAX_NAME_CHARS = 64
+MAX_PATH_CHARS = 256
+IDLE_SECONDS = 900.0
+OTHER_NAME = "other"
+DIRECTIONS = ("in", "out")
+PROTOCOLS = ("tcp", "udp")
 
-    def __init__(self, mode: str, with_pid: bool = False):
+
+class _LabelSet:
+    __slots__ = ("bytes", "connections", "idle")
+
+    def __init__(self) -> None:
+        self.bytes = {(d, p): 0.0 for d in DIRECTIONS for p in PROTOCOLS}
+        # None: unknown (a process's sockets could not be read, as without
+        # CAP_SYS_PTRACE under contrib/procnetmon.service): no sample, since
+        # a sum would undercount.
+        self.connections: dict[str, Optional[int]] = {p: 0 for p in PROTOCOLS}
+        self.idle = 0  # records in a row without bytes or sockets
+
+
+class Metrics:
+    """Running totals per label set, fed with records, read by prometheus_client.
+
+    A counter only grows while its label set lives, and the sum over every
+    set, ``other`` included, is every byte counted since the start minus the
+    sets dropped for being idle. A dropped set that comes back starts again
+    at 0, which Prometheus reads as a counter reset: ``rate`` and
+    ``increase`` never count its bytes twice (README, Metrics).
+    """
+
+    def __init__(self, mode: str, with_pid: bool = False, *, max_sets: int = DEFAULT_MAX_SETS,
+                 idle_intervals: Optional[int] = None):
         self.mode = mode
         self.with_pid = with_pid
         self.labels = LABELS + (("pid",) if with_pid else ())
+        self.max_sets = max_sets
+        self.idle_intervals = idle_intervals  # None: never dropped
+        self.other_labels = (OTHER_NAME,) + ("",) * (len(self.labels) - 1)
         self._lock = threading.Lock()
-        self._bytes: dict[tuple, float] = {}  # labels + (direction, protocol) -> bytes
-        self._connections: dict[tuple, int] = {}  # labels + (protocol,) -> sockets
+        self._sets: dict[tuple, _LabelSet] = {}
+        self._other: Optional[_LabelSet] = None  # made when first needed
         self._lost = 0
         self._last_end: Optional[float] = None
         self._intervals_seen = False
 
     def _label_values(self, row) -> tuple:
-        values = (row.name, row.cgroup or "", row.container or "")
+        values = (str(row.name)[:MAX_NAME_CHARS], (row.cgroup or "")[:MAX_PATH_CHARS],
+                  (row.container or "")[:MAX_PATH_CHARS])
         if self.with_pid:
             values += ("" if row.pid is None else str(row.pid),)
         return values
+
+    def _set_for(self, labels: tuple) -> _LabelSet:
+        found = self._sets.get(labels)
+        if found is not None:
+            return found
+        # A set is made at 0 when its processes are first seen (with -p,
+        # before they move a byte), so that increase() counts from there.
+        if len(self._sets) < self.max_sets and labels != self.other_labels:
+            found = self._sets[labels] = _LabelSet()
+            return found
+        if self._other is None:
+            self._other = _LabelSet()
+        return self._other
 
     def add(self, record: Record) -> None:
         """Take one record: an interval's bytes add to the counters; a summary
         adds only when no interval came before it (its bytes are theirs)."""
         counts = record.type == RECORD_INTERVAL or not self._intervals_seen
-        connections: dict[tuple, int] = {}
-        # A label set holding a process whose sockets could not be read (no
-        # CAP_SYS_PTRACE, as under contrib/procnetmon.service) has no
-        # connections sample: absent says "unknown", a sum would undercount.
-        unknown: set[tuple] = set()
         with self._lock:
+            touched: dict[int, tuple[_LabelSet, dict]] = {}  # id -> the set, its sockets in this record
             for row in record.processes:
-                labels = self._label_values(row)
-                if counts:
-                    for protocol, pair in (("tcp", row.tcp), ("udp", row.udp)):
-                        for direction, value in (("in", pair.bytes_in), ("out", pair.bytes_out)):
-                            key = labels + (direction, protocol)
-                            self._bytes[key] = self._bytes.get(key, 0) + value
-                for protocol, value in (("tcp", row.tcp_connections), ("udp", row.udp_connections)):
-                    key = labels + (protocol,)
-                    if value is None:
-                        unknown.add(key)
-                    else:
-                        connections[key] = connections.get(key, 0) + value
+                moved = {(d, p): (getattr(row, p).bytes_in if d == "in" else getattr(row, p).bytes_out)
+                         for d in DIRECTIONS for p in PROTOCOLS} if counts else {}
+                sockets = {"tcp": row.tcp_connections, "udp": row.udp_connections}
+                target = self._set_for(self._label_values(row))
+                entry = touched.setdefault(id(target), (target, {p: 0 for p in PROTOCOLS}))
+                for key, value in moved.items():
+                    target.bytes[key] += value
+                    if value:
+                        target.idle = -1  # active: 0 after this record
+                for protocol, value in sockets.items():
+                    held = entry[1][protocol]
+                    entry[1][protocol] = None if held is None or value is None else held + value
+                    if value:
+                        target.idle = -1
             if record.type == RECORD_INTERVAL:
                 self._intervals_seen = True
-            # Label sets that moved nothing this interval keep their last count
-            # of sockets only if they are in the record; others fall to 0.
-            self._connections = {key: 0 for key in self._connections if key not in unknown}
-            self._connections.update((key, n) for key, n in connections.items() if key not in unknown)
+            for labels, label_set in list(self._sets.items()):
+                self._settle(label_set, touched)
+                if self.idle_intervals is not None and label_set.idle >= self.idle_intervals:
+                    del self._sets[labels]
+            if self._other is not None:
+                self._settle(self._other, touched)  # never dropped: one series, and it keeps growing
             self._lost = max(self._lost, record.lost_updates)
             self._last_end = record.end.timestamp()
 
+    @staticmethod
+    def _settle(label_set: _LabelSet, touched: dict) -> None:
+        # Sockets are what the record's processes hold now; a set that is
+        # not in the record holds none.
+        label_set.connections = touched[id(label_set)][1] if id(label_set) in touched else dict.fromkeys(PROTOCOLS, 0)
+        label_set.idle += 1
+
+    def series(self) -> int:
+        """How many label sets are exposed (``other`` included)."""
+        with self._lock:
+            return len(self._sets) + (self._other is not None)
+
     def collect(self):
         with self._lock:
+            sets = sorted(self._sets.items())
+            if self._other is not None:
+                sets.append((self.other_labels, self._other))
             family = f"{self.mode}_bytes_total"
             counter = CounterMetricFamily(f"{PREFIX}_{family[:-len('_total')]}", HELP[family],
                                           labels=self.labels + ("direction", "protocol"))
-            for key, value in sorted(self._bytes.items()):
-                counter.add_metric(list(key), value)
-            yield counter
             gauge = GaugeMetricFamily(f"{PREFIX}_connections", HELP["connections"],
                                       labels=self.labels + ("protocol",))
-            for key, value in sorted(self._connections.items()):
-                gauge.add_metric(list(key), value)
+            for labels, label_set in sets:
+                for (direction, protocol), value in label_set.bytes.items():
+                    counter.add_metric(list(labels) + [direction, protocol], value)
+                for protocol, value in label_set.connections.items():
+                    if value is not None:
+                        gauge.add_metric(list(labels) + [protocol], value)
+            yield counter
             yield gauge
             lost = CounterMetricFamily(f"{PREFIX}_lost_updates", HELP["lost_updates_total"])
             lost.add_metric([], self._lost)
@@ -145,8 +215,8 @@ class TextfileWriter:
 
     fmt = "prometheus"
 
-    def __init__(self, target, mode: str, *, with_pid: bool = False):
-        self.metrics = Metrics(mode, with_pid)
+    def __init__(self, target, mode: str, *, with_pid: bool = False, **bounds):
+        self.metrics = Metrics(mode, with_pid, **bounds)
         self.path = None if target in (None, "-") or not isinstance(target, (str, os.PathLike)) else str(target)
         self._stream: Optional[IO[str]] = None if self.path else (target if target not in (None, "-") else sys.stdout)
         self.closed = False
@@ -191,56 +261,15 @@ class MetricsSink:
         self.closed = True
 
 
-# A scrape is one short request: more clients at once than this, or one that
-# takes longer, is not Prometheus and gets closed instead of a thread.
-MAX_CONNECTIONS = 16
-CONNECTION_TIMEOUT_S = 10.0
+def serve(metrics: Metrics, addr: str, port: int, web=None) -> "Endpoint":
+    """The HTTP endpoint of the metrics (``endpoint``: bounded connections,
+    time and headers), HTTPS and basic auth as the web config ``web`` says;
+    OSError if it cannot listen. It answers once ``start`` is called."""
+    from prometheus_client import make_wsgi_app
 
-
-def serve(metrics: Metrics, addr: str, port: int):
-    """Start the HTTP endpoint (/metrics) in a daemon thread; OSError if it cannot listen."""
-    import socketserver
-    import threading
-    from wsgiref.simple_server import WSGIServer, make_server
-
-    from prometheus_client import exposition, make_wsgi_app
-
-    class BoundedServer(socketserver.ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-
-        def verify_request(self, request, client_address) -> bool:
-            if not self.slots.acquire(blocking=False):
-                return False  # closed at once: no thread, no buffer
-            request.settimeout(CONNECTION_TIMEOUT_S)
-            return True
-
-        def process_request_thread(self, request, client_address) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                self.slots.release()
-
-        def handle_error(self, request, client_address) -> None:
-            pass  # a client that timed out or went away is not worth a traceback
+    from procnetmon.output.endpoint import Endpoint, make_server, with_basic_auth
 
     app = make_wsgi_app(registry_for(metrics, with_process=True))
-    httpd = make_server(addr, port, app, BoundedServer, handler_class=exposition._SilentHandler)
-    return Endpoint(httpd)
-
-
-class Endpoint:
-    """The metrics' HTTP server: listening from the start (a busy port is an
-    error before anything is attached), answering only once ``start`` is
-    called after the probes are attached. A scraper that got an answer could
-    otherwise take the daemon for ready while the first processes' bytes
-    were not yet being counted; until then connections wait in the backlog."""
-
-    def __init__(self, httpd) -> None:
-        self.httpd = httpd
-
-    def start(self) -> None:
-        import threading
-
-        threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True).start()
+    if web is not None and web.users:
+        app = with_basic_auth(app, web.check)
+    return Endpoint(make_server(app, addr, port, tls=None if web is None else web.tls))

@@ -123,3 +123,93 @@ def test_unknown_connection_counts_leave_the_label_set_without_a_sample(records)
     m.add(records.interval([records.nginx(pid=2)]))
     assert any(dict(labels)["name"] == "nginx" for (name, labels) in samples(exposition(m))
                if name == "procnetmon_connections")
+
+
+def byte_samples(text):
+    return {labels: value for (name, labels), value in samples(text).items()
+            if name == "procnetmon_payload_bytes_total"}
+
+
+def names_of(text):
+    return {dict(labels)["name"] for labels in byte_samples(text)}
+
+
+def quiet(records, name, pid=1):
+    return records.nginx(pid=pid, name=name, tcp=Bytes(0, 0), udp=Bytes(0, 0), tcp_connections=0, udp_connections=0)
+
+
+def test_label_values_are_cut(records):
+    m = Metrics("payload")
+    docker = "docker://" + "f" * 64
+    m.add(records.interval([records.nginx(name="n" * 4000, cgroup="/" + "c" * 4000, container=docker),
+                            records.nginx(name="n" * 65, cgroup="/" + "c" * 300, container="k" * 300)]))
+    sets = {(dict(labels)["name"], dict(labels)["cgroup"], dict(labels)["container"])
+            for labels in byte_samples(exposition(m))}
+    # Each value at its limit (names 64 characters, paths 256); a Docker
+    # container label is kept whole.
+    assert sets == {("n" * 64, "/" + "c" * 255, docker), ("n" * 64, "/" + "c" * 255, "k" * 256)}
+
+
+def test_label_sets_past_the_cap_fold_into_other_exactly(records):
+    m = Metrics("payload", max_sets=5)
+    moved = 0
+    for round_ in range(3):
+        rows = [records.nginx(pid=n, name=f"p{round_}-{n}", tcp=Bytes(n + 1, 1), udp=Bytes(0, 0))
+                for n in range(100)]
+        moved += sum(n + 1 for n in range(100))
+        m.add(records.interval(rows))
+        text = exposition(m)
+        got = byte_samples(text)
+        assert len(names_of(text)) == 6 and "other" in names_of(text)
+        assert sum(v for k, v in got.items() if dict(k)["direction"] == "in") == moved
+    assert m.series() == 6
+    # The folded sets' sockets are other's.
+    conn = samples(text)[("procnetmon_connections", tuple(sorted(dict(
+        name="other", cgroup="", container="", protocol="tcp").items())))]
+    assert conn == 2 * 100  # the last round: all 100 folded, the five sets being round 0's
+
+
+def test_other_only_grows_and_a_real_process_named_other_adds_to_it(records):
+    m = Metrics("payload", max_sets=1, idle_intervals=2)
+    previous = 0
+    for n in range(6):
+        m.add(records.interval([records.nginx(pid=1, name="a"), records.nginx(pid=2, name=f"b{n}"),
+                                records.nginx(pid=3, name="other")]))
+        value = samples(exposition(m))[bytes_sample(name="other")]
+        assert value > previous
+        previous = value
+    assert previous == 6 * 2 * 1000
+
+
+def test_idle_sets_are_dropped_and_start_again_from_zero(records):
+    m = Metrics("payload", idle_intervals=3)
+    m.add(records.interval([records.nginx(name="short", tcp=Bytes(700, 0), udp=Bytes(0, 0))]))
+    m.add(records.interval([records.nginx(name="busy")]))
+    for _ in range(2):
+        m.add(records.interval([quiet(records, "short"), records.nginx(name="busy")]))
+    # Three records without bytes or sockets: gone.
+    assert "short" not in names_of(exposition(m)) and "busy" in names_of(exposition(m))
+    # Back with fewer bytes than it had: Prometheus reads a counter reset and
+    # counts these 30 once; its old 700 are not counted again.
+    m.add(records.interval([records.nginx(name="short", tcp=Bytes(30, 0), udp=Bytes(0, 0))]))
+    assert samples(exposition(m))[bytes_sample(name="short")] == 30
+
+
+def test_a_set_with_sockets_is_not_idle(records):
+    m = Metrics("payload", idle_intervals=2)
+    m.add(records.interval([records.nginx(name="server")]))
+    for _ in range(5):
+        m.add(records.interval([records.nginx(name="server", tcp=Bytes(0, 0), udp=Bytes(0, 0))]))
+    assert "server" in names_of(exposition(m))
+
+
+
+def test_a_hostile_name_is_escaped_and_adds_no_sample(records):
+    # A user names a process so as to forge a line of the exposition.
+    forged = 'x"} 1e18\nprocnetmon_payload_bytes_total{name="fake\\'
+    m = Metrics("payload")
+    m.add(records.interval([records.nginx(name=forged)]))
+    text = exposition(m)
+    assert "\nprocnetmon_payload_bytes_total{name=\"fake" not in text
+    assert names_of(text) == {forged}
+    assert max(samples(text).values()) < 1e18
