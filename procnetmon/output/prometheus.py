@@ -20,11 +20,12 @@ import sys
 import threading
 from typing import IO, Optional
 
-from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from procnetmon import __version__
+from procnetmon import __version__, safeopen
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
+from procnetmon.output.writer import OutputError
 
 PREFIX = "procnetmon"
 LABELS = ("name", "cgroup", "container")
@@ -138,9 +139,11 @@ def exposition(metrics: Metrics) -> str:
 class TextfileWriter:
     """``--format prometheus``: the metrics rewritten whole after every record.
 
-    To a file, through a temporary file renamed over it, so that
-    node_exporter's textfile collector never reads half a file; to standard
-    output, one exposition per record.
+    To a file, through a temporary file renamed over it (safeopen's: a
+    random name, the file's mode and owner kept, the directory checked, as
+    the invoking user under sudo), so that node_exporter's textfile
+    collector never reads half a file; to standard output, one exposition
+    per record.
     """
 
     fmt = "prometheus"
@@ -151,16 +154,17 @@ class TextfileWriter:
         self._stream: Optional[IO[str]] = None if self.path else (target if target not in (None, "-") else sys.stdout)
         self.closed = False
         if self.path:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                raise PermissionError(13, "directory missing or not writable", directory)
+            safeopen.check_replaceable(self.path)  # refused before anything is attached
 
     def write(self, record: Record) -> bool:
         if self.closed:
             return False
         self.metrics.add(record)
         if self.path:
-            write_to_textfile(self.path, registry_for(self.metrics))
+            try:
+                safeopen.replace_file(self.path, generate_latest(registry_for(self.metrics)))
+            except OSError as e:
+                raise OutputError(e.errno, e.strerror) from None
         elif record.type == RECORD_SUMMARY:  # standard output: the final exposition only
             try:
                 self._stream.write(exposition(self.metrics))
