@@ -173,59 +173,72 @@ def test_under_sudo_command_has_only_the_invokers_rights(shared):
 
 
 WATCHER = r"""
-import os, sys, time
+import ctypes, os, struct, sys
 directory, target, name = sys.argv[1:]
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init()
+IN_CREATE = 0x100
+assert libc.inotify_add_watch(fd, directory.encode(), IN_CREATE) >= 0
 planted = set()
 print("watching", flush=True)
-deadline = time.monotonic() + 8
-while time.monotonic() < deadline:
-    for entry in os.listdir(directory):
+while True:  # every name created there, however briefly, as it is created
+    data = os.read(fd, 65536)
+    while data:
+        _, _, _, length = struct.unpack("iIII", data[:16])
+        entry = data[16:16 + length].rstrip(b"\0").decode()
+        data = data[16 + length:]
         if entry != name and entry not in planted:
-            try:
-                os.symlink(target, os.path.join(directory, entry))
-            except OSError:
-                pass
             planted.add(entry)
-print(len(planted))
+            for _ in range(100000):  # until root's temporary has been renamed away
+                try:
+                    os.symlink(target, os.path.join(directory, entry))
+                    break
+                except FileExistsError:
+                    pass
+            print(entry, flush=True)
 """
 
 
 def test_textfile_temporaries_cannot_be_taken_over(shared):
     # prometheus_client's write_to_textfile used FILE.<pid>.<thread> at every
     # rewrite, following links: nobody, watching a directory they can write
-    # to, links that name to a root-only file before the next rewrite.
+    # to, links that name to a root-only file once they have seen it, and
+    # the next rewrite writes there.
     directory = os.path.join(shared, "sticky")
     victim = os.path.join(shared, "root-only", "shadow")
     with open(victim, "w") as f:
         f.write("root's\n")
     watcher = subprocess.Popen(AS_NOBODY + [SYSTEM_PYTHON, "-c", WATCHER, directory, victim, "x.prom"],
-                               stdout=subprocess.PIPE, text=True)
-    assert watcher.stdout.readline() == "watching\n"
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = run("-n", "40", "--interval", "0.1s", "--format", "prometheus", "-o",
+        assert watcher.stdout.readline() == "watching\n"
+        done = run("-n", "100", "--interval", "0.1s", "--format", "prometheus", "-o",
                    os.path.join(directory, "x.prom"))
     finally:
-        watcher.wait(30)
-    print(f"nobody planted {watcher.stdout.read().strip()} links")
+        os.killpg(watcher.pid, signal.SIGKILL)
+        planted = watcher.communicate()[0].split()
+    print(f"nobody planted {len(planted)} links")
     assert done.returncode == 0, done.stderr
     with open(victim) as f:
         assert f.read() == "root's\n"
-    st = os.lstat(os.path.join(directory, "x.prom"))
-    assert st.st_uid == 0 and not os.path.islink(os.path.join(directory, "x.prom"))
+    assert not os.path.islink(os.path.join(directory, "x.prom"))
+    assert os.lstat(os.path.join(directory, "x.prom")).st_uid == 0
 
 
 def test_textfile_keeps_its_mode_and_owner(shared):
-    from procnetmon import safeopen
-
+    # A rewrite must not widen who can read the file or who owns it.
     path = os.path.join(shared, "x.prom")
     with open(path, "w") as f:
         f.write("# old\n")
     group = grp.getgrnam("nogroup").gr_gid
     os.chown(path, 0, group)
     os.chmod(path, 0o640)
-    safeopen.replace_file(path, b"# new\n")
+    done = run("-t", "0.3s", "--format", "prometheus", "-o", path)
+    assert done.returncode == 0, done.stderr
     st = os.stat(path)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, group, 0o640)
+    with open(path) as f:
+        assert "procnetmon_build_info" in f.read()
     assert sorted(os.listdir(shared)) == ["nobodys", "root-only", "sticky", "x.prom"]
 
 
