@@ -34,7 +34,7 @@ def env(sudo: bool = False) -> dict:
     return result
 
 
-def run(*args: str, sudo: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+def pnm(*args: str, sudo: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(procnetmon_cmd("-q", *args), env=env(sudo), capture_output=True, text=True,
                           timeout=timeout)
 
@@ -73,14 +73,14 @@ def test_a_directory_of_another_user_on_the_path_is_refused(shared):
     # nobody's own directory holds a link into root's: O_NOFOLLOW on the
     # last component alone would create root's file where nobody pointed.
     as_nobody("ln", "-s", os.path.join(shared, "root-only"), os.path.join(shared, "nobodys", "logs"))
-    done = run("-t", "0.3s", "--csv", "-o", os.path.join(shared, "nobodys", "logs", "net.csv"))
+    done = pnm("-t", "0.3s", "--csv", "-o", os.path.join(shared, "nobodys", "logs", "net.csv"))
     refused(done, f"{shared}/nobodys belongs to uid {NOBODY}")
     assert os.listdir(os.path.join(shared, "root-only")) == []
 
 
 def test_a_link_of_another_user_in_a_sticky_directory_is_not_followed(shared):
     as_nobody("ln", "-s", os.path.join(shared, "root-only"), os.path.join(shared, "sticky", "logs"))
-    done = run("-t", "0.3s", "--csv", "-o", os.path.join(shared, "sticky", "logs", "net.csv"))
+    done = pnm("-t", "0.3s", "--csv", "-o", os.path.join(shared, "sticky", "logs", "net.csv"))
     refused(done, f"{shared}/sticky/logs is a symbolic link belonging to uid {NOBODY}")
     assert os.listdir(os.path.join(shared, "root-only")) == []
 
@@ -90,7 +90,7 @@ def test_a_file_planted_in_a_sticky_directory_is_refused(shared):
     # would hand them to nobody.
     planted = os.path.join(shared, "sticky", "net.csv")
     as_nobody("touch", planted)
-    done = run("-t", "0.3s", "--csv", "-o", planted)
+    done = pnm("-t", "0.3s", "--csv", "-o", planted)
     refused(done, f"{planted} belongs to uid {NOBODY}")
     assert os.path.getsize(planted) == 0
 
@@ -101,7 +101,7 @@ def test_an_output_others_can_write_is_refused(shared):
     with open(path, "w"):
         pass
     os.chmod(path, 0o666)
-    refused(run("-t", "0.3s", "--csv", "-o", path), "writable by group or others (mode 0666)")
+    refused(pnm("-t", "0.3s", "--csv", "-o", path), "writable by group or others (mode 0666)")
     assert os.path.getsize(path) == 0
 
 
@@ -113,8 +113,8 @@ def test_under_sudo_a_root_only_file_is_not_written(shared):
     with open(victim, "w") as f:
         f.write("root's\n")
     os.chmod(victim, 0o600)
-    refused(run("-t", "0.3s", "--csv", "-o", victim, sudo=True), "Permission denied")
-    refused(run("-t", "0.3s", "--csv", "-o", os.path.join(shared, "root-only", "new.csv"), sudo=True),
+    refused(pnm("-t", "0.3s", "--csv", "-o", victim, sudo=True), "Permission denied")
+    refused(pnm("-t", "0.3s", "--csv", "-o", os.path.join(shared, "root-only", "new.csv"), sudo=True),
             "Permission denied")
     with open(victim) as f:
         assert f.read() == "root's\n"
@@ -123,7 +123,7 @@ def test_under_sudo_a_root_only_file_is_not_written(shared):
 
 def test_under_sudo_the_output_belongs_to_the_invoker(shared):
     path = os.path.join(shared, "nobodys", "net.csv")
-    done = run("-t", "0.3s", "--csv", "-o", path, sudo=True)
+    done = pnm("-t", "0.3s", "--csv", "-o", path, sudo=True)
     assert done.returncode == 0, done.stderr
     st = os.stat(path)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (NOBODY, NOBODY, 0o600)
@@ -132,11 +132,11 @@ def test_under_sudo_the_output_belongs_to_the_invoker(shared):
 
 
 def test_under_sudo_the_textfile_is_written_as_the_invoker(shared):
-    refused(run("-t", "0.3s", "--format", "prometheus", "-o", os.path.join(shared, "root-only", "x.prom"),
+    refused(pnm("-t", "0.3s", "--format", "prometheus", "-o", os.path.join(shared, "root-only", "x.prom"),
                 sudo=True), "Permission denied")
     assert os.listdir(os.path.join(shared, "root-only")) == []
     path = os.path.join(shared, "nobodys", "x.prom")
-    done = run("-t", "0.3s", "--format", "prometheus", "-o", path, sudo=True)
+    done = pnm("-t", "0.3s", "--format", "prometheus", "-o", path, sudo=True)
     assert done.returncode == 0, done.stderr
     assert os.stat(path).st_uid == NOBODY
     assert os.listdir(os.path.join(shared, "nobodys")) == ["x.prom"]
@@ -146,10 +146,10 @@ def test_under_sudo_pid_interfaces_are_only_the_invokers(shared):
     roots = subprocess.Popen(["sleep", "60"])
     mine = subprocess.Popen(AS_NOBODY + ["sleep", "60"])
     try:
-        refused(run("-t", "0.3s", "-i", f"pid:{roots.pid}/lo", sudo=True), f"process {roots.pid} is not yours")
-        assert run("-t", "0.3s", "-i", f"pid:{roots.pid}/lo", "--json").returncode == 0  # without sudo: root's choice
+        refused(pnm("-t", "0.3s", "-i", f"pid:{roots.pid}/lo", sudo=True), f"process {roots.pid} is not yours")
+        assert pnm("-t", "0.3s", "-i", f"pid:{roots.pid}/lo", "--json").returncode == 0  # without sudo: root's choice
         time.sleep(0.2)  # setpriv has become sleep
-        done = run("-t", "0.3s", "-i", f"pid:{mine.pid}/lo", "--json", sudo=True)
+        done = pnm("-t", "0.3s", "-i", f"pid:{mine.pid}/lo", "--json", sudo=True)
         assert done.returncode == 0, done.stderr
     finally:
         for proc in (roots, mine):
@@ -162,7 +162,7 @@ def test_under_sudo_command_has_only_the_invokers_rights(shared):
     with open(victim, "w") as f:
         f.write("root's\n")
     script = f'grep CapEff /proc/self/status; id -G; echo x >> {victim} 2>/dev/null || echo refused'
-    done = run("--json", "--", "sh", "-c", script, sudo=True)
+    done = pnm("--json", "--", "sh", "-c", script, sudo=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["CapEff:\t0000000000000000", str(NOBODY), "refused"]
     with open(victim) as f:
@@ -212,7 +212,7 @@ def test_textfile_temporaries_cannot_be_taken_over(shared):
                                stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert watcher.stdout.readline() == "watching\n"
-        done = run("-n", "100", "--interval", "0.1s", "--format", "prometheus", "-o",
+        done = pnm("-n", "100", "--interval", "0.1s", "--format", "prometheus", "-o",
                    os.path.join(directory, "x.prom"))
     finally:
         os.killpg(watcher.pid, signal.SIGKILL)
@@ -233,7 +233,7 @@ def test_textfile_keeps_its_mode_and_owner(shared):
     group = grp.getgrnam("nogroup").gr_gid
     os.chown(path, 0, group)
     os.chmod(path, 0o640)
-    done = run("-t", "0.3s", "--format", "prometheus", "-o", path)
+    done = pnm("-t", "0.3s", "--format", "prometheus", "-o", path)
     assert done.returncode == 0, done.stderr
     st = os.stat(path)
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, group, 0o640)
@@ -243,7 +243,7 @@ def test_textfile_keeps_its_mode_and_owner(shared):
 
 
 def test_textfile_in_a_directory_of_another_user_is_refused(shared):
-    refused(run("-t", "0.3s", "--format", "prometheus", "-o", os.path.join(shared, "nobodys", "x.prom")),
+    refused(pnm("-t", "0.3s", "--format", "prometheus", "-o", os.path.join(shared, "nobodys", "x.prom")),
             f"{shared}/nobodys belongs to uid {NOBODY}")
     assert os.listdir(os.path.join(shared, "nobodys")) == []
 
