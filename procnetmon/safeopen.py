@@ -27,8 +27,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import socket
 import stat
+import struct
 import tempfile
 from typing import Callable, Optional
 
@@ -209,46 +211,91 @@ def open_append(path: str, mode: int = 0o600) -> int:
     opened as the invoking user under sudo. UnsafePath or OSError."""
     credentials = invoking_user()
     trusted = trusted_owners(credentials)
-    return _as(credentials, lambda: _open_append(os.fspath(path), trusted, mode))
+    if credentials is None:
+        return _open_append(os.fspath(path), trusted, mode)
+    return as_user(credentials, lambda: _open_append(os.fspath(path), trusted, mode))
 
 
-def check_replaceable(path: str) -> None:
-    """Raise now what ``replace_file`` would raise for ``path``: before
-    anything is attached, an unsafe or unwritable target is a usage error."""
-    credentials = invoking_user()
-    trusted = trusted_owners(credentials)
+class Replacer:
+    """Replaces one file whole, again and again (the textfile): each time
+    through a random temporary in its directory renamed over it, the path
+    checked again. The file keeps its mode (and, as root, its owner and
+    group); a new one gets ``new_mode``.
 
-    def check() -> None:
-        _check_replaceable(os.fspath(path), trusted)
+    Under sudo the writing is done by one helper, forked here (before the
+    probes are compiled, while the process is small) and turned into the
+    invoking user, that takes each exposition over a socket: here a fork
+    per rewrite of a 300 MB process cost 47 ms, a round trip to the helper
+    0.3 ms. Creating the
+    Replacer checks the path (UnsafePath or OSError), so that a target that
+    cannot be written is a usage error before anything is attached."""
 
-    _as(credentials, check)
+    def __init__(self, path: str, new_mode: int = 0o644):
+        self.path = os.fspath(path)
+        self.new_mode = new_mode
+        credentials = invoking_user()
+        self._trusted = trusted_owners(credentials)
+        self._sock: Optional[socket.socket] = None
+        self._pid = 0
+        self._credentials = credentials
+        if credentials is None:
+            _check_replaceable(self.path, self._trusted)
+            return
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child leaves through os._exit
+            parent_end.close()
+            self._serve(credentials, child_end)
+        child_end.close()
+        self._sock, self._pid = parent_end, pid
+        try:
+            _raise_unless_ok(_read_frame(parent_end), credentials)
+        except BaseException:
+            self.close()
+            raise
+
+    def replace(self, data: bytes) -> None:
+        if self._sock is None:
+            if self._credentials is not None:
+                raise OSError(errno.EBADF, "the textfile is closed", self.path)
+            _replace(self.path, data, self._trusted, self.new_mode)
+            return
+        _write_frame(self._sock, data)
+        _raise_unless_ok(_read_frame(self._sock), self._credentials)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()  # the helper reads end-of-file and leaves
+            self._sock = None
+            _reap(self._pid)
+
+    def _serve(self, credentials: Credentials, sock: socket.socket) -> None:
+        try:
+            _enter_child(credentials, sock)
+            reply = _run(lambda: _check_replaceable(self.path, self._trusted))
+            while True:
+                _write_frame(sock, reply)
+                data = _read_frame(sock)
+                if data is None:
+                    break
+                reply = _run(lambda: _replace(self.path, data, self._trusted, self.new_mode))
+        finally:
+            os._exit(0)
 
 
 def replace_file(path: str, data: bytes, new_mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically: a random temporary in its
-    directory, renamed over it. The file keeps its mode (and, as root, its
-    owner and group); a new one gets ``new_mode``. Under sudo, as the
-    invoking user."""
-    credentials = invoking_user()
-    trusted = trusted_owners(credentials)
-
-    def write() -> None:
-        _replace(os.fspath(path), data, trusted, new_mode)
-
-    _as(credentials, write)
-
-
-def _as(credentials: Optional[Credentials], action: Callable[[], Optional[int]]) -> Optional[int]:
-    """``action()`` here, or under sudo in a child that has become the
-    invoking user; its descriptor (if any) and its errors come back."""
-    if credentials is None:
-        return action()
-    return as_user(credentials, action)
+    """Replace ``path`` with ``data`` once (see Replacer)."""
+    replacer = Replacer(path, new_mode)
+    try:
+        replacer.replace(data)
+    finally:
+        replacer.close()
 
 
 # -- the child ---------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
+_FRAME = struct.Struct("!Q")
 
 
 def as_user(credentials: Credentials, action: Callable[[], Optional[int]]) -> Optional[int]:
@@ -259,40 +306,97 @@ def as_user(credentials: Credentials, action: Callable[[], Optional[int]]) -> Op
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child leaves through os._exit
         parent_end.close()
-        _child(credentials, action, child_end)
+        try:
+            _enter_child(credentials, child_end)
+            fds: list[int] = []
+
+            def act() -> None:
+                fd = action()
+                if fd is not None:
+                    fds.append(fd)
+
+            socket.send_fds(child_end, [_run(act)], fds)
+        finally:
+            os._exit(0)
     child_end.close()
     try:
         message, fds, _, _ = socket.recv_fds(parent_end, 4096, 1)
     finally:
         parent_end.close()
         _reap(pid)
-    return _reply(message, fds, credentials)
+    if message != b"ok":
+        for fd in fds:
+            os.close(fd)
+    _raise_unless_ok(message, credentials)
+    return fds[0] if fds else None
 
 
-def _child(credentials: Credentials, action: Callable[[], Optional[int]], sock: socket.socket) -> None:
+def _enter_child(credentials: Credentials, sock: socket.socket) -> None:
+    """Make this forked child the invoking user, holding nothing of root's."""
+    parent = os.getppid()
+    # Only the standard streams and the socket stay open: not root's BPF
+    # maps and programs, nor other outputs.
+    keep = sock.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 65536)
+    # A Ctrl-C at the terminal reaches the whole process group: the run
+    # goes on to its summary, and so must this helper. It ends when
+    # procnetmon closes the socket or dies (below).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
+    become(credentials)
+    # Set after the change of user, which clears it: if procnetmon dies
+    # (a signal while a FIFO waits for its reader), so does this child.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _run(action: Callable[[], object]) -> bytes:
+    """``action()``'s outcome as a reply: b"ok", or its OSError in words."""
     try:
-        parent = os.getppid()
-        # Nothing of root's stays open here (BPF maps and programs, the
-        # terminal aside): only the standard streams and the reply socket.
-        keep = sock.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 65536)
-        become(credentials)
-        # Set after the change of user, which clears it: if procnetmon dies
-        # (a signal while a FIFO waits for its reader), so does this child.
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-        try:
-            fd = action()
-        except OSError as e:
-            kind = "unsafe" if isinstance(e, UnsafePath) else "os"
-            text = "\0".join([kind, str(e.errno or 0), e.strerror or "", os.fsdecode(e.filename or "")])
-            sock.sendmsg([text.encode("utf-8", "backslashreplace")])
-        else:
-            socket.send_fds(sock, [b"ok"], [fd] if fd is not None else [])
-    finally:
-        os._exit(0)
+        action()
+    except OSError as e:
+        kind = "unsafe" if isinstance(e, UnsafePath) else "os"
+        text = "\0".join([kind, str(e.errno or 0), e.strerror or "", os.fsdecode(e.filename or "")])
+        return text.encode("utf-8", "backslashreplace")
+    return b"ok"
+
+
+def _raise_unless_ok(message: Optional[bytes], credentials: Optional[Credentials]) -> None:
+    if message == b"ok":
+        return
+    parts = (message or b"").decode("utf-8", "replace").split("\0")
+    if len(parts) != 4:
+        uid = credentials.uid if credentials is not None else os.geteuid()
+        raise OSError(errno.EIO, f"the helper acting as uid {uid} ended without an answer")
+    kind, number, reason, filename = parts
+    if kind == "unsafe":
+        raise UnsafePath(reason.removeprefix("refused: "), filename)
+    raise OSError(int(number) if number.isdigit() else errno.EIO, reason, filename or None)
+
+
+def _write_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(_FRAME.pack(len(data)) + data)
+
+
+def _read_frame(sock: socket.socket) -> Optional[bytes]:
+    """One length-prefixed message; None at end-of-file."""
+    head = _read_exactly(sock, _FRAME.size)
+    if head is None:
+        return None
+    return _read_exactly(sock, _FRAME.unpack(head)[0])
+
+
+def _read_exactly(sock: socket.socket, size: int) -> Optional[bytes]:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _reap(pid: int) -> None:
@@ -304,17 +408,3 @@ def _reap(pid: int) -> None:
             return
         except InterruptedError:
             continue
-
-
-def _reply(message: bytes, fds: list[int], credentials: Credentials) -> Optional[int]:
-    if message == b"ok":
-        return fds[0] if fds else None
-    for fd in fds:
-        os.close(fd)
-    parts = message.decode("utf-8", "replace").split("\0")
-    if len(parts) != 4:
-        raise OSError(errno.EIO, f"the helper acting as uid {credentials.uid} ended without an answer")
-    kind, number, reason, filename = parts
-    if kind == "unsafe":
-        raise UnsafePath(reason.removeprefix("refused: "), filename)
-    raise OSError(int(number) if number.isdigit() else errno.EIO, reason, filename or None)

@@ -153,8 +153,9 @@ class TextfileWriter:
         self.path = None if target in (None, "-") or not isinstance(target, (str, os.PathLike)) else str(target)
         self._stream: Optional[IO[str]] = None if self.path else (target if target not in (None, "-") else sys.stdout)
         self.closed = False
-        if self.path:
-            safeopen.check_replaceable(self.path)  # refused before anything is attached
+        # Checked here, before anything is attached; under sudo this forks
+        # the helper that writes as the invoking user.
+        self._replacer = safeopen.Replacer(self.path) if self.path else None
 
     def write(self, record: Record) -> bool:
         if self.closed:
@@ -162,7 +163,7 @@ class TextfileWriter:
         self.metrics.add(record)
         if self.path:
             try:
-                safeopen.replace_file(self.path, generate_latest(registry_for(self.metrics)))
+                self._replacer.replace(generate_latest(registry_for(self.metrics)))
             except OSError as e:
                 raise OutputError(e.errno, e.strerror) from None
         elif record.type == RECORD_SUMMARY:  # standard output: the final exposition only
@@ -175,6 +176,8 @@ class TextfileWriter:
 
     def close(self, quiet: bool = False) -> None:
         self.closed = True
+        if self._replacer is not None:
+            self._replacer.close()
 
 
 class MetricsSink:
