@@ -53,8 +53,9 @@ def _load_modules() -> None:
     """The rest of procnetmon (psutil, the BTF reader, the engine), imported
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
-    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError
+    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError, invoking_user
     from procnetmon import cgroups, engine, interfaces, launch, procinfo  # noqa: F811
+    from procnetmon.invoker import invoking_user  # noqa: F811
     from procnetmon.kernel import check  # noqa: F811
     from procnetmon.model import MODE_WIRE  # noqa: F811
     from procnetmon.output.writer import OutputError, Writer  # noqa: F811
@@ -147,7 +148,8 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
     if names is None:
         return None
     try:
-        return interfaces.resolve(names)
+        invoker = invoking_user()
+        return interfaces.resolve(names, owner=invoker.uid if invoker is not None else None)
     except interfaces.UnknownInterface as e:
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
@@ -271,7 +273,7 @@ def _metrics_writer(args, target):
         try:
             return prometheus.TextfileWriter(target, args.mode, **bounds), ""
         except OSError as e:
-            raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {e.strerror}: {e.filename}") from None
+            raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {_why(e, args.output)}") from None
     metrics = prometheus.Metrics(args.mode, **bounds)
     addr, port = args.serve
     try:
@@ -280,6 +282,16 @@ def _metrics_writer(args, target):
         raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
     host = f"[{addr}]" if ":" in addr else addr
     return prometheus.MetricsSink(metrics, endpoint), f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
+
+
+def _why(e: OSError, output: str) -> str:
+    """An output's OSError in words: a refusal names the culprit itself;
+    otherwise the path that failed, when it is not the output's own."""
+    from procnetmon import safeopen
+
+    if isinstance(e, safeopen.UnsafePath) or not e.filename or os.fspath(e.filename) == output:
+        return e.strerror or str(e)
+    return f"{e.strerror}: {e.filename}"
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -413,6 +425,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
     if to_stdout and stdout_closed:
         return ExitStatus.OK  # nobody reads: nothing to measure for
     serving = ""
+    stop = threading.Event()
     if args.serve is not None or args.format == "prometheus":
         writer, serving = _metrics_writer(args, target)
     else:
@@ -420,10 +433,9 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
             # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
             writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
                             details=args.details, units=args.units, sort=args.sort, top=args.top,
-                            no_header=args.no_header)
+                            no_header=args.no_header, stop=stop)
         except OSError as e:
-            raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {e.strerror}") from None
-    stop = threading.Event()
+            raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {_why(e, args.output)}") from None
     if command is None:
         _install_stop_handlers(stop)
     if hasattr(writer, "watch"):

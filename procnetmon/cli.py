@@ -425,7 +425,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "-o", "--output", metavar="FILE", default=None,
-        help="append to FILE instead of writing to standard output ('-' is standard output)",
+        help="append to FILE instead of writing to standard output ('-' is standard output); "
+        "refused when a user other than root and you can change FILE or a directory above it; "
+        "under sudo opened as the user who ran sudo",
     )
     group.add_argument(
         "--no-header", action="store_true", dest="no_header",

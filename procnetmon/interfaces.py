@@ -6,15 +6,21 @@ namespace; NETNS/IFACE in the namespace ``ip netns`` calls NETNS
 (/run/netns/NETNS), pid:PID/IFACE in the namespace of process PID. Another
 namespace's names are read by a short-lived thread that enters it, since
 setns(2) moves only the calling thread.
+
+Under sudo, pid:PID names only the invoking user's own processes
+(``owner``): a sudo rule for procnetmon does not list the interfaces of
+namespaces the user could not look into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
 import socket
 import threading
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 LOOPBACK_IFINDEX = 1
 NETNS_RUN_DIR = "/run/netns"  # where ip netns keeps its names
@@ -94,31 +100,72 @@ def names_in_netns(path: str) -> dict[int, str]:
     return result["names"]
 
 
-def _namespace(namespace: Optional[str], name: str) -> tuple[int, dict[int, str], str]:
+def _namespace(namespace: Optional[str], name: str, owner: Optional[int] = None) -> tuple[int, dict[int, str], str]:
     """(netns inode, its interfaces, how to call it) of the namespace of ``name``."""
     if namespace is None:
         return own_netns_inode(), interface_names(), "this host"
     path = netns_path(namespace)
     what = f"process {namespace[4:]}" if namespace.startswith("pid:") else f"network namespace {namespace!r}"
     try:
-        inode = netns_inode(path)
-        known = names_in_netns(path)
+        with _owned_namespace(namespace, path, owner, name) as checked:
+            inode = netns_inode(checked)
+            known = names_in_netns(checked)
     except FileNotFoundError:
         hint = "" if namespace.startswith("pid:") else f" (ip netns lists those in {NETNS_RUN_DIR})"
         raise UnknownInterface(name, [], reason=f"no {what}{hint}") from None
+    except ProcessLookupError:
+        raise UnknownInterface(name, [], reason=f"no {what}") from None
     except OSError as e:
         raise UnknownInterface(name, [], reason=f"cannot enter the {what}: {e.strerror}") from None
     return inode, known, what
 
 
-def resolve(names: list[str]) -> list[InterfaceKey]:
-    """Keys for the kernel's interface filter, or UnknownInterface naming the culprit."""
+@contextlib.contextmanager
+def _owned_namespace(namespace: str, path: str, owner: Optional[int], name: str) -> Iterator[str]:
+    """``path``, or with an ``owner`` and pid:PID, a path to the namespace of
+    process PID once it is known to be the owner's. The process is held by
+    a descriptor of its /proc directory while it is looked at, so a PID
+    reused meanwhile cannot pass another process's check."""
+    if owner is None or not namespace.startswith("pid:"):
+        yield path
+        return
+    pid = namespace[4:]
+    if not pid.isdigit():
+        raise FileNotFoundError(path)
+    directory = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        ns = os.open("ns/net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+        try:
+            if _process_uids(directory) != {owner}:
+                raise UnknownInterface(name, [], reason=f"process {pid} is not yours: under sudo, "
+                                                        "pid:PID names only your own processes")
+            yield f"/proc/self/fd/{ns}"
+        finally:
+            os.close(ns)
+    finally:
+        os.close(directory)
+
+
+def _process_uids(proc_dir: int) -> set[int]:
+    """The real and effective uid of the process of a /proc/PID descriptor."""
+    fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_dir)
+    with open(fd) as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                real, effective = line.split()[1:3]
+                return {int(real), int(effective)}
+    raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH))
+
+
+def resolve(names: list[str], owner: Optional[int] = None) -> list[InterfaceKey]:
+    """Keys for the kernel's interface filter, or UnknownInterface naming the
+    culprit. With ``owner`` (under sudo) pid:PID must be that user's process."""
     keys = []
     namespaces: dict = {}
     for name in names:
         namespace, ifname = split_name(name)
         if namespace not in namespaces:
-            namespaces[namespace] = _namespace(namespace, name)
+            namespaces[namespace] = _namespace(namespace, name, owner)
         netns, known, where = namespaces[namespace]
         by_name = {n: index for index, n in known.items()}
         if ifname not in by_name:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import pwd
 import shutil
 import signal
 import threading
-from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
+
+from procnetmon.invoker import Credentials, become, invoking_user  # noqa: F401 (invoking_user: launch's API)
 
 # What shells, env(1) and timeout(1) return when COMMAND cannot be run.
 EXIT_NOT_FOUND = 127
@@ -37,37 +37,6 @@ class CommandError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who COMMAND runs as."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-def invoking_user(environ: Mapping[str, str], euid: int, *,
-                  getpwuid: Callable = pwd.getpwuid,
-                  getgrouplist: Callable = os.getgrouplist) -> Optional[Credentials]:
-    """The user who ran ``sudo procnetmon``, with their groups; None when
-    procnetmon does not run as root through sudo (COMMAND then runs as we do)."""
-    if euid != 0:
-        return None
-    try:
-        uid = int(environ["SUDO_UID"])
-        gid = int(environ["SUDO_GID"])
-    except (KeyError, ValueError):
-        return None
-    if uid == 0:
-        return None
-    try:
-        name = getpwuid(uid).pw_name
-        groups = tuple(getgrouplist(name, gid))
-    except (KeyError, OSError):
-        groups = (gid,)  # a user without a passwd entry: the primary group only
-    return Credentials(uid, gid, groups)
 
 
 def exit_status(wait_status: int) -> int:
@@ -125,9 +94,7 @@ class Command:
             os.close(gate_r)
             if self.credentials is not None:
                 stage = "user"
-                os.setgroups(list(self.credentials.groups))
-                os.setgid(self.credentials.gid)
-                os.setuid(self.credentials.uid)
+                become(self.credentials)
             stage = "caps"
             _clear_ambient_capabilities()
             stage = "exec"

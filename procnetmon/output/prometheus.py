@@ -18,12 +18,13 @@ import sys
 import threading
 from typing import IO, TYPE_CHECKING, Optional
 
-from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from procnetmon import __version__
+from procnetmon import __version__, safeopen
 from procnetmon.cli import DEFAULT_MAX_SETS
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
+from procnetmon.output.writer import OutputError
 
 if TYPE_CHECKING:
     from procnetmon.output.endpoint import Endpoint
@@ -208,9 +209,11 @@ def exposition(metrics: Metrics) -> str:
 class TextfileWriter:
     """``--format prometheus``: the metrics rewritten whole after every record.
 
-    To a file, through a temporary file renamed over it, so that
-    node_exporter's textfile collector never reads half a file; to standard
-    output, one exposition per record.
+    To a file, through a temporary file renamed over it (safeopen's: a
+    random name, the file's mode and owner kept, the directory checked, as
+    the invoking user under sudo), so that node_exporter's textfile
+    collector never reads half a file; to standard output, one exposition
+    per record.
     """
 
     fmt = "prometheus"
@@ -220,17 +223,19 @@ class TextfileWriter:
         self.path = None if target in (None, "-") or not isinstance(target, (str, os.PathLike)) else str(target)
         self._stream: Optional[IO[str]] = None if self.path else (target if target not in (None, "-") else sys.stdout)
         self.closed = False
-        if self.path:
-            directory = os.path.dirname(os.path.abspath(self.path))
-            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                raise PermissionError(13, "directory missing or not writable", directory)
+        # Checked here, before anything is attached; under sudo this forks
+        # the helper that writes as the invoking user.
+        self._replacer = safeopen.Replacer(self.path) if self.path else None
 
     def write(self, record: Record) -> bool:
         if self.closed:
             return False
         self.metrics.add(record)
         if self.path:
-            write_to_textfile(self.path, registry_for(self.metrics))
+            try:
+                self._replacer.replace(generate_latest(registry_for(self.metrics)))
+            except OSError as e:
+                raise OutputError(e.errno, e.strerror) from None
         elif record.type == RECORD_SUMMARY:  # standard output: the final exposition only
             try:
                 self._stream.write(exposition(self.metrics))
@@ -241,6 +246,8 @@ class TextfileWriter:
 
     def close(self, quiet: bool = False) -> None:
         self.closed = True
+        if self._replacer is not None:
+            self._replacer.close()
 
 
 class MetricsSink:

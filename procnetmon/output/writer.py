@@ -18,7 +18,9 @@ Rules it keeps, and why:
   ``OutputError``: the caller reports it in one line.
 * Appends to a regular file take an exclusive ``flock`` around each write,
   and the CSV header is decided under it, at the first write: CSV jobs
-  started together on a new file write one header between them.
+  started together on a new file write one header between them. The lock
+  is only tried (``_FileLock``): a reader holding it delays a write by at
+  most LOCK_WAIT_S, and not at all once the run is stopping.
 * Without streaming only the summary is written (one JSON document, one
   table); when streaming every record is (JSON lines, interval lines).  CSV
   writes rows for every record it is given.
@@ -37,6 +39,7 @@ import threading
 import time
 from typing import IO, Callable, Optional, Union
 
+from procnetmon import safeopen
 from procnetmon.model import RECORD_SUMMARY, Record
 from procnetmon.output.csvout import format_csv
 from procnetmon.output.jsonout import format_json, format_json_line
@@ -69,6 +72,7 @@ class Writer:
         sort: str = "total",
         top: Optional[int] = None,
         no_header: bool = False,
+        stop: Optional[threading.Event] = None,
     ):
         if fmt not in ("text", "json", "csv"):
             raise ValueError(f"unknown output format {fmt!r}")
@@ -81,6 +85,7 @@ class Writer:
         self.top = top
         self.no_header = no_header
         self.closed = False
+        self._stop = stop  # set when the run is ending: lock waits end at once
         self._peer_gone = threading.Event()  # set by the watch thread
         self._owned = False  # whether close() closes the stream
         self._stream = self._open(target)
@@ -96,14 +101,15 @@ class Writer:
             return sys.stdout
         if isinstance(target, (str, os.PathLike)):
             self._owned = True
-            # newline="": the formatters already end their lines with "\n".
-            # O_NOFOLLOW: a user's symlink at the name must not redirect
-            # root's append; 0600: the rows hold every user's command lines.
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            # safeopen: no symlink at the name, no directory on the way that
+            # another user can change, 0600 (the rows hold every user's
+            # command lines), and under sudo opened as the invoking user.
+            fd = safeopen.open_append(os.fspath(target), 0o600)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISFIFO(os.fstat(fd).st_mode) \
-                        and not stat.S_ISCHR(os.fstat(fd).st_mode):
+                mode = os.fstat(fd).st_mode
+                if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
                     raise OSError(errno.EINVAL, "not a regular file", os.fspath(target))
+                # newline="": the formatters already end their lines with "\n".
                 return open(fd, "a", encoding="utf-8", errors="backslashreplace", newline="")
             except BaseException:
                 os.close(fd)
@@ -173,7 +179,7 @@ class Writer:
         """An exclusive flock on a regular output file for one write (a no-op
         for anything else): appenders started together take turns."""
         fd = _fileno(self._stream)
-        return _FileLock(fd if fd is not None and _is_regular(fd) else None)
+        return _FileLock(fd if fd is not None and _is_regular(fd) else None, self._stop)
 
     def _write_all(self, text: str) -> None:
         try:
@@ -257,27 +263,32 @@ class Writer:
 
 
 LOCK_WAIT_S = 0.5
+LOCK_POLL_S = 0.01
 
 
 class _FileLock:
-    def __init__(self, fd: Optional[int]):
+    """flock(LOCK_EX) for one write, tried without blocking: anyone who can
+    read the file can take the lock, so after LOCK_WAIT_S, or at once when
+    ``stop`` is set (SIGTERM, Ctrl-C: the summary is due), the write goes
+    ahead unlocked rather than let another user stall root or lose what
+    was measured."""
+
+    def __init__(self, fd: Optional[int], stop: Optional[threading.Event] = None):
         self.fd = fd
+        self.stop = stop or threading.Event()
 
     def __enter__(self):
         if self.fd is not None:
             try:
-                # Any reader can take this lock: wait at most LOCK_WAIT_S,
-                # then write unlocked rather than let another user stall root.
                 deadline = time.monotonic() + LOCK_WAIT_S
                 while True:
                     try:
                         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
                     except BlockingIOError:
-                        if time.monotonic() >= deadline:
+                        if time.monotonic() >= deadline or self.stop.wait(LOCK_POLL_S):
                             self.fd = None
                             break
-                        time.sleep(0.01)
             except OSError:
                 self.fd = None  # a filesystem without locks: write anyway
         return self

@@ -73,8 +73,8 @@ def test_textfile_is_replaced_atomically(tmp_path, records, monkeypatch):
     path = tmp_path / "procnetmon.prom"
     writer = TextfileWriter(str(path), "payload")
     renames = []
-    real_rename = os.rename  # what prometheus_client's write_to_textfile renames with
-    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append((a, b)), real_rename(a, b)))
+    real_replace = os.replace  # what safeopen.replace_file renames with
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
     assert writer.write(records.interval([records.nginx()]))
     assert writer.write(records.interval([records.nginx()]))
     assert [b for _, b in renames] == [str(path)] * 2
