@@ -313,9 +313,17 @@ class _StoreGiven(argparse.Action):
 # The parser.
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: a cron job's mail or a
+    pipeline's log holds the error, not ten lines of usage before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of procnetmon (also read by argparse-manpage)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EXAMPLES,

@@ -208,7 +208,7 @@ def test_is_streaming(capsys, argv, streaming):
 def test_rule_violations(capsys, argv, message):
     err = refused(capsys, *argv)
     assert message in err
-    assert err.startswith("usage: procnetmon")
+    assert err.startswith("procnetmon: error: ") and err.count("\n") == 1, err
 
 
 def test_interval_equal_to_time_is_fine(capsys):
