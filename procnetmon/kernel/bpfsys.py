@@ -18,6 +18,7 @@ import struct
 
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
 BPF_PROG_LOAD = 5
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_RAW_TP = 23
@@ -83,3 +84,12 @@ def try_attach(attach_type: int, btf_id: int) -> tuple[bool, str]:
         return False, f"attaching failed: {e.strerror}"
     finally:
         os.close(prog)
+
+
+def map_sizes(map_fd: int) -> tuple[int, int]:
+    """(key size, value size) of the BPF map behind ``map_fd``, as the kernel has them."""
+    info = ctypes.create_string_buffer(96)  # struct bpf_map_info's start: type, id, key_size, value_size
+    attr = struct.pack("<IIQ", map_fd, len(info), ctypes.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    _type, _id, key_size, value_size = struct.unpack_from("<IIII", info.raw, 0)
+    return key_size, value_size

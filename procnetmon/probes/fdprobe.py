@@ -14,6 +14,7 @@ import ctypes.util
 import os
 from typing import Optional
 
+from procnetmon.kernel import bpfsys
 from procnetmon.probes import ProbeError, SocketBytes
 from procnetmon.probes.reader import MapReader
 
@@ -32,7 +33,7 @@ class PendingKeyC(ctypes.Structure):
 
 
 class OwnerC(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32)]
+    _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("ino", ctypes.c_uint64)]
 
 
 def _libbpf():
@@ -50,9 +51,20 @@ def _libbpf():
 
 
 class Map:
-    """One BPF map by descriptor, with the ctypes types of its keys and values."""
+    """One BPF map by descriptor, with the ctypes types of its keys and values.
 
-    def __init__(self, lib, fd: int, key_type, value_type):
+    The types are written here after the structs of bpf/*.c; a map whose
+    key or value the kernel says is of another size is refused, since the
+    kernel copies its size into a buffer of ours (OwnerC was once 8 bytes
+    for a 16-byte value).
+    """
+
+    def __init__(self, lib, fd: int, key_type, value_type, name: str = "?"):
+        key_size, value_size = bpfsys.map_sizes(fd)
+        if (key_size, value_size) != (ctypes.sizeof(key_type), ctypes.sizeof(value_type)):
+            raise ProbeError(f"the BPF map {name} has {key_size}-byte keys and {value_size}-byte values, "
+                             f"procnetmon reads {ctypes.sizeof(key_type)} and {ctypes.sizeof(value_type)}: "
+                             "its programs and its reader disagree (a bug: please report it)")
         self.lib, self.fd, self.Key, self.Value = lib, fd, key_type, value_type
 
     def keys(self) -> list:
@@ -137,7 +149,7 @@ class FdProbe(MapReader):
                  "target_cgroups": (u64, u8), "execed": (u32, u8), "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
         for name, index in header["maps"].items():
             if name in types:
-                self._maps[name] = Map(lib, self._fds[index], *types[name])
+                self._maps[name] = Map(lib, self._fds[index], *types[name], name=name)
         self._cgroup_ids = set(header.get("cgroup_ids", []))
 
     def _table(self, name: str) -> Map:
