@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
-from bench.floor import HOOKS, hook_of
+from bench.floor import hook_of
 from bench.procstat import TICK
 from bench.runner import BASELINE, Run
 

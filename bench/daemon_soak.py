@@ -130,7 +130,7 @@ def churn(args, cgroup_dir: str, cgroup: str) -> dict:
     daemon, port = start_daemon(cgroup, "1s")
     script = f'exec 3<>/dev/tcp/127.0.0.1/{sink.port} && printf "%{args.bytes}s" >&3'
     samples = []
-    started = spawned = failed = 0
+    spawned = failed = 0
     start = time.monotonic()
     cpu0 = cpu_seconds(daemon.pid)
     next_sample = start

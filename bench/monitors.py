@@ -3,8 +3,9 @@
 A monitor is launched before the traffic and must be ready (procnetmon: its
 "probes attached" line; nethogs: its first refresh; tcptop: its "Tracing"
 line) before the workload starts; one that cannot start on this machine
-raises ``Unavailable`` with its own words, and the benchmark goes on without it. Its output is read continuously by threads, so it never blocks on a
-full pipe, and the moments of its first lines are noted for the start-up
+raises ``Unavailable`` with its own words, and the benchmark goes on
+without it. Its output is read continuously by threads, so it never blocks
+on a full pipe, and the moments of its first lines are noted for the start-up
 timings. ``NoMonitor`` is the baseline and costs nothing.
 """
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from bench import bpfstats, procstat
-from bench.monitors import (Context, Floor, Monitor, NoMonitor, Nethogs, Procnetmon, StartInfo, StopInfo,
-                            Tcptop)
+from bench.monitors import Context, Floor, Monitor, Nethogs, NoMonitor, Procnetmon, StartInfo, StopInfo, Tcptop
 from bench.netns import Peer
 from bench.workloads import Workload
 

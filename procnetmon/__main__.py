@@ -54,11 +54,11 @@ def _load_modules() -> None:
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
     global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError, invoking_user
-    from procnetmon import cgroups, engine, interfaces, launch, procinfo  # noqa: F811
-    from procnetmon.invoker import invoking_user  # noqa: F811
-    from procnetmon.kernel import check  # noqa: F811
-    from procnetmon.model import MODE_WIRE  # noqa: F811
-    from procnetmon.output.writer import OutputError, Writer  # noqa: F811
+    from procnetmon import cgroups, engine, interfaces, launch, procinfo
+    from procnetmon.invoker import invoking_user
+    from procnetmon.kernel import check
+    from procnetmon.model import MODE_WIRE
+    from procnetmon.output.writer import OutputError, Writer
 
 
 def _quit_before_sampling(signum, _frame) -> None:

@@ -19,8 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
 from procnetmon import cgroups, grouping, procinfo
-from procnetmon.model import (RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection,
-                              ProcessStats, Record)
+from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
 from procnetmon.probes import CounterKey, SocketBytes
 
 

@@ -483,7 +483,6 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     record = {"release": os.uname().release, "uptime_at_start": uptime, "runs": [], "missing": {}, "not_run": {}}
-    from procnetmon.kernel import check
 
     ensure_modules(os.uname().release)
     cache_dir = local_cache_dir()
@@ -838,7 +837,6 @@ def bench_guest_main(out: str, timeout: float = BENCH_TIMEOUT - 3 * 60) -> int:
         uptime = float(f.read().split()[0])
     release = os.uname().release
     record = {"release": release, "uptime_at_start": uptime, "plan": plan}
-    from procnetmon.kernel import check
 
     ensure_modules(release)
     from procnetmon.kernel import mounts

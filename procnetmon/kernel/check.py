@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from procnetmon.kernel import backends, cache, headers, mounts
-from procnetmon.kernel.btf import VMLINUX_BTF, BTF, BTFError
+from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
 
 TRACEFS = mounts.TRACEFS
 # Every backend needs these; sk_data_ready (Linux 6.x) only serves the
@@ -109,7 +109,7 @@ def check_capabilities(caps: Optional[int] = None) -> list[Finding]:
 
 def check_bcc() -> Finding:
     try:
-        import bcc  # noqa: F401  (only imported to see that it is there)
+        import bcc
     except ImportError:
         return Finding("bcc", False, "BCC's Python module is not importable",
                        "apt-get install python3-bpfcc (Debian/Ubuntu) or dnf install python3-bcc (Fedora/RHEL); "
@@ -150,8 +150,9 @@ def check_headers() -> Finding:
         if not os.path.isdir(needed):
             return Finding("kernel headers", False, f"none installed, and {needed} is missing to build a substitute",
                            "apt-get install linux-libc-dev")
-    return Finding("kernel headers", True, "none installed; procnetmon builds the small tree BCC needs in "
-                                           f"{os.path.join(cache.kernel_cache_dir(), f'headers-v{headers.TREE_VERSION}')}", required=False)
+    tree = os.path.join(cache.kernel_cache_dir(), f"headers-v{headers.TREE_VERSION}")
+    return Finding("kernel headers", True, f"none installed; procnetmon builds the small tree BCC needs in {tree}",
+                   required=False)
 
 
 def check_kernel_config() -> Finding:

@@ -43,7 +43,8 @@ def _libbpf():
     except OSError as e:
         raise ProbeError(f"reading the maps needs libbpf (libbpf1): {e}") from e
     for fn in ("bpf_map_get_next_key", "bpf_map_lookup_elem", "bpf_map_delete_elem"):
-        getattr(lib, fn).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p][: 2 if fn.endswith("delete_elem") else 3]
+        args = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        getattr(lib, fn).argtypes = args[:2] if fn.endswith("delete_elem") else args
         getattr(lib, fn).restype = ctypes.c_int
     lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
     lib.bpf_map_update_elem.restype = ctypes.c_int
@@ -146,7 +147,8 @@ class FdProbe(MapReader):
         lib = _libbpf()
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
-                 "target_cgroups": (u64, u8), "execed": (u32, u8), "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
+                 "target_cgroups": (u64, u8), "execed": (u32, u8), "owners": (u64, OwnerC),
+                 "pending": (PendingKeyC, u64)}
         for name, index in header["maps"].items():
             if name in types:
                 self._maps[name] = Map(lib, self._fds[index], *types[name], name=name)

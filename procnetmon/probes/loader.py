@@ -18,7 +18,6 @@ from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes
 from procnetmon.probes.reader import MapReader
 
-
 # What the kprobe backend attaches to each kernel function: the entry probe
 # that keeps the call's arguments, and the return probe (bpf/hooks.h).
 KPROBE_ENTRIES = {

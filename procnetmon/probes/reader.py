@@ -20,7 +20,6 @@ from procnetmon import cgroups as cgroupfs
 from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
 
-
 # The fields of a process's entry in the counters map (struct counts, bpf/common.h).
 SLOTS = (("tcp", "in"), ("tcp", "out"), ("udp", "in"), ("udp", "out"))
 

@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Peer  # noqa: E402
+from harness import Peer
 
-from procnetmon.kernel import check  # noqa: E402
+from procnetmon.kernel import check
 
 
 def _missing_feature() -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import tempfile
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 

@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from harness import run_procnetmon, wait_for
 
 pytestmark = pytest.mark.root

@@ -43,10 +43,10 @@ import ctypes
 import errno
 import json
 import os
-import socket
-import sys
 import signal
+import socket
 import struct
+import sys
 import tempfile
 import threading
 import time

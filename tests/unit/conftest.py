@@ -4,8 +4,8 @@ zone so the text output's local times are predictable."""
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
 

@@ -8,12 +8,11 @@ import os
 import struct
 
 import pytest
+from btfblob import BtfBuilder, blob_with_fields
 
 from procnetmon.kernel import btf as btfmod
 from procnetmon.kernel import layout
 from procnetmon.kernel.btf import BTF, BTFError
-
-from btfblob import BtfBuilder, blob_with_fields
 
 
 def sock_like() -> BtfBuilder:

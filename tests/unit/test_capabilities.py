@@ -9,14 +9,13 @@ import json
 import os
 
 import jsonschema
+from test_engine import FakeProbe, FakeProcesses, by_pid, collect, counters, ident, make
 
 from procnetmon import sockettable
 from procnetmon.kernel import check
 from procnetmon.model import record_to_dict
 from procnetmon.output.csvout import format_csv
 from procnetmon.output.text import format_text
-
-from test_engine import FakeProbe, FakeProcesses, by_pid, collect, counters, ident, make
 
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "..", "procnetmon", "schema", "record.schema.json")
 

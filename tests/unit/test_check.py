@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from btfblob import BtfBuilder
 
 from procnetmon.kernel import check
 from procnetmon.kernel.btf import BTF
 from procnetmon.kernel.check import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, Finding
-
-from btfblob import BtfBuilder
 
 STATUS = """\
 Name:\tprocnetmon

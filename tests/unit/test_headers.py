@@ -10,7 +10,6 @@ import pytest
 from procnetmon.kernel import headers
 from procnetmon.kernel.headers import HeadersError
 
-
 # -- autoconf.h ------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ c.start(); c.release(); raise SystemExit(c.wait())
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs CAP_SETPCAP (root) and setpriv to grant ambient capabilities")
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs CAP_SETPCAP (root) and setpriv to grant ambient capabilities")
 def test_ambient_capabilities_are_not_passed_to_the_command():
     out = subprocess.run(
         ["setpriv", "--inh-caps", "+net_raw", "--ambient-caps", "+net_raw", sys.executable, "-c", SNIPPET],

@@ -7,12 +7,11 @@ from __future__ import annotations
 import ctypes
 from types import SimpleNamespace
 
+from test_engine import START, FakeClock, FakeStop
+
 from procnetmon.engine import Options, Sampler
 from procnetmon.probes import CounterKey, Snapshot
 from procnetmon.probes.loader import BccProbe
-
-from test_engine import FakeClock, FakeStop, START
-
 
 # -- the probe: BccProbe.read over fake kernel maps ------------------------------------
 

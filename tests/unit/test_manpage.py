@@ -11,8 +11,8 @@ Regenerate with (from the repository root):
         --output man/procnetmon.1
 """
 
-import configparser
 import argparse
+import configparser
 import re
 from pathlib import Path
 
@@ -21,9 +21,9 @@ import pytest
 from procnetmon import __version__, cli
 
 pytest.importorskip("argparse_manpage")
-from argparse_manpage.manpage import Manpage  # noqa: E402
-from argparse_manpage.tooling import get_parser  # noqa: E402
-from build_manpages.build_manpages import parse_manpages_spec  # noqa: E402
+from argparse_manpage.manpage import Manpage
+from argparse_manpage.tooling import get_parser
+from build_manpages.build_manpages import parse_manpages_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "man" / "procnetmon.1"
