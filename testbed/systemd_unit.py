@@ -121,22 +121,51 @@ def allowed_syscalls(assignments: list[tuple[str, str]]) -> set[str]:
     return allowed
 
 
+def readable_install(dest: str) -> str:
+    """A copy of procnetmon as an install lays it out, which nobody can read
+    without CAP_DAC_READ_SEARCH: the checkout need not be (a fresh clone in
+    a 0700 directory is not). ``dest`` must be traversable by all; returns
+    the copy's python, whose ``-I -m procnetmon`` runs the copy."""
+    import sysconfig
+
+    venv = os.path.join(dest, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    here = sysconfig.get_paths()["purelib"]  # this venv's: psutil, prometheus_client
+    python = os.path.join(venv, "bin", "python")
+    there = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    ignore = shutil.ignore_patterns("__pycache__")
+    for package in ("psutil", "prometheus_client"):
+        shutil.copytree(os.path.join(here, package), os.path.join(there, package), ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "procnetmon"), os.path.join(there, "procnetmon"), ignore=ignore)
+    shutil.copytree(os.path.join(ROOT, "bpf"), os.path.join(venv, "share", "procnetmon", "bpf"))
+    shutil.copy(SECCOMP_EXEC, os.path.join(venv, "bin", "seccomp_exec.py"))
+    for top, dirs, files in os.walk(dest):
+        os.chmod(top, 0o755)
+        for name in files:
+            os.chmod(os.path.join(top, name), 0o644 | (os.stat(os.path.join(top, name)).st_mode & 0o111))
+    return python
+
+
 def setpriv_caps(caps: list[str]) -> str:
     return ",".join(["-all"] + ["+" + c[len("CAP_"):].lower() for c in caps])
 
 
-def sandboxed(command: list[str], *dropins: str, allow_file: str, without: tuple[str, ...] = ()) -> list[str]:
+def sandboxed(command: list[str], *dropins: str, allow_file: str, without: tuple[str, ...] = (),
+              python: str = sys.executable) -> list[str]:
     """COMMAND as the unit would run it: as nobody (standing in for the
     dynamic user), with exactly the unit's capabilities (less ``without``),
     no supplementary groups, no_new_privs, its system call filter and its
-    umask. The caller writes ``allow_file`` (see ``write_allow_file``)."""
+    umask. The caller writes ``allow_file`` (see ``write_allow_file``);
+    ``python`` (one of ``readable_install``) runs the filter's wrapper."""
     settings = service(*dropins)
     ambient = setpriv_caps([c for c in merged_list(settings, "AmbientCapabilities") if c not in without])
     bounding = setpriv_caps([c for c in merged_list(settings, "CapabilityBoundingSet") if c not in without])
     last = last_values(settings)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", f"--inh-caps={ambient}",
             f"--ambient-caps={ambient}", f"--bounding-set={bounding}", "--no-new-privs",
-            sys.executable, "-I", SECCOMP_EXEC, "--errno", last.get("SystemCallErrorNumber", "EPERM"),
+            python, "-I", os.path.join(os.path.dirname(python), "seccomp_exec.py")
+            if python != sys.executable else SECCOMP_EXEC, "--errno", last.get("SystemCallErrorNumber", "EPERM"),
             "--umask", last.get("UMask", "0022"), "--allow-file", allow_file, "--", *command]
 
 

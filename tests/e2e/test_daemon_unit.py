@@ -79,11 +79,25 @@ def as_the_unit(command: list[str], place: str, *dropins: str, without: tuple[st
     env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"]
     if cache:
         env.append(f"PROCNETMON_CACHE_DIR={cache}")
-    return unit.sandboxed(env + command, *dropins, allow_file=allow, without=without)
+    return unit.sandboxed(env + command, *dropins, allow_file=allow, without=without, python=INSTALLED["python"])
+
+
+INSTALLED = {"python": sys.executable}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed():
+    """procnetmon as installed, readable by nobody (the checkout may not be)."""
+    top = tempfile.mkdtemp(prefix="pnm-install-")
+    os.chmod(top, 0o755)
+    INSTALLED["python"] = unit.readable_install(top)
+    yield INSTALLED["python"]
+    INSTALLED["python"] = sys.executable
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def procnetmon(*args: str) -> list[str]:
-    return [sys.executable, "-I", "-m", "procnetmon", *args]
+    return [INSTALLED["python"], "-I", "-m", "procnetmon", *args]
 
 
 @pytest.mark.parametrize("variant", sorted(DROPINS))
@@ -195,7 +209,7 @@ def test_what_the_unit_grants_does_not_reach_roots_memory(place, variant):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pid, address, fd = victim.stdout.readline().split()
-        attack = subprocess.run(as_the_unit([sys.executable, "-I", "-c", ATTACKER, pid, address, fd], place,
+        attack = subprocess.run(as_the_unit([INSTALLED["python"], "-I", "-c", ATTACKER, pid, address, fd], place,
                                             *DROPINS[variant]),
                                 capture_output=True, text=True, timeout=60, cwd="/")
         victim.stdin.write("\n")
