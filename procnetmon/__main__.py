@@ -295,9 +295,26 @@ def _why(e: OSError, output: str) -> str:
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM end the sampling through ``stop``.
+
+    The handlers only write a byte to a pipe, and a thread sets the event:
+    Event.set() takes a lock that is not reentrant, and a second Ctrl-C
+    arriving while the first one's handler held it hung the run for good.
+    """
+    readable, writable = os.pipe()
+    os.set_blocking(writable, False)
+
     def handler(signum, _frame):
+        try:
+            os.write(writable, b"s")
+        except OSError:
+            pass  # the pipe is full: stops are already on their way
+
+    def relay():
+        os.read(readable, 1)
         stop.set()
 
+    threading.Thread(target=relay, name="stop-signals", daemon=True).start()
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 

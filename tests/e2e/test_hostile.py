@@ -182,6 +182,31 @@ def test_second_ctrl_c_right_after_the_first_keeps_status_0(gap):
     no_traceback(err)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_burst_of_stop_signals_ends_the_run_cleanly(signum):
+    # Each handler used to set a threading.Event, whose lock is not
+    # reentrant: a signal arriving while the previous handler held it hung
+    # the run for good (Ctrl-C twice in a row did, now and then).
+    proc = subprocess.Popen(procnetmon_cmd("-c", "--json", "--include-loopback"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "probes attached" not in line:
+            line = proc.stderr.readline()
+            assert line, "procnetmon ended before attaching"
+        time.sleep(0.3)
+        for _ in range(300):
+            proc.send_signal(signum)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.splitlines()[-1].startswith('{"schema":"procnetmon/1","type":"summary"')
+    no_traceback(err)
+
+
 # -- values out of range: refused before anything is attached ----------------------
 
 
