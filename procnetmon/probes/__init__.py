@@ -3,6 +3,9 @@
 Each backend attaches its BPF programs and hands the engine plain numbers:
 cumulative byte counters per (pid, protocol, direction), the names of
 processes that exited, and per-socket bytes when asked for details.
+``Probe`` is the contract every probe keeps (``SampledProbe`` the part the
+engine reads); ``spec.ProbeSpec`` says what a probe is to count and
+``spec.probe_for`` picks the probe for it.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ BCC's embedded LLVM stays resident in a process once it has compiled a
 program (about 100 MiB). A daemon does not need it after start-up: the
 kernel keeps programs attached and maps alive as long as some process holds
 their file descriptors. So ``attach_in_child`` runs this module as a child
-process, which compiles and attaches the probes of ``procnetmon.probes``
-as any run does, then sends every BPF program, map, link and perf-event
-descriptor it holds back over a Unix socket (SCM_RIGHTS), with the names of
-the maps, and exits. The parent reads the maps through libbpf
+process, which compiles and attaches the probes of the ``ProbeSpec`` it
+reads on its standard input as any run does, then sends every BPF program,
+map, link and perf-event descriptor it holds back over a Unix socket
+(SCM_RIGHTS), with the names of the maps, and exits. The parent reads the maps through libbpf
 (``procnetmon.probes.fdprobe``) and never imports bcc.
 """
 
