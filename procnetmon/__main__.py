@@ -22,9 +22,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional, TextIO
+from typing import TYPE_CHECKING, Optional, TextIO
 
 from procnetmon import cli
+
+if TYPE_CHECKING:
+    from procnetmon.output.endpoint import Endpoint
+    from procnetmon.output.sink import Sink
+    from procnetmon.probes.spec import ProbeSpec
 
 
 class ExitStatus(enum.IntEnum):
@@ -54,11 +59,13 @@ def _load_modules() -> None:
     after the early signal handlers are in place: a Ctrl-C during these
     imports ends the program quietly instead of with a traceback."""
     global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError, invoking_user
+    global ProbeSpec, bcc_probe_for, probe_for
     from procnetmon import cgroups, engine, interfaces, launch, procinfo
     from procnetmon.invoker import invoking_user
     from procnetmon.kernel import check
     from procnetmon.model import MODE_WIRE
     from procnetmon.output.writer import OutputError, Writer
+    from procnetmon.probes.spec import ProbeSpec, bcc_probe_for, probe_for
 
 
 def _quit_before_sampling(signum, _frame) -> None:
@@ -154,27 +161,23 @@ def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.
         raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
 
 
-def _make_probe(args, pids: Optional[list[int]] = None):
-    """The probe for ``pids`` (default: -p's), and whether loopback counts."""
-    if args.mode == MODE_WIRE:
-        from procnetmon.probes.wire import WireProbe as Probe
-    else:
-        from procnetmon.probes.payload import PayloadProbe as Probe
-
+def _probe_spec(args) -> ProbeSpec:
+    """The probes' settings, resolved from the arguments once: interface names
+    to (netns, ifindex), --cgroup paths to paths below the cgroup2 mount.
+    With COMMAND, no PID yet: COMMAND's is set once it is forked."""
     keys = _resolve_interfaces(args.interfaces)
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
-    targets, mount = _resolve_cgroups(getattr(args, "cgroups", None))
-    if args.serve is not None and not args.ebpf and not args.details and not _follows_children(args):
-        # A daemon keeps no compiler: the probes are loaded by a child
-        # process and read here through libbpf (probes/handoff.py).
-        from procnetmon.probes.fdprobe import FdProbe
-
-        return FdProbe(mode=args.mode, pids=args.pids, interfaces=keys, include_loopback=include_loopback,
-                       backend=args.backend, cgroups=targets, cgroup_mount=mount), include_loopback
-    return Probe(pids=args.pids if pids is None else pids, interfaces=keys, include_loopback=include_loopback,
-                 details=args.details, backend=args.backend, cgroups=targets,
-                 cgroup_mount=mount, follow_children=_follows_children(args)), include_loopback
+    targets, mount = _resolve_cgroups(args.cgroups)
+    follow = _follows_children(args)
+    pids = () if args.command else None if args.pids is None else tuple(args.pids)
+    return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
+                     include_loopback=include_loopback, details=args.details, backend=args.backend,
+                     cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
+                     follow_children=follow, verbose=args.verbose,
+                     # A daemon keeps no compiler: the probes are loaded by a
+                     # child process and read here through libbpf (probes/handoff.py).
+                     handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
 
 
 def _follows_children(args) -> bool:
@@ -192,10 +195,6 @@ def _print_ebpf(probe, out: TextIO) -> None:
 
     out.write(expand_includes(source))
     out.write(f"\n/* BCC_KERNEL_SOURCE={header_dir}\n * cflags: {' '.join(flags)}\n */\n")
-
-
-def _backend_label(backend) -> str:
-    return getattr(backend, "label", f"{backend.name} backend")
 
 
 def _seconds_since_launch() -> Optional[float]:
@@ -259,10 +258,11 @@ def _warn_on_unknown_counts(write, err: TextIO):
     return emit
 
 
-def _metrics_writer(args, target):
-    """The records' sink for --serve (the HTTP endpoint, started here so that
-    a busy port or a bad --web-config is a usage error before anything is
-    attached) or for --format prometheus."""
+def _metrics_writer(args, target) -> tuple[Sink, Optional[Endpoint], str]:
+    """The records' sink for --serve, with its HTTP endpoint (made here so
+    that a busy port or a bad --web-config is a usage error before anything
+    is attached; it answers once started), or for --format prometheus; and
+    what the "probes attached" line adds."""
     import math
 
     from procnetmon.output import prometheus
@@ -271,17 +271,17 @@ def _metrics_writer(args, target):
                   idle_intervals=math.ceil(prometheus.IDLE_SECONDS / args.interval))
     if args.serve is None:
         try:
-            return prometheus.TextfileWriter(target, args.mode, **bounds), ""
+            return prometheus.TextfileWriter(target, args.mode, **bounds), None, ""
         except OSError as e:
             raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {_why(e, args.output)}") from None
     metrics = prometheus.Metrics(args.mode, **bounds)
     addr, port = args.serve
     try:
-        endpoint = prometheus.serve(metrics, addr, port, getattr(args, "web", None))
+        endpoint = prometheus.serve(metrics, addr, port, args.web)
     except OSError as e:
         raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
     host = f"[{addr}]" if ":" in addr else addr
-    return prometheus.MetricsSink(metrics, endpoint), f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
+    return prometheus.MetricsSink(metrics), endpoint, f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
 
 
 def _why(e: OSError, output: str) -> str:
@@ -344,7 +344,7 @@ def _start_command(args) -> launch.Command:
 def _load_web_config(args):
     """--web-config read and checked whole (TLS files loaded) before the
     machine is touched: a file that is not safe, or not usable, is a usage error."""
-    if getattr(args, "web_config", None) is None:
+    if args.web_config is None:
         return None
     from procnetmon.output import webconfig
 
@@ -372,7 +372,7 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     args.web = _load_web_config(args)
     if args.ebpf:
         _prepare_kernel(args, err, required=False)
-        _print_ebpf(_make_probe(args, [] if args.command else None)[0], out)
+        _print_ebpf(bcc_probe_for(_probe_spec(args)), out)
         return ExitStatus.OK
     if not check.has_bpf_privileges():
         raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
@@ -392,13 +392,14 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     # Backend detection and the compile both read tracefs: it is there
     # before the first probe is even described.
     _prepare_kernel(args, err)
-    if args.command:
-        _make_probe(args, [])  # a request that cannot be measured fails before COMMAND is forked
+    # Resolved once, before COMMAND is forked: a request that cannot be
+    # measured fails first.
+    spec = _probe_spec(args)
     if not args.command:
-        return _measure(args, out, err, None, stdout_closed)
+        return _measure(args, spec, out, err, None, stdout_closed)
     command = _start_command(args)
     try:
-        _measure(args, out, err, command, stdout_closed)
+        _measure(args, spec, out, err, command, stdout_closed)
     except Fatal as e:
         if not command.released:
             raise
@@ -412,21 +413,18 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
     return command.wait()
 
 
-def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
+def _measure(args, spec: ProbeSpec, out: TextIO, err: TextIO, command: Optional[launch.Command],
              stdout_closed: bool) -> ExitStatus:
     if command is not None:
-        pids = [command.pid]
-    elif _follows_children(args):
+        spec = spec.with_pids([command.pid])
+    elif spec.follow_children:
         # Those running now; the kernel adds the ones forked from now on.
-        pids = args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids]
-    else:
-        pids = args.pids
-    probe, include_loopback = _make_probe(args, pids)
-    probe.verbose = args.verbose
+        spec = spec.with_pids(args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids])
+    probe = probe_for(spec)
     options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
-                             include_loopback=include_loopback, interval=args.interval, duration=args.time,
+                             include_loopback=spec.include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
-                             group_by=args.group_by, follow_children=_follows_children(args),
+                             group_by=args.group_by, follow_children=spec.follow_children,
                              command=args.command, forget_exited=args.serve is not None)
     from procnetmon.probes import ProbeError
 
@@ -442,9 +440,11 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
     if to_stdout and stdout_closed:
         return ExitStatus.OK  # nobody reads: nothing to measure for
     serving = ""
+    endpoint: Optional[Endpoint] = None
     stop = threading.Event()
+    writer: Sink
     if args.serve is not None or args.format == "prometheus":
-        writer, serving = _metrics_writer(args, target)
+        writer, endpoint, serving = _metrics_writer(args, target)
     else:
         try:
             # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
@@ -455,10 +455,9 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
             raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {_why(e, args.output)}") from None
     if command is None:
         _install_stop_handlers(stop)
-    if hasattr(writer, "watch"):
-        # A reader that leaves (| head) ends the run within an interval, even
-        # when nothing is being written.
-        writer.watch(stop.set)
+    # A reader that leaves (| head) ends the run within an interval, even
+    # when nothing is being written.
+    writer.watch(stop.set)
     # Who the -p processes are is asked before the compile: one that exits
     # meanwhile still has its command line in the summary.
     sampler = engine.Sampler(probe, options, stop=stop)
@@ -473,8 +472,7 @@ def _measure(args, out: TextIO, err: TextIO, command: Optional[launch.Command],
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
                 _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({_backend_label(probe.backend)}); sampling {_describe_scope(args, command)}{serving}")
-            endpoint = getattr(writer, "endpoint", None)
+                          f"({probe.backend.label}); sampling {_describe_scope(args, command)}{serving}")
             if endpoint is not None:
                 endpoint.start()
             if command is not None:

@@ -16,11 +16,24 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 from procnetmon import cgroups, grouping, procinfo
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
-from procnetmon.probes import CounterKey, SocketBytes
+from procnetmon.probes import CounterKey, SampledProbe, SocketBytes
+
+
+@runtime_checkable
+class ProcessTable(Protocol):
+    """What the engine asks about processes: ``procinfo`` itself, or a test's table."""
+
+    def identify(self, pid: int) -> Optional[procinfo.Identity]: ...
+
+    def still_alive(self, identity: procinfo.Identity) -> bool: ...
+
+    def sockets_of(self, pids: list[int]) -> dict[int, list[procinfo.Socket]]: ...
+
+    def cgroup_of(self, pid: int) -> Optional[str]: ...
 
 
 @dataclass
@@ -205,10 +218,10 @@ def _unspecified(addr: str) -> bool:
 class Sampler:
     """Runs one sampling session over an attached probe."""
 
-    def __init__(self, probe, options: Options, *, stop: Optional[threading.Event] = None,
+    def __init__(self, probe: SampledProbe, options: Options, *, stop: Optional[threading.Event] = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 processes=procinfo):
+                 processes: ProcessTable = procinfo):
         self.probe = probe
         self.options = options
         self.stop = stop or threading.Event()
@@ -256,8 +269,7 @@ class Sampler:
         return self.identities[pid]
 
     def _live_cgroup(self, pid: int) -> Optional[str]:
-        reader = getattr(self.processes, "cgroup_of", None)
-        path = reader(pid) if reader else None
+        path = self.processes.cgroup_of(pid)
         if path:
             self.cgroup_seen[pid] = path
             if path not in self._remembered:
@@ -269,8 +281,7 @@ class Sampler:
         """Name and cgroup id the kernel noted at the exit of a process that
         moved bytes and exited after the last read collected exits (gone, or
         a zombie, when first looked at)."""
-        peek = getattr(self.probe, "exit_info", None)
-        note = peek(pid) if peek else None
+        note = self.probe.exit_info(pid)
         return note if note else (None, None)
 
     def _cgroup(self, pid: int, alive: bool, exited_cgroups: dict[int, int]) -> Optional[str]:
@@ -333,7 +344,7 @@ class Sampler:
         self.lost_updates = snap.lost_updates
         cumulative = usage_by_pid(snap.counters)
         self.exiting = []
-        exited_ids = getattr(self.probe, "exited_cgroups", dict)()
+        exited_ids = self.probe.exited_cgroups()
         for pid, name in self.probe.exited().items():
             if pid in cumulative:
                 self.kernel_names[pid] = name
@@ -375,8 +386,7 @@ class Sampler:
     def _forget_execed(self) -> None:
         """A process that exec'd is named by what it runs now. One already gone
         again is named by the kernel's name at exit, not by the old program's."""
-        execed = getattr(self.probe, "execed", None)
-        for pid in execed() if execed else ():
+        for pid in self.probe.execed():
             if pid in self.identities:
                 self.identities[pid] = self.processes.identify(pid)
 
@@ -419,12 +429,9 @@ class Sampler:
         """Forget processes whose exit the kernel reported: their counters have
         left the kernel's map, so any later byte (a wire packet still in
         flight) starts from zero and is counted once."""
-        forget = getattr(self.probe, "forget", None)
-        if forget is None:
-            return
         gone = [pid for pid in self.exiting if pid not in (self.options.pids or ())]
         if gone:
-            forget(gone)  # the engine's own state goes in _retire, without an archive
+            self.probe.forget(gone)  # the engine's own state goes in _retire, without an archive
 
     def _wall(self, mono: float) -> datetime:
         return self.start_wall + timedelta(seconds=mono - self.start)

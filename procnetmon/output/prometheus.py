@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import IO, TYPE_CHECKING, Optional
+from typing import IO, TYPE_CHECKING, Callable, Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -244,6 +244,10 @@ class TextfileWriter:
                 self.closed = True
         return not self.closed
 
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Nothing to watch: a file has no reader to lose, and standard output
+        gets only the final exposition."""
+
     def close(self, quiet: bool = False) -> None:
         self.closed = True
         if self._replacer is not None:
@@ -255,14 +259,16 @@ class MetricsSink:
 
     fmt = "serve"
 
-    def __init__(self, metrics: Metrics, endpoint: Optional["Endpoint"] = None):
+    def __init__(self, metrics: Metrics):
         self.metrics = metrics
-        self.endpoint = endpoint
         self.closed = False
 
     def write(self, record: Record) -> bool:
         self.metrics.add(record)
         return True
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Nothing to watch: scrapers come and go, the metrics stay."""
 
     def close(self, quiet: bool = False) -> None:
         self.closed = True

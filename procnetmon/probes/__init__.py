@@ -3,12 +3,15 @@
 Each backend attaches its BPF programs and hands the engine plain numbers:
 cumulative byte counters per (pid, protocol, direction), the names of
 processes that exited, and per-socket bytes when asked for details.
+``Probe`` is the contract every probe keeps (``SampledProbe`` the part the
+engine reads); ``spec.ProbeSpec`` says what a probe is to count and
+``spec.probe_for`` picks the probe for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable, NamedTuple, Optional, Protocol, runtime_checkable
 
 PROTOCOLS = {6: "tcp", 17: "udp"}
 DIRECTIONS = {0: "in", 1: "out"}
@@ -49,6 +52,63 @@ class Snapshot:
 
     counters: dict  # CounterKey -> cumulative bytes
     lost_updates: int = 0
+
+
+@runtime_checkable
+class SampledProbe(Protocol):
+    """What the engine needs of attached probes: the reading side, which
+    ``reader.MapReader`` implements over BCC's tables and over libbpf's."""
+
+    mode: str  # "payload" | "wire"
+
+    def read(self) -> Snapshot:
+        """Cumulative counters of the processes still counted."""
+
+    def exited(self) -> dict[int, str]:
+        """Kernel names of the counted processes whose exit the latest read collected."""
+
+    def exited_cgroups(self) -> dict[int, int]:
+        """The cgroup v2 id each of them was in at its exit."""
+
+    def exit_info(self, pid: int) -> Optional[tuple[str, int]]:
+        """The kernel's note (name, cgroup id) of an exit no read has collected yet."""
+
+    def execed(self) -> set[int]:
+        """Processes that called exec since the last call."""
+
+    def forget(self, pids: Iterable[int]) -> None:
+        """Drop what is kept of exited processes reported for good (a daemon)."""
+
+    def sockets(self) -> list[SocketBytes]:
+        """Per-socket bytes (with details; empty otherwise)."""
+
+
+class BackendInfo(Protocol):
+    """How the probes are attached, as the "probes attached" line names it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+
+@runtime_checkable
+class Probe(SampledProbe, Protocol):
+    """Probes for one run, from ``spec.probe_for``: attached, sampled, closed."""
+
+    @property
+    def backend(self) -> Optional[BackendInfo]:
+        """The one chosen; known once attached."""
+
+    def attach(self) -> None:
+        """Load and attach the programs; ProbeError names what the kernel lacks."""
+
+    def add_pids(self, pids: Iterable[int]) -> None:
+        """Put more thread groups in the kernel's PID filter (with -p only)."""
+
+    def close(self) -> None:
+        """Detach and free everything attached."""
 
 
 class ProbeError(Exception):

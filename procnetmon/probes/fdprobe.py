@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from procnetmon.kernel import bpfsys
 from procnetmon.probes import ProbeError, SocketBytes
 from procnetmon.probes.reader import MapReader
+from procnetmon.probes.spec import ProbeSpec
 
 
 class CountsC(ctypes.Structure):
@@ -112,43 +115,38 @@ class Map:
         return self.Value
 
 
+@dataclass(frozen=True)
+class LoadedBackend:
+    """The backend the loader child attached with, as its header names it."""
+
+    name: str
+    label: str
+
+
 class FdProbe(MapReader):
     """Attached probes held as descriptors from the loader child. Use as a context manager."""
 
-    def __init__(self, *, mode: str = "payload", pids: Optional[list[int]] = None, interfaces=None,
-                 include_loopback: bool = False, backend: str = "auto",
-                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None, details: bool = False):
-        if details:
-            raise ValueError("per-socket details need the BCC probes")
-        self.mode = mode
-        self.wanted_backend = backend
-        self.backend = None
-        self.pids = pids
-        self.interfaces = interfaces
-        self.include_loopback = include_loopback
-        self.details = False
-        self.cgroups = cgroups
-        self.cgroup_mount = cgroup_mount
+    def __init__(self, spec: ProbeSpec):
+        if spec.details or spec.follow_children:
+            raise ValueError("per-socket details and followed children need the BCC probes")
+        super().__init__(spec)
+        self.mode = spec.mode
+        self.backend: Optional[LoadedBackend] = None  # known once attached
         self._fds: list[int] = []
         self._maps: dict[str, Map] = {}
-        self._init_reader(include_loopback=include_loopback, interfaces=interfaces, cgroups=cgroups,
-                          cgroup_mount=cgroup_mount)
 
     def attach(self) -> None:
         from procnetmon.probes import handoff
 
-        config = {"mode": self.mode, "pids": self.pids,
-                  "interfaces": None if self.interfaces is None else [list(k) for k in self.interfaces],
-                  "include_loopback": self.include_loopback, "backend": self.wanted_backend,
-                  "cgroups": self.cgroups, "cgroup_mount": self.cgroup_mount}
-        header, self._fds = handoff.attach_in_child(config)
-        self.backend = type("Backend", (), {"name": header["backend"],
-                                            "label": header.get("label", header["backend"] + " backend")})()
+        # The child attaches in its own process, and logs the compiler's
+        # output to a file: its standard error is not the user's.
+        header, self._fds = handoff.attach_in_child(dataclasses.replace(self.spec, handoff=False, verbose=False))
+        self.backend = LoadedBackend(header["backend"], header["label"])
         lib = _libbpf()
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
-                 "target_cgroups": (u64, u8), "execed": (u32, u8), "owners": (u64, OwnerC),
-                 "pending": (PendingKeyC, u64)}
+                 "target_pids": (u32, u8), "target_cgroups": (u64, u8), "execed": (u32, u8),
+                 "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
         for name, index in header["maps"].items():
             if name in types:
                 self._maps[name] = Map(lib, self._fds[index], *types[name], name=name)

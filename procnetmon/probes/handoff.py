@@ -4,10 +4,10 @@ BCC's embedded LLVM stays resident in a process once it has compiled a
 program (about 100 MiB). A daemon does not need it after start-up: the
 kernel keeps programs attached and maps alive as long as some process holds
 their file descriptors. So ``attach_in_child`` runs this module as a child
-process, which compiles and attaches the probes of ``procnetmon.probes``
-as any run does, then sends every BPF program, map, link and perf-event
-descriptor it holds back over a Unix socket (SCM_RIGHTS), with the names of
-the maps, and exits. The parent reads the maps through libbpf
+process, which compiles and attaches the probes of the ``ProbeSpec`` it
+reads on its standard input as any run does, then sends every BPF program,
+map, link and perf-event descriptor it holds back over a Unix socket
+(SCM_RIGHTS), with the names of the maps, and exits. The parent reads the maps through libbpf
 (``procnetmon.probes.fdprobe``) and never imports bcc.
 """
 
@@ -19,6 +19,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from procnetmon.probes.spec import ProbeSpec
 
 # Descriptors the kernel's BPF objects live behind (readlink of /proc/self/fd/N).
 KEPT_KINDS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
@@ -50,20 +54,12 @@ def _send(sock: socket.socket, header: dict, fds: list[int]) -> None:
 
 
 def child_main(sock_fd: int) -> None:
-    """In the child: attach as told on stdin, hand the descriptors over, exit."""
-    from procnetmon.interfaces import InterfaceKey
+    """In the child: attach the ProbeSpec read from stdin, hand the descriptors over, exit."""
     from procnetmon.probes import ProbeError
+    from procnetmon.probes.spec import ProbeSpec, bcc_probe_for
 
     sock = socket.socket(fileno=sock_fd)
-    config = json.loads(sys.stdin.read())
-    if config["mode"] == "wire":
-        from procnetmon.probes.wire import WireProbe as Probe
-    else:
-        from procnetmon.probes.payload import PayloadProbe as Probe
-    interfaces = None if config["interfaces"] is None else [InterfaceKey(*k) for k in config["interfaces"]]
-    probe = Probe(pids=config["pids"], interfaces=interfaces, include_loopback=config["include_loopback"],
-                  details=False, backend=config["backend"], cgroups=config["cgroups"],
-                  cgroup_mount=config["cgroup_mount"])
+    probe = bcc_probe_for(ProbeSpec.from_json(sys.stdin.read()))
     try:
         probe.attach()
     except ProbeError as e:
@@ -85,9 +81,10 @@ def child_main(sock_fd: int) -> None:
     os._exit(0)
 
 
-def attach_in_child(config: dict) -> tuple[dict, list[int]]:
-    """Run the child; return its header and the descriptors it sent (the
-    caller owns them). Raises ProbeError with the child's message."""
+def attach_in_child(spec: ProbeSpec) -> tuple[dict, list[int]]:
+    """Run the child to attach the probes of ``spec``; return its header and
+    the descriptors it sent (the caller owns them). Raises ProbeError with
+    the child's message."""
     from procnetmon.probes import ProbeError
 
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -99,7 +96,7 @@ def attach_in_child(config: dict) -> tuple[dict, list[int]]:
         proc = subprocess.Popen([sys.executable, "-I", "-m", "procnetmon.probes.handoff", str(child.fileno())],
                                 stdin=subprocess.PIPE, stderr=errors, pass_fds=[child.fileno()], cwd="/")
         child.close()
-        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.write(spec.to_json().encode())
         proc.stdin.close()
         fds: list[int] = []
         try:

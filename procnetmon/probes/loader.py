@@ -12,11 +12,11 @@ import os
 import socket
 from typing import Optional
 
-from procnetmon.interfaces import InterfaceKey
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes
 from procnetmon.probes.reader import MapReader
+from procnetmon.probes.spec import ProbeSpec
 
 # What the kprobe backend attaches to each kernel function: the entry probe
 # that keeps the call's arguments, and the return probe (bpf/hooks.h).
@@ -55,22 +55,20 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
     return flags
 
 
-def build_cflags(offsets: dict, *, pids: Optional[list[int]], interfaces: Optional[list[InterfaceKey]],
-                 include_loopback: bool, details: bool, cgroups: bool = False,
-                 follow_children: bool = False) -> list[str]:
+def build_cflags(offsets: dict, spec: ProbeSpec) -> list[str]:
     """The -D flags for one run. Only switches and integers reach the C: no pasted text."""
     flags = layout.offset_cflags(offsets)
-    if pids is not None:
+    if spec.pids is not None:
         flags.append("-DFILTER_PIDS")
-        if follow_children:
+        if spec.follow_children:
             flags.append("-DFOLLOW_CHILDREN")
-    if interfaces is not None:
+    if spec.interfaces is not None:
         flags.append("-DFILTER_IFACES")
-    elif not include_loopback:
+    elif not spec.include_loopback:
         flags.append("-DEXCLUDE_LOOPBACK")
-    if details:
+    if spec.details:
         flags.append("-DDETAILS")
-    if cgroups:
+    if spec.cgroups is not None:
         flags.append("-DFILTER_CGROUPS")
     return flags
 
@@ -99,29 +97,16 @@ class BccProbe(MapReader):
     mode = ""
     source = ""
     requirement = ""  # what the kernel must offer, for the error message
-    verbose = False  # the compiler's output on stderr instead of a log file (--verbose)
 
-    def __init__(self, *, pids: Optional[list[int]] = None, interfaces: Optional[list[InterfaceKey]] = None,
-                 include_loopback: bool = False, details: bool = False, backend: str = "auto",
-                 cgroups: Optional[list[str]] = None, cgroup_mount: Optional[str] = None,
-                 follow_children: bool = False):
-        self.wanted_backend = backend
-        self.follow_children = follow_children
+    def __init__(self, spec: ProbeSpec):
+        if self.mode and spec.mode != self.mode:
+            raise ValueError(f"a {spec.mode} spec for the {self.mode} probes")
+        super().__init__(spec)
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
-        self.pids = pids
-        self.interfaces = interfaces
-        self.include_loopback = include_loopback
-        self.details = details
-        # --cgroup: paths below the cgroup2 mount; the kernel counts only
-        # tasks in a cgroup whose id is in target_cgroups.
-        self.cgroups = cgroups
-        self.cgroup_mount = cgroup_mount
         self._bpf = None
         self._facts: Optional[backends.BtfFacts] = None
         self._typed_fds: list[int] = []  # BTF-typed tracepoint programs and their links
         self._typed_refused: Optional[str] = None  # why the kernel would not take them
-        self._init_reader(include_loopback=include_loopback, interfaces=interfaces, cgroups=cgroups,
-                          cgroup_mount=cgroup_mount)
 
     def compile_plan(self) -> tuple[str, list[str], str]:
         """Source path, compiler flags and header directory, without loading anything."""
@@ -135,17 +120,14 @@ class BccProbe(MapReader):
             raise ProbeError(str(e)) from e
         facts = self._facts = backends.btf_facts()
         try:
-            self.backend = backends.choose(backends.detect(facts), self.wanted_backend)
+            self.backend = backends.choose(backends.detect(facts), self.spec.backend)
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         if self._typed_refused and self.backend.typed:
             self.backend = dataclasses.replace(self.backend, typed=False, udp_consume=False,
                                                refused=self._typed_refused)
-        flags = build_cflags(offsets, pids=self.pids, interfaces=self.interfaces,
-                             include_loopback=self.include_loopback, details=self.details,
-                             cgroups=self.cgroups is not None,
-                             follow_children=self.follow_children)
-        if self.cgroups is not None:
+        flags = build_cflags(offsets, self.spec)
+        if self.spec.cgroups is not None:
             try:
                 flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
             except BTFError as e:
@@ -162,7 +144,7 @@ class BccProbe(MapReader):
             raise ProbeError("BCC's Python module is missing: install python3-bpfcc "
                              "(Debian/Ubuntu) or python3-bcc (Fedora/RHEL)") from e
         try:
-            with compilelog.captured(self.verbose) as log:
+            with compilelog.captured(self.spec.verbose) as log:
                 # The raw tracepoints attach before the filter maps are filled,
                 # but with FILTER_* every lookup misses until then: nothing is
                 # counted that should not be.
@@ -204,7 +186,7 @@ class BccProbe(MapReader):
                     self._bpf.attach_kretprobe(event=function, fn_name=KPROBE_RETURN,
                                                maxactive=KRETPROBE_MAXACTIVE)
                 elif (function, self.mode) == (KPROBE_UDP_DATAGRAM[0], "payload") and \
-                        needs_udp_rx_ifindex(self.interfaces, self.include_loopback):
+                        needs_udp_rx_ifindex(self.spec.interfaces, self.spec.include_loopback):
                     self._bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
             except Exception as e:  # BCC raises bare Exception when an attach fails
                 raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
@@ -223,21 +205,15 @@ class BccProbe(MapReader):
             self._typed_fds.append(bpfsys.attach_tracing(prog))
 
     def _fill_filters(self) -> None:
-        if self.pids is not None:
-            self.add_pids(self.pids)
-        if self.interfaces is not None:
+        if self.spec.pids is not None:
+            self.add_pids(self.spec.pids)
+        if self.spec.interfaces is not None:
             table = self._bpf["target_ifaces"]
-            for key in self.interfaces:
+            for key in self.spec.interfaces:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
         self._refresh_cgroups()
-
-    def add_pids(self, pids) -> None:
-        """Put more thread groups in the kernel's PID filter (with -p only)."""
-        table = self._bpf["target_pids"]
-        for pid in pids:
-            table[table.Key(int(pid))] = table.Leaf(1)
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""

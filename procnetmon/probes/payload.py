@@ -18,7 +18,7 @@ class PayloadProbe(BccProbe):
     requirement = "payload mode needs one probe backend: tracepoints (6.3+), BPF trampolines or kprobes"
 
     def sockets(self) -> list[SocketBytes]:
-        if not self.details:
+        if not self.spec.details:
             return []
         found = (socket_bytes(v, k.tgid, inode=k.ino, sock_id=k.ino) for k, v in self._bpf["sockets"].items())
         return [s for s in found if s]

@@ -19,6 +19,7 @@ from typing import Optional
 from procnetmon import cgroups as cgroupfs
 from procnetmon.interfaces import LOOPBACK_IFINDEX
 from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
+from procnetmon.probes.spec import ProbeSpec
 
 # The fields of a process's entry in the counters map (struct counts, bpf/common.h).
 SLOTS = (("tcp", "in"), ("tcp", "out"), ("udp", "in"), ("udp", "out"))
@@ -32,17 +33,14 @@ def _delete(table, key) -> None:
 
 
 class MapReader:
-    """The reading side of attached probes. Subclasses set the attributes
-    named in ``_init_reader`` and define ``_table(name)``."""
+    """The reading side of attached probes, for the settings of ``spec``.
+    Subclasses define ``_table(name)``."""
 
     mode = ""
 
-    def _init_reader(self, *, include_loopback: bool, interfaces, cgroups: Optional[list[str]],
-                     cgroup_mount: Optional[str]) -> None:
-        self._include_loopback = include_loopback
-        self._wanted_ifaces = {(int(k[0]), int(k[1])) for k in interfaces} if interfaces else None
-        self._cgroup_tops = cgroups
-        self._cgroup_root = cgroup_mount
+    def __init__(self, spec: ProbeSpec):
+        self.spec = spec
+        self._wanted_ifaces = {(int(k[0]), int(k[1])) for k in spec.interfaces} if spec.interfaces else None
         self._cgroup_ids: set[int] = set()
         self._claimed: dict[CounterKey, int] = {}  # wire mode: bytes whose owner was learnt late
         self._exited_names: dict[int, str] = {}
@@ -88,7 +86,7 @@ class MapReader:
         """The in-kernel interface filter, for bytes whose owner was learnt late."""
         if self._wanted_ifaces is not None:
             return (netns, ifindex) in self._wanted_ifaces
-        return self._include_loopback or ifindex != LOOPBACK_IFINDEX
+        return self.spec.include_loopback or ifindex != LOOPBACK_IFINDEX
 
     def _claim_pending(self, counters: dict) -> None:
         """Wire mode: give the bytes of sockets whose owner became known since
@@ -110,10 +108,10 @@ class MapReader:
     def _refresh_cgroups(self) -> None:
         """Put every cgroup now at or below a --cgroup path in target_cgroups,
         and take out those that were removed (the kernel adds new ones itself)."""
-        if self._cgroup_tops is None or not self._has_table("target_cgroups"):
+        if self.spec.cgroups is None or not self._has_table("target_cgroups"):
             return
         table = self._table("target_cgroups")
-        now = {cid for top in self._cgroup_tops for cid, _ in cgroupfs.walk_ids(self._cgroup_root, top)}
+        now = {cid for top in self.spec.cgroups for cid, _ in cgroupfs.walk_ids(self.spec.cgroup_mount, top)}
         for cid in now - self._cgroup_ids:
             table[table.Key(cid)] = table.Leaf(1)
         for cid in self._cgroup_ids - now:
@@ -150,6 +148,12 @@ class MapReader:
     def exited_cgroups(self) -> dict[int, int]:
         """The cgroup v2 id each counted process that exited was in at its exit."""
         return dict(self._exited_cgroups)
+
+    def add_pids(self, pids) -> None:
+        """Put more thread groups in the kernel's PID filter (with -p only)."""
+        table = self._table("target_pids")
+        for pid in pids:
+            table[table.Key(int(pid))] = table.Leaf(1)
 
     def execed(self) -> set[int]:
         """Processes that called exec since the last call: who they are has changed."""

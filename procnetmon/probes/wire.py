@@ -18,6 +18,7 @@ from typing import Optional
 from procnetmon.kernel.check import cgroup2_mount
 from procnetmon.probes import ProbeError, SocketBytes
 from procnetmon.probes.loader import BccProbe, socket_bytes
+from procnetmon.probes.spec import ProbeSpec
 
 # enum bpf_attach_type
 BPF_CGROUP_INET_INGRESS = 0
@@ -40,8 +41,8 @@ class WireProbe(BccProbe):
     requirement = ("wire mode needs cgroup v2, BPF_PROG_TYPE_CGROUP_SKB, the raw tracepoint "
                    "sock:inet_sock_set_state and one probe backend for the socket calls")
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, spec: ProbeSpec):
+        super().__init__(spec)
         self._links: list[int] = []
         self._cgroup_fd: Optional[int] = None
 
@@ -71,7 +72,7 @@ class WireProbe(BccProbe):
 
     def sockets(self) -> list[SocketBytes]:
         """Per-socket wire bytes of sockets whose owner is known, through the interface filter."""
-        if not self.details:
+        if not self.spec.details:
             return []
         owners = self._bpf["owners"]
         merged: dict[int, SocketBytes] = {}

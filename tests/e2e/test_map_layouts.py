@@ -13,6 +13,7 @@ import pytest
 from procnetmon.kernel import bpfsys
 from procnetmon.probes import ProbeError
 from procnetmon.probes.fdprobe import FdProbe, Map, OwnerC, _libbpf
+from procnetmon.probes.spec import ProbeSpec
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +31,7 @@ def kernel_interfaces():
 
 @pytest.mark.parametrize("mode", ["payload", "wire"])
 def test_every_map_the_daemon_reads_has_the_sizes_of_its_reader(mode):
-    probe = FdProbe(mode=mode)
+    probe = FdProbe(ProbeSpec(mode=mode, handoff=True))
     with probe:  # attach() checks each map it opens
         for name, m in probe._maps.items():
             assert bpfsys.map_sizes(m.fd) == (ctypes.sizeof(m.Key), ctypes.sizeof(m.Value)), name

@@ -196,8 +196,17 @@ class FakeProbe:
                 self.reported.add(pid)
         return out
 
+    def exited_cgroups(self) -> dict:
+        return {}
+
+    def exit_info(self, pid):
+        return None  # no note of an exit the reads have not collected
+
     def execed(self) -> set:
         return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
+
+    def forget(self, pids) -> None:
+        pass
 
     def sockets(self) -> list:
         s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]
@@ -223,6 +232,9 @@ class FakeProcesses:
 
     def sockets_of(self, pids):
         return {pid: list(self.socks.get(pid, [])) for pid in pids}
+
+    def cgroup_of(self, pid):
+        return None  # no cgroup v2 path known
 
 
 def ident(pid: int, name: str) -> Identity:
@@ -701,11 +713,13 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
         def sockets_of(pids):
             return {pid: [] for pid in pids}
 
-    class Probe:
-        mode = "payload"
+        @staticmethod
+        def cgroup_of(pid):
+            return None
 
+    class Probe(FakeProbe):
         def __init__(self):
-            self.reads = 0
+            super().__init__([])
 
         def read(self):
             self.reads += 1
@@ -714,9 +728,6 @@ def test_a_pid_gone_when_first_seen_is_not_renamed_by_its_successor():
         def exited(self):
             # A probe reports an exit once, at the read that collects it.
             return {42: "original"} if self.reads == 3 else {}
-
-        def sockets(self):
-            return []
 
     sampler = Sampler(Probe(), Options(interval=0.01, count=3, emit_intervals=True), processes=Processes)
     summary = sampler.run(lambda record: True)

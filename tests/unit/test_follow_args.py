@@ -132,6 +132,18 @@ class Probe:
     def exited(self):
         return dict(self.exited_names)
 
+    def exited_cgroups(self):
+        return {}
+
+    def exit_info(self, pid):
+        return None
+
+    def execed(self):
+        return set()
+
+    def forget(self, pids):
+        pass
+
     def sockets(self):
         return []
 
@@ -150,6 +162,9 @@ class Processes:
 
     def sockets_of(self, pids):
         return {}
+
+    def cgroup_of(self, pid):
+        return None
 
 
 class Clock:

@@ -12,6 +12,7 @@ from test_engine import START, FakeClock, FakeStop
 from procnetmon.engine import Options, Sampler
 from procnetmon.probes import CounterKey, Snapshot
 from procnetmon.probes.loader import BccProbe
+from procnetmon.probes.spec import ProbeSpec
 
 # -- the probe: BccProbe.read over fake kernel maps ------------------------------------
 
@@ -58,7 +59,7 @@ class _Lost:
 
 
 def probe_over(bpf) -> BccProbe:
-    probe = BccProbe()
+    probe = BccProbe(ProbeSpec())
     probe._bpf = bpf
     return probe
 
@@ -127,6 +128,18 @@ class ChurnProbe:
     def exited(self):
         return dict(self._exits)
 
+    def exited_cgroups(self):
+        return {}
+
+    def exit_info(self, pid):
+        return None
+
+    def execed(self):
+        return set()
+
+    def forget(self, pids):
+        pass
+
     def sockets(self):
         return []
 
@@ -146,6 +159,9 @@ class Processes:
 
     def sockets_of(self, pids):
         return {pid: [] for pid in pids}
+
+    def cgroup_of(self, pid):
+        return None
 
 
 def test_state_follows_the_processes_still_counted_and_the_summary_covers_all():

@@ -1,0 +1,94 @@
+"""What the probes of one run are to count, as one value: ``ProbeSpec``.
+
+The settings are resolved from the command line once (``__main__``), then
+travel unchanged to the probe that compiles them into -D flags and filter
+maps, and as JSON to the loader child of ``--serve`` (probes/handoff.py).
+A new setting is a new field here, and nothing else carries it.
+``probe_for`` is the one place that picks the probe class for a spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Optional
+
+from procnetmon.interfaces import InterfaceKey
+
+if TYPE_CHECKING:
+    from procnetmon.probes import Probe
+    from procnetmon.probes.loader import BccProbe
+
+MODES = ("payload", "wire")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The settings of one run's probes. Sequences are kept as tuples (lists
+    given are converted), so that two equal specs compare equal and a spec
+    cannot be changed behind the probe's back."""
+
+    mode: str = "payload"
+    pids: Optional[tuple[int, ...]] = None  # None: every process
+    interfaces: Optional[tuple[InterfaceKey, ...]] = None  # None: every interface
+    include_loopback: bool = False
+    details: bool = False  # per-socket bytes (--details)
+    backend: str = "auto"  # tracepoint, fentry, kprobe or auto (--backend)
+    cgroups: Optional[tuple[str, ...]] = None  # paths below cgroup_mount (--cgroup)
+    cgroup_mount: Optional[str] = None
+    follow_children: bool = False  # the kernel adds children of pids at fork
+    # Compile and attach in a short-lived child and keep only the descriptors
+    # (probes/handoff.py): a daemon then holds no compiler.
+    handoff: bool = False
+    verbose: bool = False  # the compiler's output on stderr instead of a log file
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}")
+        if self.handoff and (self.details or self.follow_children):
+            raise ValueError("per-socket details and followed children need the BCC probes in this process")
+        # object.__setattr__: the one way to normalise a frozen dataclass's fields.
+        if self.pids is not None:
+            object.__setattr__(self, "pids", tuple(int(p) for p in self.pids))
+        if self.interfaces is not None:
+            object.__setattr__(self, "interfaces", tuple(InterfaceKey(*k) for k in self.interfaces))
+        if self.cgroups is not None:
+            object.__setattr__(self, "cgroups", tuple(self.cgroups))
+
+    def with_pids(self, pids: Optional[Iterable[int]]) -> "ProbeSpec":
+        """The same spec for other target processes (COMMAND's, or -p's with
+        their descendants once they are known)."""
+        return dataclasses.replace(self, pids=None if pids is None else tuple(pids))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProbeSpec":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            raise ValueError(f"not a probe spec: {text[:200]!r}")
+        return cls(**data)
+
+
+def bcc_probe_for(spec: ProbeSpec) -> "BccProbe":
+    """The BCC probe of the spec's mode, compiled and attached in this process."""
+    if spec.mode == "wire":
+        from procnetmon.probes.wire import WireProbe
+
+        return WireProbe(spec)
+    from procnetmon.probes.payload import PayloadProbe
+
+    return PayloadProbe(spec)
+
+
+def probe_for(spec: ProbeSpec) -> "Probe":
+    """The probe that measures ``spec``: through BCC here, or, with
+    ``handoff``, held as descriptors from a loader child and read through libbpf."""
+    if spec.handoff:
+        from procnetmon.probes.fdprobe import FdProbe
+
+        return FdProbe(spec)
+    return bcc_probe_for(spec)
