@@ -16,7 +16,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from procnetmon import cgroups, grouping, procinfo
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
@@ -103,7 +103,7 @@ class Tally:
     aggregate_peaks: Peaks = field(default_factory=Peaks)
     intervals: int = 0
 
-    def advance(self, cumulative: dict[int, Usage], seconds: float) -> None:
+    def advance(self, cumulative: dict[Any, Usage], seconds: float) -> None:  # by pid, or by group
         """Take the counters at the end of an interval that lasted ``seconds``."""
         self.window = {pid: u.minus(self.totals.get(pid, Usage())) for pid, u in cumulative.items()}
         self.totals = dict(cumulative)
@@ -237,7 +237,7 @@ class Sampler:
         self.identities: dict[int, Optional[procinfo.Identity]] = {}
         self.kernel_names: dict[int, str] = {}  # names of exited processes, from the kernel
         self.exited_cgroup_ids: dict[int, int] = {}  # their cgroup at exit
-        self.socket_totals: dict[int, dict[tuple, tuple[int, int]]] = {}
+        self.socket_totals: dict[int, dict[int, tuple[int, int]]] = {}  # pid -> sock_id -> (in, out)
         self.archive = Archive()
         self.exiting: list[int] = []  # exits the last read collected
         # A PID given with -p (at most a few thousand) keeps its row in every
@@ -463,7 +463,7 @@ class Sampler:
             alive = {pid for pid in pids if self.identities.get(pid) is not None and pid not in exited}
         else:
             alive = {pid for pid in pids
-                     if self.identities.get(pid) is not None and self.processes.still_alive(self.identities[pid])}
+                     if (identity := self.identities.get(pid)) is not None and self.processes.still_alive(identity)}
         # One look at the socket tables for the whole record, not one per process.
         live_sockets = self._live_sockets(alive)
         for pid in pids:
@@ -534,7 +534,7 @@ class Sampler:
             return rows, group_of
         # The given PIDs first (followed descendants, archived or not, after them).
         head = [row for row in rows if row.pid in self.given]
-        rest = sorted([row for row in rows if row.pid not in self.given] + added, key=lambda row: row.pid)
+        rest = sorted([row for row in rows if row.pid not in self.given] + added, key=lambda row: row.pid or 0)
         return head + rest, group_of
 
     def _process_row(self, kind: str, pid: int, seconds: float, alive: bool,
@@ -548,7 +548,7 @@ class Sampler:
         identity = self.identities.get(pid)
         if identity is not None:
             name, cmdline = identity.name, identity.cmdline
-        elif self.options.command and pid == self.options.pids[0]:
+        elif self.options.command and self.options.pids and pid == self.options.pids[0]:
             # COMMAND ended before a look at /proc: its name as the kernel
             # knew it at exit, or as exec(2) sets it, and its arguments.
             command = self.options.command
@@ -591,11 +591,11 @@ class Sampler:
         closed = sorted((s for s in mine if s.sock_id not in shown),
                         key=lambda s: (s.protocol, s.family, s.local_addr, s.local_port,
                                        s.remote_addr, s.remote_port, s.sock_id))
-        for s in closed:
-            b_in, b_out = self._socket_window(kind, pid, s)
+        for gone in closed:
+            b_in, b_out = self._socket_window(kind, pid, gone)
             if b_in or b_out:
-                remote = "" if _unspecified(s.remote_addr) else _endpoint(s.remote_addr, s.remote_port)
-                out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
+                remote = "" if _unspecified(gone.remote_addr) else _endpoint(gone.remote_addr, gone.remote_port)
+                out.append(Connection(gone.protocol, gone.family, _endpoint(gone.local_addr, gone.local_port),
                                       remote, "CLOSED", b_in, b_out))
         return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
 SCHEMA = "procnetmon/1"
 
@@ -147,7 +147,7 @@ def _round_rate(value: float) -> float:
 
 
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
-    d = {
+    d: dict[str, Any] = {
         "pid": p.pid,
         "name": clean_text(p.name),
         "cmdline": clean_text(p.cmdline),

@@ -72,7 +72,7 @@ class Map:
         self.lib, self.fd, self.Key, self.Value = lib, fd, key_type, value_type
 
     def keys(self) -> list:
-        out = []
+        out: list = []
         prev = None
         while True:
             nxt = self.Key()

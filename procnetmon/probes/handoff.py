@@ -69,10 +69,10 @@ def child_main(sock_fd: int) -> None:
     maps = {}
     for name in MAP_NAMES:
         try:
-            maps[name] = fds.index(probe._bpf.get_table(name).map_fd)
+            maps[name] = fds.index(probe.bpf.get_table(name).map_fd)
         except (KeyError, ValueError):
             pass
-    _send(sock, {"backend": probe.backend.name, "label": probe.backend.label, "maps": maps,
+    _send(sock, {"backend": probe.planned.name, "label": probe.planned.label, "maps": maps,
                  "cgroup_ids": sorted(probe._cgroup_ids)}, fds)
     sock.close()
     # Not probe.close() nor BCC's exit handlers: they would detach what the
@@ -96,6 +96,7 @@ def attach_in_child(spec: ProbeSpec) -> tuple[dict, list[int]]:
         proc = subprocess.Popen([sys.executable, "-I", "-m", "procnetmon.probes.handoff", str(child.fileno())],
                                 stdin=subprocess.PIPE, stderr=errors, pass_fds=[child.fileno()], cwd="/")
         child.close()
+        assert proc.stdin is not None  # stdin=PIPE
         proc.stdin.write(spec.to_json().encode())
         proc.stdin.close()
         fds: list[int] = []

@@ -10,7 +10,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
@@ -32,7 +32,7 @@ KPROBE_UDP_DATAGRAM = ("skb_consume_udp", "pnm_udp_datagram")
 KRETPROBE_MAXACTIVE = 4096
 
 
-def needs_udp_rx_ifindex(interfaces: Optional[list], include_loopback: bool) -> bool:
+def needs_udp_rx_ifindex(interfaces: Optional[Sequence], include_loopback: bool) -> bool:
     """Whether a filter needs the interface of received UDP datagrams (as
     NEED_UDP_RX_IFINDEX in bpf/payload.bpf.c)."""
     return interfaces is not None or not include_loopback
@@ -103,7 +103,7 @@ class BccProbe(MapReader):
             raise ValueError(f"a {spec.mode} spec for the {self.mode} probes")
         super().__init__(spec)
         self.backend: Optional[backends.Backend] = None  # the one chosen, once planned
-        self._bpf = None
+        self._bpf: Optional[Any] = None  # BCC's BPF (untyped), between attach() and close()
         self._facts: Optional[backends.BtfFacts] = None
         self._typed_fds: list[int] = []  # BTF-typed tracepoint programs and their links
         self._typed_refused: Optional[str] = None  # why the kernel would not take them
@@ -150,7 +150,7 @@ class BccProbe(MapReader):
                 # counted that should not be.
                 self._bpf = BPF(text=expand_includes(source).encode(), cflags=flags)
         except Exception as e:  # BCC raises bare Exception for compile/load/attach failures
-            what = f"loading the {self.mode} probes ({self.backend.name} backend) failed"
+            what = f"loading the {self.mode} probes ({self.planned.name} backend) failed"
             if "compile" not in str(e):
                 raise ProbeError(f"{what}: {e} ({self.requirement}; run procnetmon --check to see what this "
                                  "kernel offers)") from e
@@ -160,7 +160,7 @@ class BccProbe(MapReader):
             raise ProbeError(f"{what}: {why}{where}") from e
         self._fill_filters()
         try:
-            if self.backend.typed:
+            if self.planned.typed:
                 try:
                     self._attach_typed_tracepoints()
                 except bpfsys.BpfError as e:
@@ -169,7 +169,7 @@ class BccProbe(MapReader):
                     self.close()
                     self._typed_refused = str(e)
                     return self.attach()
-            if self.backend.name == "kprobe":
+            if self.planned.name == "kprobe":
                 self._attach_kprobes()
             self._attach_more()
         except ProbeError:
@@ -178,16 +178,16 @@ class BccProbe(MapReader):
 
     def _attach_kprobes(self) -> None:
         """The kprobe backend's probes, which BCC does not attach by itself."""
-        for function in self.backend.functions:
+        for function in self.planned.functions:
             entry = KPROBE_ENTRIES.get(function)
             try:
                 if entry:
-                    self._bpf.attach_kprobe(event=function, fn_name=entry)
-                    self._bpf.attach_kretprobe(event=function, fn_name=KPROBE_RETURN,
+                    self.bpf.attach_kprobe(event=function, fn_name=entry)
+                    self.bpf.attach_kretprobe(event=function, fn_name=KPROBE_RETURN,
                                                maxactive=KRETPROBE_MAXACTIVE)
                 elif (function, self.mode) == (KPROBE_UDP_DATAGRAM[0], "payload") and \
                         needs_udp_rx_ifindex(self.spec.interfaces, self.spec.include_loopback):
-                    self._bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
+                    self.bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
             except Exception as e:  # BCC raises bare Exception when an attach fails
                 raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
 
@@ -195,9 +195,11 @@ class BccProbe(MapReader):
         """The tracepoint backend's BTF-typed programs (pnm_typed_<tracepoint>
         in bpf/hooks.h), which BCC compiles but cannot load: loaded from its
         bytes, maps resolved, through bpf(2)."""
+        if self._facts is None:
+            raise ProbeError("BTF-typed tracepoints without this kernel's BTF facts")
         for tracepoint, btf_id in sorted(self._facts.tracepoints.items()):
             try:
-                insns = self._bpf.dump_func(f"pnm_typed_{tracepoint}".encode())
+                insns = self.bpf.dump_func(f"pnm_typed_{tracepoint}".encode())
             except Exception:  # BCC: not in this build (sk_data_ready without a filter)
                 continue
             prog = bpfsys.load_tracing(insns, bpfsys.BPF_TRACE_RAW_TP, btf_id, tracepoint)
@@ -208,7 +210,7 @@ class BccProbe(MapReader):
         if self.spec.pids is not None:
             self.add_pids(self.spec.pids)
         if self.spec.interfaces is not None:
-            table = self._bpf["target_ifaces"]
+            table = self.bpf["target_ifaces"]
             for key in self.spec.interfaces:
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
@@ -218,8 +220,22 @@ class BccProbe(MapReader):
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""
 
+    @property
+    def bpf(self) -> Any:
+        """BCC's loaded object; ProbeError before attach() or after close()."""
+        if self._bpf is None:
+            raise ProbeError(f"the {self.mode} probes are not attached")
+        return self._bpf
+
+    @property
+    def planned(self) -> backends.Backend:
+        """The backend compile_plan() chose."""
+        if self.backend is None:
+            raise ProbeError(f"no backend chosen yet for the {self.mode} probes")
+        return self.backend
+
     def _table(self, name: str):
-        return self._bpf[name]
+        return self.bpf[name]
 
     def sockets(self) -> list[SocketBytes]:
         return []

@@ -20,5 +20,5 @@ class PayloadProbe(BccProbe):
     def sockets(self) -> list[SocketBytes]:
         if not self.spec.details:
             return []
-        found = (socket_bytes(v, k.tgid, inode=k.ino, sock_id=k.ino) for k, v in self._bpf["sockets"].items())
+        found = (socket_bytes(v, k.tgid, inode=k.ino, sock_id=k.ino) for k, v in self.bpf["sockets"].items())
         return [s for s in found if s]

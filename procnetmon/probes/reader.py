@@ -108,10 +108,11 @@ class MapReader:
     def _refresh_cgroups(self) -> None:
         """Put every cgroup now at or below a --cgroup path in target_cgroups,
         and take out those that were removed (the kernel adds new ones itself)."""
-        if self.spec.cgroups is None or not self._has_table("target_cgroups"):
+        mount = self.spec.cgroup_mount  # resolved with the spec whenever --cgroup is given
+        if self.spec.cgroups is None or mount is None or not self._has_table("target_cgroups"):
             return
         table = self._table("target_cgroups")
-        now = {cid for top in self.spec.cgroups for cid, _ in cgroupfs.walk_ids(self.spec.cgroup_mount, top)}
+        now = {cid for top in self.spec.cgroups for cid, _ in cgroupfs.walk_ids(mount, top)}
         for cid in now - self._cgroup_ids:
             table[table.Key(cid)] = table.Leaf(1)
         for cid in self._cgroup_ids - now:

@@ -61,7 +61,7 @@ class WireProbe(BccProbe):
         for name, attach_type in (("wire_egress", BPF_CGROUP_INET_EGRESS),
                                   ("wire_ingress", BPF_CGROUP_INET_INGRESS)):
             try:
-                fn = self._bpf.load_func(name, BPF.CGROUP_SKB)
+                fn = self.bpf.load_func(name, BPF.CGROUP_SKB)
             except Exception as e:  # BCC raises bare Exception when the verifier refuses
                 raise ProbeError(f"loading {name} (cgroup_skb) failed: {e}") from e
             link = lib.bpf_link_create(fn.fd, self._cgroup_fd, attach_type, None)
@@ -74,9 +74,9 @@ class WireProbe(BccProbe):
         """Per-socket wire bytes of sockets whose owner is known, through the interface filter."""
         if not self.spec.details:
             return []
-        owners = self._bpf["owners"]
+        owners = self.bpf["owners"]
         merged: dict[int, SocketBytes] = {}
-        for k, v in self._bpf["sockets"].items():
+        for k, v in self.bpf["sockets"].items():
             try:
                 owner = owners[owners.Key(k.cookie)]
             except KeyError:
