@@ -1,4 +1,5 @@
-"""procnetmon's entry point: parse, validate, attach, sample, write.
+"""procnetmon's entry point, the program's edge: parse, run, turn what happened
+into an exit status. The run itself (plan, probes, sampler, sinks) is session.py.
 
 Everything that can be wrong with the request (a PID that does not exist,
 an unknown interface, missing privileges) is reported before any probe is
@@ -16,56 +17,25 @@ SIGHUP are passed on to COMMAND, and COMMAND's end ends sampling.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import signal
 import sys
-import threading
-import time
 from typing import TYPE_CHECKING, Optional, TextIO
 
 from procnetmon import cli
+from procnetmon.status import ExitStatus
 
 if TYPE_CHECKING:
-    from procnetmon.output.endpoint import Endpoint
-    from procnetmon.output.sink import Sink
-    from procnetmon.probes.spec import ProbeSpec
-
-
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1  # measurement failed at run time, or the output could not be written
-    USAGE = 2  # bad options, nonexistent PID, unknown interface
-    UNAVAILABLE = 3  # missing privileges or a kernel feature
-    INTERRUPTED = 128  # + the signal number: stopped before sampling began
-
-
-class Fatal(Exception):
-    def __init__(self, status: ExitStatus, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _say(stream: TextIO, message: str) -> None:
-    try:
-        stream.write(f"procnetmon: {message}\n")
-        stream.flush()
-    except (OSError, ValueError, AttributeError):
-        pass  # stderr closed or full: the exit status still tells
+    from procnetmon import session
 
 
 def _load_modules() -> None:
-    """The rest of procnetmon (psutil, the BTF reader, the engine), imported
-    after the early signal handlers are in place: a Ctrl-C during these
-    imports ends the program quietly instead of with a traceback."""
-    global cgroups, check, engine, interfaces, launch, procinfo, MODE_WIRE, Writer, OutputError, invoking_user
-    global ProbeSpec, bcc_probe_for, probe_for
-    from procnetmon import cgroups, engine, interfaces, launch, procinfo
-    from procnetmon.invoker import invoking_user
-    from procnetmon.kernel import check
-    from procnetmon.model import MODE_WIRE
-    from procnetmon.output.writer import OutputError, Writer
-    from procnetmon.probes.spec import ProbeSpec, bcc_probe_for, probe_for
+    """The rest of procnetmon (psutil, the BTF reader, the engine, all that
+    the session imports), imported after the early signal handlers are in
+    place: a Ctrl-C during these imports ends the program quietly instead of
+    with a traceback."""
+    global session
+    from procnetmon import session
 
 
 def _quit_before_sampling(signum, _frame) -> None:
@@ -102,404 +72,26 @@ def _repair_std_streams() -> bool:
     return 1 in closed
 
 
-def run_check(out: TextIO, wanted_backend: str = "auto") -> ExitStatus:
-    findings = check.run_checks()
-    # What each mode needs beyond loading BPF programs, after that line.
-    after = next((i + 1 for i, f in enumerate(findings) if f.name == "privileges"), len(findings))
-    capabilities = check.check_capabilities()
-    findings[after:after] = capabilities
-    width = max(len(f.name) for f in findings)
-    for f in findings:
-        mark = "ok " if f.ok else ("NO " if f.required else "-- ")
-        out.write(f"{mark} {f.name:<{width}}  {f.detail}\n")
-        if not f.ok and f.fix:
-            out.write(f"    {'':<{width}}  fix: {f.fix}\n")
-    ready, backend = check.payload_backend(findings, wanted_backend)
-    out.write(f"payload mode: {'available, backend ' if ready else 'UNAVAILABLE: '}{backend}\n")
-    wire_ready, wire_backend = check.wire_backend(findings, wanted_backend)
-    wire_privileges = next(f for f in capabilities if f.name == check.WIRE_PRIVILEGES)
-    if wire_ready and not wire_privileges.ok:
-        wire_ready, wire_backend = False, f"{wire_privileges.name}: {wire_privileges.detail}"
-    out.write(f"wire mode: {'available, backend ' if wire_ready else 'UNAVAILABLE: '}{wire_backend}\n")
-    out.flush()
-    return ExitStatus.OK if ready else ExitStatus.UNAVAILABLE
-
-
-def _check_pids(pids: Optional[list[int]]) -> None:
-    missing = [pid for pid in pids or [] if not procinfo.pid_exists(pid)]
-    if missing:
-        names = ", ".join(str(p) for p in missing)
-        plural = "es" if len(missing) > 1 else ""
-        raise Fatal(ExitStatus.USAGE, f"error: no process{plural} with PID {names}")
-
-
-def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], Optional[str]]:
-    """--cgroup paths as paths below the cgroup2 mount, each an existing directory."""
-    if paths is None:
-        return None, None
-    mount = cgroups.cgroup2_mount()
-    if mount is None:
-        raise Fatal(ExitStatus.UNAVAILABLE, "error: --cgroup needs the cgroup v2 hierarchy mounted "
-                                            "(mount -t cgroup2 none /sys/fs/cgroup)")
-    resolved = []
-    for path in paths:
-        below = cgroups.relative_path(path, mount)
-        if below is None or not os.path.isdir(os.path.normpath(mount + "/" + below)):
-            raise Fatal(ExitStatus.USAGE, f"error: no cgroup {path} under the cgroup v2 mount {mount}")
-        if below not in resolved:
-            resolved.append(below)
-    return resolved, mount
-
-
-def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
-    if names is None:
-        return None
-    try:
-        invoker = invoking_user()
-        return interfaces.resolve(names, owner=invoker.uid if invoker is not None else None)
-    except interfaces.UnknownInterface as e:
-        raise Fatal(ExitStatus.USAGE, f"error: {e}") from None
-
-
-def _probe_spec(args) -> ProbeSpec:
-    """The probes' settings, resolved from the arguments once: interface names
-    to (netns, ifindex), --cgroup paths to paths below the cgroup2 mount.
-    With COMMAND, no PID yet: COMMAND's is set once it is forked."""
-    keys = _resolve_interfaces(args.interfaces)
-    include_loopback = args.include_loopback or (args.interfaces is not None
-                                                 and interfaces.names_include_loopback(args.interfaces))
-    targets, mount = _resolve_cgroups(args.cgroups)
-    follow = _follows_children(args)
-    pids = () if args.command else None if args.pids is None else tuple(args.pids)
-    return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
-                     include_loopback=include_loopback, details=args.details, backend=args.backend,
-                     cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
-                     follow_children=follow, verbose=args.verbose,
-                     # A daemon keeps no compiler: the probes are loaded by a
-                     # child process and read here through libbpf (probes/handoff.py).
-                     handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
-
-
-def _follows_children(args) -> bool:
-    return bool(args.command) or (args.children and args.pids is not None)
-
-
-def _print_ebpf(probe, out: TextIO) -> None:
-    from procnetmon.probes import ProbeError
-
-    try:
-        source, flags, header_dir = probe.compile_plan()
-    except ProbeError as e:
-        raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
-    from procnetmon.probes import expand_includes
-
-    out.write(expand_includes(source))
-    out.write(f"\n/* BCC_KERNEL_SOURCE={header_dir}\n * cflags: {' '.join(flags)}\n */\n")
-
-
-def _seconds_since_launch() -> Optional[float]:
-    """Time since this process was created, to 10 ms (psutil's create_time
-    rests on the boot time in whole seconds, too coarse for this)."""
-    try:
-        with open("/proc/self/stat") as f:
-            after_comm = f.read().rsplit(")", 1)[1].split()
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return uptime - int(after_comm[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
-    if command is not None:
-        who = f"{os.path.basename(args.command[0])} (PID {command.pid}) and all it starts"
-    elif args.pids:
-        who = f"{len(args.pids)} PID{'s' if len(args.pids) > 1 else ''}"
-        if _follows_children(args):
-            who += " and their descendants"
-    else:
-        who = "every process"
-    if args.cgroups:
-        who += f" in {', '.join(args.cgroups)}"
-    if args.interfaces:
-        where = ", ".join(args.interfaces)
-    else:
-        where = "all interfaces" + ("" if args.include_loopback else " but lo")
-    if args.serve is not None and args.time is None and args.count is None:
-        how_long = "until stopped"
-    elif args.count is not None:
-        how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
-    elif args.time is not None:
-        how_long = f"for {args.time:g} s"
-    else:
-        how_long = "until it ends" if command is not None else "until Ctrl-C"
-    if command is not None and (args.count is not None or args.time is not None):
-        how_long = f"until it ends or {how_long[4:]}"
-    return f"{who}, {where}, {how_long}"
-
-
-def _warn_on_unknown_counts(write, err: TextIO):
-    """``write``, saying once on stderr why connection counts are unknown
-    (null, "?") when a record first has such a process."""
-    warned = False
-
-    def emit(record) -> bool:
-        nonlocal warned
-        if not warned:
-            unknown = [p.pid for p in record.processes if p.tcp_connections is None]
-            if unknown:
-                warned = True
-                _say(err, f"warning: connection counts of {len(unknown)} process"
-                          f"{'es' if len(unknown) > 1 else ''} (PID {', '.join(map(str, unknown[:5]))}"
-                          f"{', ...' if len(unknown) > 5 else ''}) are unknown: their /proc/PID/fd is not "
-                          "readable without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
-        return write(record)
-
-    return emit
-
-
-def _metrics_writer(args, target) -> tuple[Sink, Optional[Endpoint], str]:
-    """The records' sink for --serve, with its HTTP endpoint (made here so
-    that a busy port or a bad --web-config is a usage error before anything
-    is attached; it answers once started), or for --format prometheus; and
-    what the "probes attached" line adds."""
-    import math
-
-    from procnetmon.output import prometheus
-
-    bounds = dict(with_pid=args.metrics_pid, max_sets=args.metrics_max_sets,
-                  idle_intervals=math.ceil(prometheus.IDLE_SECONDS / args.interval))
-    if args.serve is None:
-        try:
-            return prometheus.TextfileWriter(target, args.mode, **bounds), None, ""
-        except OSError as e:
-            raise Fatal(ExitStatus.USAGE, f"error: cannot write {args.output}: {_why(e, args.output)}") from None
-    metrics = prometheus.Metrics(args.mode, **bounds)
-    addr, port = args.serve
-    try:
-        endpoint = prometheus.serve(metrics, addr, port, args.web)
-    except OSError as e:
-        raise Fatal(ExitStatus.USAGE, f"error: cannot serve metrics on {addr}:{port}: {e.strerror}") from None
-    host = f"[{addr}]" if ":" in addr else addr
-    return prometheus.MetricsSink(metrics), endpoint, f"; metrics on {endpoint.scheme}://{host}:{port}/metrics"
-
-
-def _why(e: OSError, output: str) -> str:
-    """An output's OSError in words: a refusal names the culprit itself;
-    otherwise the path that failed, when it is not the output's own."""
-    from procnetmon import safeopen
-
-    if isinstance(e, safeopen.UnsafePath) or not e.filename or os.fspath(e.filename) == output:
-        return e.strerror or str(e)
-    return f"{e.strerror}: {e.filename}"
-
-
-def _install_stop_handlers(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM end the sampling through ``stop``.
-
-    The handlers only write a byte to a pipe, and a thread sets the event:
-    Event.set() takes a lock that is not reentrant, and a second Ctrl-C
-    arriving while the first one's handler held it hung the run for good.
-    """
-    readable, writable = os.pipe()
-    os.set_blocking(writable, False)
-
-    def handler(signum, _frame):
-        try:
-            os.write(writable, b"s")
-        except OSError:
-            pass  # the pipe is full: stops are already on their way
-
-    def relay():
-        os.read(readable, 1)
-        stop.set()
-
-    threading.Thread(target=relay, name="stop-signals", daemon=True).start()
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _install_command_handlers(command: launch.Command) -> None:
-    def forward(signum, _frame):
-        command.forward(signum)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
-
-
-def _start_command(args) -> launch.Command:
-    """COMMAND forked and waiting at its gate, with procnetmon's signals set for it."""
-    try:
-        launch.check_runnable(args.command)
-    except launch.CommandError as e:
-        raise Fatal(e.status, f"error: {e}") from None
-    command = launch.Command(args.command, launch.invoking_user(os.environ, os.geteuid()))
-    command.start()
-    _install_command_handlers(command)
-    return command
-
-
-def _load_web_config(args):
-    """--web-config read and checked whole (TLS files loaded) before the
-    machine is touched: a file that is not safe, or not usable, is a usage error."""
-    if args.web_config is None:
-        return None
-    from procnetmon.output import webconfig
-
-    try:
-        return webconfig.load(args.web_config)
-    except webconfig.WebConfigError as e:
-        raise Fatal(ExitStatus.USAGE, f"error: --web-config: {e}") from None
-
-
-def _prepare_kernel(args, err: TextIO, required: bool = True) -> None:
-    """Mount the kernel interfaces the probes need (kernel/mounts.py), saying so unless -q."""
-    from procnetmon.kernel import mounts
-
-    try:
-        mounts.prepare(None if args.quiet else (lambda line: _say(err, line)))
-    except mounts.MountError as e:
-        if required:
-            raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
-
-
 def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
+    """What the arguments ask for: --check, --ebpf, or a measuring session."""
     if args.check:
-        return run_check(out, args.backend)
-    _check_pids(args.pids)
-    args.web = _load_web_config(args)
+        return session.run_check(out, args.backend)
     if args.ebpf:
-        _prepare_kernel(args, err, required=False)
-        _print_ebpf(bcc_probe_for(_probe_spec(args)), out)
-        return ExitStatus.OK
-    if not check.has_bpf_privileges():
-        raise Fatal(ExitStatus.UNAVAILABLE, "error: loading BPF programs needs root "
-                                            "(CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN): run as root")
-    if args.mode == MODE_WIRE and not check.has_wire_privileges():
-        raise Fatal(ExitStatus.UNAVAILABLE, "error: wire mode attaches cgroup_skb programs, which needs "
-                                            "CAP_NET_ADMIN (or CAP_SYS_ADMIN) besides CAP_BPF and CAP_PERFMON: "
-                                            "run as root, or use --mode payload")
-    from procnetmon.kernel import cache
-
-    try:
-        cache.check_trusted()
-    except cache.UntrustedCache as e:
-        raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}; procnetmon compiles what it reads there "
-                                            "as root: remove it, or make it root's alone (chown -R root, "
-                                            "chmod go-w)") from None
-    # Backend detection and the compile both read tracefs: it is there
-    # before the first probe is even described.
-    _prepare_kernel(args, err)
-    # Resolved once, before COMMAND is forked: a request that cannot be
-    # measured fails first.
-    spec = _probe_spec(args)
-    if not args.command:
-        return _measure(args, spec, out, err, None, stdout_closed)
-    command = _start_command(args)
-    try:
-        _measure(args, spec, out, err, command, stdout_closed)
-    except Fatal as e:
-        if not command.released:
-            raise
-        # The records are lost (say, -o on a full disk); COMMAND is not left
-        # running on its own.
-        _say(err, str(e))
-        command.wait()
-        return e.status
-    finally:
-        command.abort()  # COMMAND never ran if procnetmon failed before releasing it
-    return command.wait()
+        return session.print_ebpf(args, out, err)
+    return session.run(session.plan(args, err), out, err, failed=lambda e: _failed(err, e),
+                       stdout_closed=stdout_closed)
 
 
-def _measure(args, spec: ProbeSpec, out: TextIO, err: TextIO, command: Optional[launch.Command],
-             stdout_closed: bool) -> ExitStatus:
-    if command is not None:
-        spec = spec.with_pids([command.pid])
-    elif spec.follow_children:
-        # Those running now; the kernel adds the ones forked from now on.
-        spec = spec.with_pids(args.pids + [p for p in procinfo.descendants(args.pids) if p not in args.pids])
-    probe = probe_for(spec)
-    options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
-                             include_loopback=spec.include_loopback, interval=args.interval, duration=args.time,
-                             count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
-                             group_by=args.group_by, follow_children=spec.follow_children,
-                             command=args.command, forget_exited=args.serve is not None)
-    from procnetmon.probes import ProbeError
-
-    if command is not None:
-        # COMMAND keeps standard output; the records go where time(1) puts its own.
-        to_stdout = False
-        target = err if args.output is None else args.output
-        where = "standard error" if args.output is None else args.output
-    else:
-        to_stdout = args.output in (None, "-")
-        target = out if to_stdout else args.output
-        where = "standard output" if to_stdout else args.output
-    if to_stdout and stdout_closed:
-        return ExitStatus.OK  # nobody reads: nothing to measure for
-    serving = ""
-    endpoint: Optional[Endpoint] = None
-    stop = threading.Event()
-    writer: Sink
-    if args.serve is not None or args.format == "prometheus":
-        writer, endpoint, serving = _metrics_writer(args, target)
-    else:
-        try:
-            # A FIFO without a reader blocks here; SIGINT and SIGTERM still end it.
-            writer = Writer(args.format, target, streaming=cli.is_streaming(args), aggregate=args.aggregate,
-                            details=args.details, units=args.units, sort=args.sort, top=args.top,
-                            no_header=args.no_header, stop=stop)
-        except OSError as e:
-            raise Fatal(ExitStatus.USAGE, f"error: cannot append to {args.output}: {_why(e, args.output)}") from None
-    if command is None:
-        _install_stop_handlers(stop)
-    # A reader that leaves (| head) ends the run within an interval, even
-    # when nothing is being written.
-    writer.watch(stop.set)
-    # Who the -p processes are is asked before the compile: one that exits
-    # meanwhile still has its command line in the summary.
-    sampler = engine.Sampler(probe, options, stop=stop)
-    try:
-        started = time.monotonic()
-        try:
-            probe.attach()
-        except ProbeError as e:
-            raise Fatal(ExitStatus.UNAVAILABLE, f"error: {e}") from None
-        try:
-            if not args.quiet:
-                since_launch = _seconds_since_launch()
-                launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
-                _say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
-                          f"({probe.backend.label}); sampling {_describe_scope(args, command)}{serving}")
-            if endpoint is not None:
-                endpoint.start()
-            if command is not None:
-                try:
-                    command.release()
-                except launch.CommandError as e:
-                    raise Fatal(e.status, f"error: {e}") from None
-                command.on_end(stop.set)
-            elif _follows_children(args):
-                # Forked between the look above and the attach: the kernel missed them.
-                probe.add_pids(procinfo.descendants(args.pids))
-            emit = _warn_on_unknown_counts(writer.write, err)
-            summary = sampler.run(emit)
-            if summary.lost_updates:
-                _say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
-            if not writer.closed:
-                emit(summary)
-        finally:
-            probe.close()
-        writer.close()
-    except OutputError as e:
-        raise Fatal(ExitStatus.ERROR, f"error: cannot write to {where}: {e.strerror}") from None
-    finally:
-        writer.close(quiet=True)
-    if command is not None and command.status is None and not args.quiet:
-        _say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
-    return ExitStatus.OK
+def _failed(err: TextIO, failure: session.Failure) -> int:
+    """The one place a failure becomes its line on stderr and its exit status."""
+    session.say(err, f"error: {failure}")
+    if isinstance(failure, session.CommandFailed):
+        return failure.status  # as a shell would say it: 127 not found, 126 not runnable
+    if isinstance(failure, session.BadRequest):
+        return ExitStatus.USAGE
+    if isinstance(failure, session.Unavailable):
+        return ExitStatus.UNAVAILABLE
+    return ExitStatus.ERROR  # session.OutputFailed: the records could not be written
 
 
 def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
@@ -524,9 +116,8 @@ def main(argv: Optional[list[str]] = None, *, stdout: Optional[TextIO] = None,
         _load_modules()
         try:
             return int(run(args, out, err, stdout_closed=stdout_closed))
-        except Fatal as e:
-            _say(err, str(e))
-            return int(e.status)
+        except session.Failure as e:
+            return _failed(err, e)
     finally:
         if whole_program:
             # The summary is out: a late second Ctrl-C must not turn the

@@ -47,16 +47,15 @@ def test_check_findings_with_only_bpf_and_perfmon():
 
 
 def test_check_output_says_wire_mode_is_unavailable_without_net_admin(monkeypatch):
-    from procnetmon import __main__ as entry
+    from procnetmon import session
 
-    entry._load_modules()
     monkeypatch.setattr(check, "effective_caps", lambda *a: BPF_ONLY)
     # As on a machine whose tracefs is mounted: without it (a fresh boot),
     # wire mode's first missing piece would be the mount, not the capability.
     monkeypatch.setattr(check, "check_tracefs",
                         lambda: check.Finding("tracefs", True, f"mounted at {check.TRACEFS}", required=False))
     out = io.StringIO()
-    entry.run_check(out)
+    session.run_check(out)
     text = out.getvalue()
     wire_line = [line for line in text.splitlines() if line.startswith("wire mode:")][0]
     assert "UNAVAILABLE" in wire_line and "CAP_NET_ADMIN" in wire_line

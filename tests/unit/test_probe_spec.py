@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from procnetmon import __main__ as entry
-from procnetmon import cli
+from procnetmon import cli, session
 from procnetmon.interfaces import InterfaceKey
 from procnetmon.probes import fdprobe, handoff
 from procnetmon.probes.fdprobe import FdProbe, LoadedBackend
@@ -168,8 +167,7 @@ def test_bcc_probe_without_a_mode_takes_any_spec():
 
 @pytest.fixture
 def resolve():
-    entry._load_modules()
-    return lambda *argv: entry._probe_spec(cli.parse_args(list(argv)))
+    return lambda *argv: session._probe_spec(cli.parse_args(list(argv)))
 
 
 def test_the_arguments_become_one_spec(resolve):

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from procnetmon import __main__ as entry
+from procnetmon import session
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def restored_handlers():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_landing_inside_the_events_lock_does_not_hang(restored_handlers, signum):
     stop = threading.Event()
-    entry._install_stop_handlers(stop)
+    session._install_stop_handlers(stop)
     handler = signal.getsignal(signum)
     returned = threading.Event()
 
@@ -44,7 +44,7 @@ def test_a_stop_signal_landing_inside_the_events_lock_does_not_hang(restored_han
 
 def test_many_signals_make_one_stop(restored_handlers):
     stop = threading.Event()
-    entry._install_stop_handlers(stop)
+    session._install_stop_handlers(stop)
     handler = signal.getsignal(signal.SIGINT)
     for _ in range(100_000):  # more than a pipe holds: the extra ones are dropped, not blocking
         handler(signal.SIGINT, None)
