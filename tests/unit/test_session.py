@@ -144,7 +144,7 @@ class Run:
 
 
 @pytest.fixture
-def run(monkeypatch):
+def measure(monkeypatch):
     return Run(monkeypatch)
 
 
@@ -155,70 +155,70 @@ MINE = {CounterKey(ME, "tcp", "in"): 1000, CounterKey(ME, "udp", "out"): 24}
 # -- a run ---------------------------------------------------------------------------------
 
 
-def test_a_run_attaches_samples_writes_the_summary_then_closes(run):
-    run.probe_options = dict(snapshots=[MINE])
-    assert run("-t", "0.2", "-j") == 0
-    assert run.events == ["watch", "attach", ("write", RECORD_SUMMARY), "probe closed", "sink closed"]
-    summary = run.sink.records[-1]
+def test_a_run_attaches_samples_writes_the_summary_then_closes(measure):
+    measure.probe_options = dict(snapshots=[MINE])
+    assert measure("-t", "0.2", "-j") == 0
+    assert measure.events == ["watch", "attach", ("write", RECORD_SUMMARY), "probe closed", "sink closed"]
+    summary = measure.sink.records[-1]
     mine = [p for p in summary.processes if p.pid == ME]
     assert len(mine) == 1 and (mine[0].bytes_in, mine[0].bytes_out) == (1000, 24)
-    fmt, target, kw = run.writer_calls[0]
-    assert (fmt, target, kw["streaming"]) == ("json", run.out, False)
-    assert run.out.getvalue() == ""  # the sink writes; the session only hands over
-    (line,) = run.err.getvalue().splitlines()
+    fmt, target, kw = measure.writer_calls[0]
+    assert (fmt, target, kw["streaming"]) == ("json", measure.out, False)
+    assert measure.out.getvalue() == ""  # the sink writes; the session only hands over
+    (line,) = measure.err.getvalue().splitlines()
     assert line.startswith("procnetmon: probes attached in ")
     assert line.endswith(" (fake backend); sampling every process, all interfaces but lo, for 0.2 s")
 
 
-def test_streaming_writes_every_interval_before_the_summary(run):
-    assert run("-n", "2", "--interval", "0.1", "-q") == 0
-    writes = [e for e in run.events if isinstance(e, tuple)]
+def test_streaming_writes_every_interval_before_the_summary(measure):
+    assert measure("-n", "2", "--interval", "0.1", "-q") == 0
+    writes = [e for e in measure.events if isinstance(e, tuple)]
     assert writes == [("write", "interval"), ("write", "interval"), ("write", RECORD_SUMMARY)]
-    assert run.err.getvalue() == ""  # -q: no "probes attached" line
+    assert measure.err.getvalue() == ""  # -q: no "probes attached" line
 
 
-def test_the_probes_are_built_from_the_plans_spec(run):
-    run("-t", "0.1", "-q", "--include-loopback", "-d")
-    (spec,) = run.specs
+def test_the_probes_are_built_from_the_plans_spec(measure):
+    measure("-t", "0.1", "-q", "--include-loopback", "-d")
+    (spec,) = measure.specs
     assert spec.include_loopback and spec.details and spec.pids is None
 
 
 @pytest.mark.parametrize("output", [None, "-"])
-def test_records_go_to_standard_output(run, output):
-    run("-t", "0.1", "-q", *(["-o", output] if output else []))
-    assert run.writer_calls[0][1] is run.out
+def test_records_go_to_standard_output(measure, output):
+    measure("-t", "0.1", "-q", *(["-o", output] if output else []))
+    assert measure.writer_calls[0][1] is measure.out
 
 
-def test_records_go_to_the_output_file(run):
-    run("-t", "0.1", "-q", "-o", "/somewhere/out.json")
-    assert run.writer_calls[0][1] == "/somewhere/out.json"
+def test_records_go_to_the_output_file(measure):
+    measure("-t", "0.1", "-q", "-o", "/somewhere/out.json")
+    assert measure.writer_calls[0][1] == "/somewhere/out.json"
 
 
-def test_nothing_is_attached_when_nobody_reads_standard_output(run):
-    assert run("-t", "0.1", stdout_closed=True) == 0
-    assert run.events == [] and run.writer_calls == []
+def test_nothing_is_attached_when_nobody_reads_standard_output(measure):
+    assert measure("-t", "0.1", stdout_closed=True) == 0
+    assert measure.events == [] and measure.writer_calls == []
 
 
-def test_a_reader_that_leaves_ends_a_run_that_has_no_end(run):
+def test_a_reader_that_leaves_ends_a_run_that_has_no_end(measure):
     # -c: until Ctrl-C. The sink's reader goes away as the probes attach.
-    run.probe_options = dict(on_attach=lambda: run.sink.on_gone())
-    assert run("-c", "-q") == 0
-    assert run.events[-2:] == ["probe closed", "sink closed"]
+    measure.probe_options = dict(on_attach=lambda: measure.sink.on_gone())
+    assert measure("-c", "-q") == 0
+    assert measure.events[-2:] == ["probe closed", "sink closed"]
 
 
-def test_lost_updates_are_warned_of(run):
-    run.probe_options = dict(lost=5)
-    run("-t", "0.1", "-q")
-    assert run.err.getvalue() == "procnetmon: warning: 5 counter updates were lost (kernel map full)\n"
+def test_lost_updates_are_warned_of(measure):
+    measure.probe_options = dict(lost=5)
+    measure("-t", "0.1", "-q")
+    assert measure.err.getvalue() == "procnetmon: warning: 5 counter updates were lost (kernel map full)\n"
 
 
-def test_children_running_at_the_start_and_forked_before_the_attach_are_measured(run):
+def test_children_running_at_the_start_and_forked_before_the_attach_are_measured(measure):
     child = subprocess.Popen(["sleep", "30"])
     try:
-        run("-p", str(ME), "--children", "-t", "0.1", "-q")
-        (spec,) = run.specs
+        measure("-p", str(ME), "--children", "-t", "0.1", "-q")
+        (spec,) = measure.specs
         assert spec.pids[0] == ME and child.pid in spec.pids and spec.follow_children
-        assert child.pid in run.probe.added  # asked again once attached
+        assert child.pid in measure.probe.added  # asked again once attached
     finally:
         child.kill()
         child.wait()
@@ -227,29 +227,29 @@ def test_children_running_at_the_start_and_forked_before_the_attach_are_measured
 # -- failures, by kind ---------------------------------------------------------------------
 
 
-def test_an_attach_that_fails_is_unavailable(run):
-    run.probe_options = dict(fail="no probe backend can run on this kernel: too old")
+def test_an_attach_that_fails_is_unavailable(measure):
+    measure.probe_options = dict(fail="no probe backend can run on this kernel: too old")
     with pytest.raises(session.Unavailable, match="^no probe backend can run on this kernel: too old$"):
-        run("-t", "0.1")
-    assert run.events[-1] == "sink closed"
-    assert run.err.getvalue() == ""
+        measure("-t", "0.1")
+    assert measure.events[-1] == "sink closed"
+    assert measure.err.getvalue() == ""
 
 
-def test_an_output_that_cannot_be_opened_is_a_bad_request(run):
-    run.open_fail = FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere/out")
+def test_an_output_that_cannot_be_opened_is_a_bad_request(measure):
+    measure.open_fail = FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere/out")
     with pytest.raises(session.BadRequest, match="^cannot append to /nowhere/out: No such file or directory$"):
-        run("-t", "0.1", "-o", "/nowhere/out")
-    assert "attach" not in run.events
+        measure("-t", "0.1", "-o", "/nowhere/out")
+    assert "attach" not in measure.events
 
 
-def test_an_output_that_fails_while_running_is_an_output_failure(run):
-    run.sink_fail = OutputError(errno.ENOSPC, "No space left on device")
+def test_an_output_that_fails_while_running_is_an_output_failure(measure):
+    measure.sink_fail = OutputError(errno.ENOSPC, "No space left on device")
     with pytest.raises(session.OutputFailed, match="^cannot write to standard output: No space left on device$"):
-        run("-t", "0.1", "-q")
-    assert run.events[-2:] == ["probe closed", "sink closed"]
+        measure("-t", "0.1", "-q")
+    assert measure.events[-2:] == ["probe closed", "sink closed"]
 
 
-def test_a_busy_port_is_a_bad_request(run, monkeypatch):
+def test_a_busy_port_is_a_bad_request(measure, monkeypatch):
     from procnetmon.output import prometheus
 
     def serve(*_a):
@@ -257,20 +257,20 @@ def test_a_busy_port_is_a_bad_request(run, monkeypatch):
 
     monkeypatch.setattr(prometheus, "serve", serve)
     with pytest.raises(session.BadRequest, match="^cannot serve metrics on 127.0.0.1:9999: Address already in use$"):
-        run("--serve", "127.0.0.1:9999")
-    assert run.events == []
+        measure("--serve", "127.0.0.1:9999")
+    assert measure.events == []
 
 
 # -- with COMMAND --------------------------------------------------------------------------
 
 
-def test_command_runs_only_once_the_probes_are_attached_and_its_status_is_returned(run):
+def test_command_runs_only_once_the_probes_are_attached_and_its_status_is_returned(measure):
     comms = []
-    run.probe_options = dict(on_attach=lambda: comms.append(_comm(run.specs[0].pids[0])))
-    assert run("-q", "--", "sh", "-c", "exit 7") == 7
+    measure.probe_options = dict(on_attach=lambda: comms.append(_comm(measure.specs[0].pids[0])))
+    assert measure("-q", "--", "sh", "-c", "exit 7") == 7
     assert comms and comms[0] != "sh"  # still procnetmon's fork, held at the gate
-    assert run.writer_calls[0][1] is run.err  # COMMAND keeps standard output
-    assert run.failures == []
+    assert measure.writer_calls[0][1] is measure.err  # COMMAND keeps standard output
+    assert measure.failures == []
 
 
 def _comm(pid: int) -> str:
@@ -278,39 +278,39 @@ def _comm(pid: int) -> str:
         return f.read().strip()
 
 
-def test_command_not_on_path_fails_before_anything_is_built(run):
+def test_command_not_on_path_fails_before_anything_is_built(measure):
     with pytest.raises(session.CommandFailed, match="^cannot run 'no-such-command-here': command not found$") as e:
-        run("-q", "--", "no-such-command-here")
+        measure("-q", "--", "no-such-command-here")
     assert e.value.status == 127
-    assert run.specs == [] and run.events == []
+    assert measure.specs == [] and measure.events == []
 
 
-def test_command_that_cannot_be_executed_fails_once_released(run):
+def test_command_that_cannot_be_executed_fails_once_released(measure):
     with pytest.raises(session.CommandFailed, match="^cannot run '/nonexistent/x': No such file") as e:
-        run("-q", "--", "/nonexistent/x")
+        measure("-q", "--", "/nonexistent/x")
     assert e.value.status == 127
-    assert run.events[-2:] == ["probe closed", "sink closed"]
-    assert run.failures == []
+    assert measure.events[-2:] == ["probe closed", "sink closed"]
+    assert measure.failures == []
 
 
-def test_a_failure_before_the_release_never_runs_command(run):
-    run.probe_options = dict(fail="attaching failed")
+def test_a_failure_before_the_release_never_runs_command(measure):
+    measure.probe_options = dict(fail="attaching failed")
     with pytest.raises(session.Unavailable):
-        run("-q", "--", "sh", "-c", "exit 7")
-    pid = run.specs[0].pids[0]
+        measure("-q", "--", "sh", "-c", "exit 7")
+    pid = measure.specs[0].pids[0]
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped: aborted at the gate
-    assert run.failures == []
+    assert measure.failures == []
 
 
-def test_a_failure_once_command_runs_is_reported_and_command_waited_for(run):
-    run.sink_fail = OutputError(errno.ENOSPC, "No space left on device")
-    assert run("-q", "--", "sh", "-c", "exit 7", status=42) == 42  # the status failed() named
-    (failure,) = run.failures
+def test_a_failure_once_command_runs_is_reported_and_command_waited_for(measure):
+    measure.sink_fail = OutputError(errno.ENOSPC, "No space left on device")
+    assert measure("-q", "--", "sh", "-c", "exit 7", status=42) == 42  # the status failed() named
+    (failure,) = measure.failures
     assert isinstance(failure, session.OutputFailed)
     assert str(failure) == "cannot write to standard error: No space left on device"
     with pytest.raises(ChildProcessError):
-        os.waitpid(run.specs[0].pids[0], os.WNOHANG)  # ended and reaped
+        os.waitpid(measure.specs[0].pids[0], os.WNOHANG)  # ended and reaped
 
 
 # -- the plan ------------------------------------------------------------------------------
