@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from testbed import vm
+from testbed.vm import cli, common, guest, kernels
 
 ROOT = Path(__file__).resolve().parents[2]
 # A subprocess call or a which() whose program is a string literal.
@@ -47,7 +47,7 @@ def test_the_scan_sees_the_calls_it_must():
 
 
 def test_the_matrix_needs_kmod_busybox_and_qemu_from_the_same_list():
-    tools = vm.programs_of("vm")
+    tools = guest.programs_of("vm")
     assert tools["depmod"] == "kmod"
     assert tools["busybox"] == "busybox-static"
     assert tools["qemu-system-x86_64"] == "qemu-system-x86"
@@ -74,9 +74,9 @@ def test_the_matrix_installs_its_tools_before_it_fetches_a_kernel(monkeypatch):
 
     def fetch_all(*_a, **_k):
         calls.append("fetch_all")
-        raise vm.VMError("stop here")
+        raise common.VMError("stop here")
 
-    monkeypatch.setattr(vm, "ensure_tools", ensure_tools)
-    monkeypatch.setattr(vm, "fetch_all", fetch_all)
-    assert vm.main(["--kernels", "5.10", "--fetch-only"]) == 1
+    monkeypatch.setattr(guest, "ensure_tools", ensure_tools)
+    monkeypatch.setattr(kernels, "fetch_all", fetch_all)
+    assert cli.main(["--kernels", "5.10", "--fetch-only"]) == 1
     assert calls == ["ensure_tools", "fetch_all"]
