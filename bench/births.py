@@ -28,24 +28,13 @@ import tempfile
 import time
 from typing import Optional
 
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, rss_mib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = b"x" * 100
 CHILD_NAME = "pnm-soak-child"
 PR_SET_NAME = 15
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def rss_mib(pid: int) -> Optional[float]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def start_procnetmon(python: str, out) -> subprocess.Popen:

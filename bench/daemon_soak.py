@@ -32,10 +32,11 @@ import threading
 import time
 import urllib.request
 
+from bench import procstat
 from procnetmon.kernel.check import cgroup2_mount
+from testbed.netns import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Sink:
@@ -72,29 +73,16 @@ class Sink:
                     self.received += len(data)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def daemon_cpu(pid: int) -> float:
+    """The daemon's own user + system time. Not its waited-for children's (procstat.cpu_seconds' default):
+    the loader child that compiles and attaches the probes (probes/handoff) would count in them, and the soak
+    measures the running daemon."""
+    return procstat.cpu_seconds(pid, children=False)
 
 
 def metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_daemon(cgroup: str, interval: str) -> tuple[subprocess.Popen, int]:
@@ -132,15 +120,15 @@ def churn(args, cgroup_dir: str, cgroup: str) -> dict:
     samples = []
     spawned = failed = 0
     start = time.monotonic()
-    cpu0 = cpu_seconds(daemon.pid)
+    cpu0 = daemon_cpu(daemon.pid)
     next_sample = start
     children = []
     try:
         while time.monotonic() - start < args.duration:
             now = time.monotonic()
             if now >= next_sample:
-                samples.append({"t": round(now - start, 1), "rss_mib": round(rss_mib(daemon.pid), 2),
-                                "cpu_s": round(cpu_seconds(daemon.pid) - cpu0, 2)})
+                samples.append({"t": round(now - start, 1), "rss_mib": round(procstat.rss_mib(daemon.pid), 2),
+                                "cpu_s": round(daemon_cpu(daemon.pid) - cpu0, 2)})
                 next_sample += 10
             # Spawned from a small shim already in the cgroup, so the bash
             # processes start there and the soak itself stays outside.
@@ -161,8 +149,8 @@ def churn(args, cgroup_dir: str, cgroup: str) -> dict:
         time.sleep(3)  # two more intervals
         text = metrics(port)
         end = time.monotonic()
-        samples.append({"t": round(end - start, 1), "rss_mib": round(rss_mib(daemon.pid), 2),
-                        "cpu_s": round(cpu_seconds(daemon.pid) - cpu0, 2)})
+        samples.append({"t": round(end - start, 1), "rss_mib": round(procstat.rss_mib(daemon.pid), 2),
+                        "cpu_s": round(daemon_cpu(daemon.pid) - cpu0, 2)})
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -196,10 +184,10 @@ def many(args, cgroup_dir: str, cgroup: str) -> dict:
         time.sleep(5)
         alive = sum(1 for p in procs if p.poll() is None)
         time.sleep(10)  # past start-up: every process identified once
-        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        cpu0, t0 = daemon_cpu(daemon.pid), time.monotonic()
         time.sleep(args.duration)
-        cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
-        rss = rss_mib(daemon.pid)
+        cpu1, t1 = daemon_cpu(daemon.pid), time.monotonic()
+        rss = procstat.rss_mib(daemon.pid)
         series = sum(1 for line in metrics(port).splitlines()
                      if line.startswith("procnetmon_payload_bytes_total{"))
     finally:

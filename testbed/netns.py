@@ -1,4 +1,4 @@
-"""Safe addresses and plumbing for namespace peers joined by veth pairs.
+"""Safe addresses and plumbing for namespace peers joined by veth pairs, and free loopback ports.
 
 Traffic may only go to loopback or to namespaces the tests themselves make,
 with addresses that cannot collide with the machine's own: a /30 of the
@@ -13,10 +13,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import random
+import socket
 import subprocess
 from typing import Optional
 
 BENCHMARK_RANGE = ipaddress.ip_network("198.18.0.0/15")
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (the kernel's pick), for a server the caller starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sh(*cmd: str, check: bool = True) -> str:

@@ -6,7 +6,6 @@ status 2 before anything is compiled or attached."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ import urllib.request
 
 import pytest
 
+from testbed.netns import free_port
+
 pytestmark = pytest.mark.root
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _family(pid: int) -> set[int]:
@@ -65,7 +60,7 @@ def _unix_sockets() -> dict[int, str]:
 
 
 def test_the_loaders_handoff_socket_has_no_name_anyone_could_connect_to():
-    port = _free_port()
+    port = free_port()
     command = os.path.join(os.path.dirname(sys.executable), "procnetmon")
     daemon = subprocess.Popen([command, "--serve", str(port), "-q"], cwd="/", stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -17,15 +16,11 @@ import pytest
 from harness import TrafficProcess, procnetmon_cmd, run_procnetmon
 from prometheus_client.parser import text_string_to_metric_families
 
+from testbed.netns import free_port
+
 PROMETHEUS = shutil.which("prometheus")
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 FAMILY = "procnetmon_payload_bytes_total"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5) -> str:

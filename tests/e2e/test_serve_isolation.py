@@ -19,16 +19,12 @@ import urllib.request
 
 import pytest
 
+from testbed.netns import free_port
+
 pytestmark = pytest.mark.root
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 PLANTS = ("json.py", "socket.py", "sitecustomize.py", "usercustomize.py", "procnetmon.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
