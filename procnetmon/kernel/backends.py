@@ -27,8 +27,6 @@ from typing import Optional
 from procnetmon.kernel import cache
 from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
 
-NAMES = ("tracepoint", "kprobe", "fentry")
-
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 KPROBE_PMU = "/sys/bus/event_source/devices/kprobe/type"
 KALLSYMS = "/proc/kallsyms"
@@ -201,10 +199,11 @@ def _typed_tracepoints(facts: Optional[BtfFacts]) -> tuple[bool, str]:
     btf_id = facts.tracepoints.get("sock_send_length") if facts is not None else None
     if not btf_id:
         return False, "no BTF id for sock_send_length"
-    from procnetmon.kernel import trampoline
+    from procnetmon.kernel import bpfsys
 
-    ok, why = trampoline.probe_btf_tracepoint(btf_id)
-    return ok, "" if ok else f"field reads through bpf_probe_read_kernel: {why}"
+    # Only an attempt tells: the kernel may have the BTF and still refuse (see fentry_backend).
+    ok, why = bpfsys.try_attach(bpfsys.BPF_TRACE_RAW_TP, btf_id)
+    return ok, "" if ok else f"field reads through bpf_probe_read_kernel: a BTF-typed tracepoint program: {why}"
 
 
 def _hooked_functions(present: set[str]) -> tuple[list[str], list[str]]:
@@ -220,11 +219,14 @@ def fentry_backend(facts: Optional[BtfFacts], symbols: set[str]) -> Backend:
     functions, missing = _hooked_functions(present)
     if missing:
         return Backend("fentry", False, f"kernel functions missing from BTF or kallsyms: {', '.join(missing)}")
-    from procnetmon.kernel import trampoline
+    from procnetmon.kernel import bpfsys
 
-    ok, why = trampoline.probe_fexit(facts.functions["inet_sendmsg"])
+    # A kernel can have BTF and the trampoline code and still refuse (no ftrace
+    # direct calls, a security policy): only an attempt tells, so the empty
+    # fexit program is attached to inet_sendmsg for an instant, no compiler, a millisecond.
+    ok, why = bpfsys.try_attach(bpfsys.BPF_TRACE_FEXIT, facts.functions["inet_sendmsg"])
     if not ok:
-        return Backend("fentry", False, f"BPF trampolines refused: {why} "
+        return Backend("fentry", False, f"BPF trampolines refused: an fexit program: {why} "
                                         "(needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, Linux 5.5+)")
     return Backend("fentry", True, "fexit on " + ", ".join(functions), tuple(functions))
 

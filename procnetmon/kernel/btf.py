@@ -238,14 +238,6 @@ class BTF:
         ids = [self._funcs[off] for off in self._name_offsets(name) if off in self._funcs]
         return min(ids) if ids else None
 
-    def func_arity(self, name: str) -> Optional[int]:
-        """Parameter count of kernel function ``name``, or None when BTF does not have it."""
-        type_id = self.func_id(name)
-        if type_id is None:
-            return None
-        _, proto = self.resolve(self.type(type_id).size_or_type)
-        return len(proto.members) if proto.kind == KIND_FUNC_PROTO else None
-
     def func_proto_arity(self, typedef_name: str) -> Optional[int]:
         """Parameter count of a function-pointer typedef (e.g. ``btf_trace_<tp>``)."""
         for type_id in self._ids_named(typedef_name):

@@ -265,3 +265,27 @@ def test_kernel_config_missing_blocks_payload_mode_and_says_where_it_looked(monk
     assert "/boot/config-" in finding.fix
     ready, reason = check.payload_backend([finding])
     assert not ready and reason.startswith("kernel config: none readable")
+
+
+def test_a_refused_attempt_says_which_program_was_refused_and_why(monkeypatch):
+    from procnetmon.kernel import bpfsys
+
+    tried = []
+
+    def refuse(attach_type, btf_id):
+        tried.append((attach_type, btf_id))
+        return False, "loading failed: Operation not permitted"
+
+    monkeypatch.setattr(bpfsys, "try_attach", refuse)
+    facts = backends.BtfFacts({"sock_send_length": 7}, dict.fromkeys(backends.FUNCTIONS, 11), False)
+    symbols = set(backends.FUNCTIONS)
+    assert backends._typed_tracepoints(facts) == (
+        False, "field reads through bpf_probe_read_kernel: a BTF-typed tracepoint program: "
+               "loading failed: Operation not permitted")
+    assert backends.fentry_backend(facts, symbols).detail == (
+        "BPF trampolines refused: an fexit program: loading failed: Operation not permitted "
+        "(needs CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, Linux 5.5+)")
+    assert tried == [(bpfsys.BPF_TRACE_RAW_TP, 7), (bpfsys.BPF_TRACE_FEXIT, 11)]
+    monkeypatch.setattr(bpfsys, "try_attach", lambda attach_type, btf_id: (True, ""))
+    assert backends._typed_tracepoints(facts) == (True, "")
+    assert backends.fentry_backend(facts, symbols).usable
