@@ -33,7 +33,7 @@ import time
 import urllib.request
 
 from bench import procstat
-from procnetmon.kernel.check import cgroup2_mount
+from procnetmon.cgroups import cgroup2_mount
 from testbed.netns import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,8 +4,11 @@
  * Counts the return value of every socket call on a TCP or UDP socket (IPv4
  * and IPv6) that moved bytes, at the hooks of the chosen backend
  * (hooks.h), in the calling task's context: attribution to its thread
- * group is exact. Counters are aggregated here per (process, interface,
- * protocol, direction); user space reads them once per interval.
+ * group is exact. Counters are aggregated here per process: `counters` is
+ * keyed by the tgid alone and holds TCP and UDP bytes in and out (struct
+ * counts, common.h); the interface only decides, in the filters, whether a
+ * call is counted at all. With DETAILS, `sockets` also keeps bytes per
+ * (socket inode, tgid). User space reads them once per interval.
  *
  * Options (-D), besides those of common.h and hooks.h:
  *   DETAILS           also keep bytes per socket with its addresses

@@ -186,6 +186,13 @@ class CgroupNames:
 
 def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
     """Where the cgroup v2 hierarchy is mounted (None: nowhere)."""
-    from procnetmon.kernel.check import cgroup2_mount as find
-
-    return find(mounts_path)
+    try:
+        with open(mounts_path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    # /proc/mounts writes spaces and the like as octal escapes.
+                    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+    except OSError:
+        pass
+    return None

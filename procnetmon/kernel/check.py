@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 from dataclasses import dataclass
 from typing import Optional
 
+from procnetmon import cgroups
 from procnetmon.kernel import backends, cache, headers, mounts
 from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
 
@@ -249,21 +249,8 @@ def _mounted_fstype(fstype: str, mounts_path: str = "/proc/mounts") -> bool:
         return False
 
 
-def cgroup2_mount(mounts_path: str = "/proc/mounts") -> Optional[str]:
-    try:
-        with open(mounts_path) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "cgroup2":
-                    # /proc/mounts writes spaces and the like as octal escapes.
-                    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
-    except OSError:
-        pass
-    return None
-
-
 def check_cgroup2() -> Finding:
-    where = cgroup2_mount()
+    where = cgroups.cgroup2_mount()
     if where:
         return Finding("cgroup2", True, f"mounted at {where} (needed by wire mode only)", required=False)
     return Finding("cgroup2", False, "not mounted (needed by wire mode only)",

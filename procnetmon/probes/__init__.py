@@ -1,4 +1,10 @@
-"""Probe backends: the only modules that import bcc.
+"""Probe backends: the BPF programs procnetmon attaches, and what they count.
+
+bcc is imported only when programs are compiled and attached (in
+``loader.BccProbe.attach`` and ``wire.WireProbe``), and by ``kernel.check``
+to report its version; ``fdprobe`` reads maps held as file descriptors
+through libbpf, without it. Importing this package needs neither bcc nor
+root, so the CLI and the unit tests run without them.
 
 Each backend attaches its BPF programs and hands the engine plain numbers:
 cumulative byte counters per (pid, protocol, direction), the names of

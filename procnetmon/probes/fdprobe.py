@@ -10,14 +10,13 @@ are those of bpf/common.h and bpf/wire.bpf.c.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 from procnetmon.kernel import bpfsys
-from procnetmon.probes import ProbeError, SocketBytes
+from procnetmon.probes import ProbeError, SocketBytes, libbpf
 from procnetmon.probes.reader import MapReader
 from procnetmon.probes.spec import ProbeSpec
 
@@ -37,21 +36,6 @@ class PendingKeyC(ctypes.Structure):
 
 class OwnerC(ctypes.Structure):
     _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("ino", ctypes.c_uint64)]
-
-
-def _libbpf():
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as e:
-        raise ProbeError(f"reading the maps needs libbpf (libbpf1): {e}") from e
-    for fn in ("bpf_map_get_next_key", "bpf_map_lookup_elem", "bpf_map_delete_elem"):
-        args = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-        getattr(lib, fn).argtypes = args[:2] if fn.endswith("delete_elem") else args
-        getattr(lib, fn).restype = ctypes.c_int
-    lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
-    lib.bpf_map_update_elem.restype = ctypes.c_int
-    return lib
 
 
 class Map:
@@ -142,7 +126,7 @@ class FdProbe(MapReader):
         # output to a file: its standard error is not the user's.
         header, self._fds = handoff.attach_in_child(dataclasses.replace(self.spec, handoff=False, verbose=False))
         self.backend = LoadedBackend(header["backend"], header["label"])
-        lib = _libbpf()
+        lib = libbpf.load("reading the maps")
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
                  "target_pids": (u32, u8), "target_cgroups": (u64, u8), "execed": (u32, u8),

@@ -10,27 +10,18 @@ sockets whose owner became known since (the ``pending`` map) to that owner
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
 import os
 from typing import Optional
 
-from procnetmon.kernel.check import cgroup2_mount
-from procnetmon.probes import ProbeError, SocketBytes
+from procnetmon.cgroups import cgroup2_mount
+from procnetmon.probes import ProbeError, SocketBytes, libbpf
 from procnetmon.probes.loader import BccProbe, socket_bytes
 from procnetmon.probes.spec import ProbeSpec
 
 # enum bpf_attach_type
 BPF_CGROUP_INET_INGRESS = 0
 BPF_CGROUP_INET_EGRESS = 1
-
-
-def _libbpf():
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    lib = ctypes.CDLL(name, use_errno=True)
-    lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    lib.bpf_link_create.restype = ctypes.c_int
-    return lib
 
 
 class WireProbe(BccProbe):
@@ -53,10 +44,7 @@ class WireProbe(BccProbe):
         if root is None:
             raise ProbeError("wire mode needs the cgroup v2 hierarchy mounted "
                              "(mount -t cgroup2 none /sys/fs/cgroup)")
-        try:
-            lib = _libbpf()
-        except OSError as e:
-            raise ProbeError(f"wire mode needs libbpf (libbpf1): {e}") from e
+        lib = libbpf.load("wire mode")
         self._cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         for name, attach_type in (("wire_egress", BPF_CGROUP_INET_EGRESS),
                                   ("wire_ingress", BPF_CGROUP_INET_INGRESS)):

@@ -10,7 +10,7 @@ import itertools
 import os
 import secrets
 
-from procnetmon.kernel.check import cgroup2_mount
+from procnetmon.cgroups import cgroup2_mount
 
 _counter = itertools.count()
 

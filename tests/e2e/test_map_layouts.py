@@ -11,8 +11,8 @@ import struct
 import pytest
 
 from procnetmon.kernel import bpfsys
-from procnetmon.probes import ProbeError
-from procnetmon.probes.fdprobe import FdProbe, Map, OwnerC, _libbpf
+from procnetmon.probes import ProbeError, libbpf
+from procnetmon.probes.fdprobe import FdProbe, Map, OwnerC
 from procnetmon.probes.spec import ProbeSpec
 
 pytestmark = pytest.mark.root
@@ -46,8 +46,8 @@ def test_a_map_of_other_sizes_is_refused():
     fd = bpfsys.bpf(BPF_MAP_CREATE, attr)
     try:
         assert bpfsys.map_sizes(fd) == (8, 16)
-        Map(_libbpf(), fd, ctypes.c_uint64, OwnerC, name="owners")  # the right sizes
+        Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OwnerC, name="owners")  # the right sizes
         with pytest.raises(ProbeError, match="owners has 8-byte keys and 16-byte values, procnetmon reads 8 and 8"):
-            Map(_libbpf(), fd, ctypes.c_uint64, OldOwnerC, name="owners")
+            Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OldOwnerC, name="owners")
     finally:
         os.close(fd)

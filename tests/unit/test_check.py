@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from btfblob import BtfBuilder
 
+from procnetmon import cgroups
 from procnetmon.kernel import check
 from procnetmon.kernel.btf import BTF
 from procnetmon.kernel.check import CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, Finding
@@ -69,20 +70,20 @@ none /other cgroup2 rw 0 0
 def test_cgroup2_mount(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text(MOUNTS)
-    assert check.cgroup2_mount(str(mounts)) == "/sys/fs/cgroup/unified"
+    assert cgroups.cgroup2_mount(str(mounts)) == "/sys/fs/cgroup/unified"
 
 
 def test_cgroup2_mount_absent(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("\n".join(MOUNTS.splitlines()[:3]) + "\nshort line\n")
-    assert check.cgroup2_mount(str(mounts)) is None
-    assert check.cgroup2_mount(str(tmp_path / "absent")) is None
+    assert cgroups.cgroup2_mount(str(mounts)) is None
+    assert cgroups.cgroup2_mount(str(tmp_path / "absent")) is None
 
 
 def test_cgroup2_mount_with_a_space_in_the_path(tmp_path):
     mounts = tmp_path / "mounts"
     mounts.write_text("none /mnt/my\\040cgroup cgroup2 rw 0 0\n")
-    assert check.cgroup2_mount(str(mounts)) == "/mnt/my cgroup"
+    assert cgroups.cgroup2_mount(str(mounts)) == "/mnt/my cgroup"
 
 
 # -- verdicts ------------------------------------------------------------------------

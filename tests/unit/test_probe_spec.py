@@ -11,7 +11,7 @@ import pytest
 
 from procnetmon import cli, session
 from procnetmon.interfaces import InterfaceKey
-from procnetmon.probes import fdprobe, handoff
+from procnetmon.probes import handoff, libbpf
 from procnetmon.probes.fdprobe import FdProbe, LoadedBackend
 from procnetmon.probes.loader import BccProbe, build_cflags
 from procnetmon.probes.payload import PayloadProbe
@@ -129,7 +129,7 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
                 "cgroup_ids": [3]}, []
 
     monkeypatch.setattr(handoff, "attach_in_child", attach_in_child)
-    monkeypatch.setattr(fdprobe, "_libbpf", lambda: None)
+    monkeypatch.setattr(libbpf, "load", lambda purpose: None)
     spec = ProbeSpec(mode="wire", pids=(7,), backend="tracepoint", handoff=True, verbose=True)
     probe = FdProbe(spec)
     probe.attach()

@@ -28,7 +28,7 @@ def test_rss_mib_is_the_resident_set_now():
 
 
 def test_a_gone_process_costs_none():
-    child = subprocess.Popen(["true"])
+    child = subprocess.Popen([sys.executable, "-c", ""])
     child.wait()
     assert procstat.cpu_seconds(child.pid) is None
     assert procstat.rss_mib(child.pid) is None
