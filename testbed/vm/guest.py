@@ -194,7 +194,7 @@ def guest_main(out: str, everything: bool, headers_root: Optional[str], timeout:
 # ---------------------------------------------------------------- on this machine
 
 def guest_command(root: str, out: str, everything: bool, headers_root: Optional[str]) -> str:
-    """The one shell line the guest runs: the guest side of this module, its output kept in ``out``."""
+    """The one shell line the guest runs: guest_main (``python -m testbed.vm guest``), its output kept in ``out``."""
     args = ["guest", "--out", out] + (["--all"] if everything else [])
     if headers_root:
         args += ["--headers", headers_root]
