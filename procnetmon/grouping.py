@@ -19,15 +19,19 @@ def fold(rows: list[ProcessStats], key_of: dict[int, str], by: str, seconds: flo
          tally) -> list[ProcessStats]:
     """One row per group key (``key_of`` maps each row's pid), in first-seen order.
 
-    ``tally`` is the engine's Tally over folded counters: its ``peaks`` and
-    running ``totals`` by group key (a group's total includes processes
+    ``tally`` is the engine's Tally over folded counters: the peaks and
+    running total of each group key (a group's total includes processes
     that moved nothing in this window, so are not among ``rows``).
     """
     groups: dict[str, list[ProcessStats]] = {}
     for row in rows:
         groups.setdefault(key_of.get(row.pid, ""), []).append(row)
-    return [_folded(key, members, by, seconds, tally.peaks.get(key), tally.totals.get(key))
-            for key, members in groups.items()]
+    out = []
+    for key, members in groups.items():
+        counted = tally.entries.get(key)
+        peaks, total = (counted.peaks, counted.total) if counted is not None else (None, None)
+        out.append(_folded(key, members, by, seconds, peaks, total))
+    return out
 
 
 def _sum_known(values) -> Optional[int]:

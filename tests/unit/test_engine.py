@@ -12,10 +12,11 @@ from typing import NamedTuple
 import pytest
 
 from procnetmon import cgroups
-from procnetmon.engine import Options, Peaks, Sampler, Tally, Usage, usage_by_pid
+from procnetmon.engine import Options, Sampler
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY
 from procnetmon.probes import CounterKey, Snapshot, SocketBytes
 from procnetmon.procinfo import Identity, Socket
+from procnetmon.tally import Counted, Peaks, Tally, Usage, usage_by_pid
 
 START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
 
@@ -68,56 +69,81 @@ def test_usage_minus():
 # -- Tally -----------------------------------------------------------------------
 
 
+def windows(t):
+    """The last interval's bytes of each key the last snapshot counted."""
+    return {key: c.window for key, c in t.entries.items() if c.total is not None}
+
+
+def totals(t):
+    return {key: c.total for key, c in t.entries.items() if c.total is not None}
+
+
+def peaks(t):
+    return {key: c.peaks for key, c in t.entries.items()}
+
+
+
 def test_tally_windows_totals_and_peaks():
-    t = Tally(interval=1.0)
+    t = Tally(1.0, Counted)
     t.advance({1: Usage(tcp_in=100, udp_out=10)}, 1.0)
-    assert t.window == {1: Usage(tcp_in=100, udp_out=10)}
+    assert windows(t) == {1: Usage(tcp_in=100, udp_out=10)}
     t.advance({1: Usage(tcp_in=400, udp_out=12), 2: Usage(udp_in=50)}, 1.0)
-    assert t.window == {1: Usage(tcp_in=300, udp_out=2), 2: Usage(udp_in=50)}
-    assert t.totals == {1: Usage(tcp_in=400, udp_out=12), 2: Usage(udp_in=50)}
+    assert windows(t) == {1: Usage(tcp_in=300, udp_out=2), 2: Usage(udp_in=50)}
+    assert totals(t) == {1: Usage(tcp_in=400, udp_out=12), 2: Usage(udp_in=50)}
     t.advance({1: Usage(tcp_in=450, udp_out=12), 2: Usage(udp_in=50)}, 2.0)
-    assert t.window[1] == Usage(tcp_in=50)
+    assert windows(t)[1] == Usage(tcp_in=50)
     assert t.intervals == 3
-    assert t.peaks[1] == Peaks(rate_in=300.0, rate_out=10.0)
-    assert t.peaks[2] == Peaks(rate_in=50.0, rate_out=0.0)
+    assert peaks(t)[1] == Peaks(rate_in=300.0, rate_out=10.0)
+    assert peaks(t)[2] == Peaks(rate_in=50.0, rate_out=0.0)
     # Aggregate: the best interval of the sum, not the sum of the bests.
     assert t.aggregate_peaks == Peaks(rate_in=350.0, rate_out=10.0)
 
 
 def test_peak_is_a_rate_over_the_interval_length():
-    t = Tally(interval=2.0)
+    t = Tally(2.0, Counted)
     t.advance({1: Usage(tcp_out=1000)}, 2.0)
-    assert t.peaks[1].rate_out == 500.0
+    assert peaks(t)[1].rate_out == 500.0
 
 
 def test_short_last_interval_counts_in_totals_but_sets_no_peak():
-    t = Tally(interval=1.0)
+    t = Tally(1.0, Counted)
     t.advance({1: Usage(tcp_in=100)}, 1.0)
     t.advance({1: Usage(tcp_in=150)}, 0.1)  # 50 bytes in 0.1 s would read as 500 B/s
-    assert t.totals[1].tcp_in == 150
-    assert t.window[1].tcp_in == 50
-    assert t.peaks[1].rate_in == 100.0
+    assert totals(t)[1].tcp_in == 150
+    assert windows(t)[1].tcp_in == 50
+    assert peaks(t)[1].rate_in == 100.0
     assert t.aggregate_peaks.rate_in == 100.0
 
 
 def test_half_an_interval_is_long_enough_for_a_peak():
-    t = Tally(interval=1.0)
+    t = Tally(1.0, Counted)
     t.advance({1: Usage(tcp_in=100)}, 1.0)
     t.advance({1: Usage(tcp_in=400)}, 0.5)
-    assert t.peaks[1].rate_in == 600.0
+    assert peaks(t)[1].rate_in == 600.0
 
 
 def test_a_short_first_and_only_interval_still_sets_peaks():
     # -t shorter than --interval: the one window is all there is.
-    t = Tally(interval=1.0)
+    t = Tally(1.0, Counted)
     t.advance({1: Usage(udp_out=30)}, 0.3)
-    assert t.peaks[1].rate_out == pytest.approx(100.0)
+    assert peaks(t)[1].rate_out == pytest.approx(100.0)
 
 
 def test_zero_second_interval_rates_are_zero():
-    t = Tally(interval=1.0)
+    t = Tally(1.0, Counted)
     t.advance({1: Usage(tcp_in=10)}, 0.0)
-    assert t.peaks[1] == Peaks()
+    assert peaks(t)[1] == Peaks()
+
+
+def test_a_key_missing_from_a_snapshot_keeps_its_peaks_with_no_total_and_an_empty_window():
+    t = Tally(1.0, Counted)
+    t.advance({1: Usage(tcp_in=100), 2: Usage(udp_out=7)}, 1.0)
+    t.advance({2: Usage(udp_out=9)}, 1.0)
+    assert (t.entries[1].total, t.entries[1].window, t.entries[1].peaks) == (None, Usage(), Peaks(rate_in=100.0))
+    assert windows(t) == {2: Usage(udp_out=2)}
+    t.advance({1: Usage(tcp_in=5), 2: Usage(udp_out=9)}, 1.0)  # counted again (a PID reused): from zero
+    assert windows(t) == {1: Usage(tcp_in=5), 2: Usage()}
+    assert t.aggregate_peaks == Peaks(rate_in=100.0, rate_out=7.0)
 
 
 # -- fakes for Sampler -------------------------------------------------------------
@@ -825,7 +851,7 @@ def test_a_daemon_forgets_exited_processes_once_their_bytes_were_reported():
     assert [by_pid(r)[20].bytes_in for r in records] == [100, 50, 10]
     assert probe.forgotten == [20]
     # What is kept of PID 20 now is the late bytes' only.
-    assert sampler.tally.totals[20].tcp_in == 10 and sampler.tally.peaks[20].rate_in == 10.0
+    assert sampler.tracked[20].total.tcp_in == 10 and sampler.tracked[20].peaks.rate_in == 10.0
 
 
 def test_a_process_gone_before_its_exit_was_collected_is_named_by_the_kernel_note():

@@ -175,8 +175,7 @@ def test_state_follows_the_processes_still_counted_and_the_summary_covers_all():
     def on_interval(record):
         # An interval shows the daemon and the one child of that interval.
         assert len(record.processes) == 2
-        sizes.append(len(sampler.tally.totals) + len(sampler.tally.peaks) + len(sampler.identities)
-                     + len(sampler.kernel_names) + len(sampler.socket_totals))
+        sizes.append(len(sampler.tracked) + len(sampler.group_tally.entries) + len(sampler.carried))
         return True
 
     summary = sampler.run(on_interval)

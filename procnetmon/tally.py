@@ -1,0 +1,172 @@
+"""Counting: bytes by protocol and direction, running totals, windows and peaks.
+
+``Tally`` turns cumulative counter snapshots into totals since the start,
+the last interval's bytes and peak rates, one ``Counted`` per key (a PID,
+or a group of ``--group-by``). ``Archive`` keeps what the summary needs of
+processes that are gone. Nothing here knows what a process is.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+from procnetmon.probes import CounterKey
+
+
+@dataclass
+class Usage:
+    """Bytes of one process by protocol and direction."""
+
+    tcp_in: int = 0
+    tcp_out: int = 0
+    udp_in: int = 0
+    udp_out: int = 0
+
+    @property
+    def bytes_in(self) -> int:
+        return self.tcp_in + self.udp_in
+
+    @property
+    def bytes_out(self) -> int:
+        return self.tcp_out + self.udp_out
+
+    def plus(self, other: "Usage") -> "Usage":
+        return Usage(self.tcp_in + other.tcp_in, self.tcp_out + other.tcp_out,
+                     self.udp_in + other.udp_in, self.udp_out + other.udp_out)
+
+    def minus(self, other: "Usage") -> "Usage":
+        return Usage(self.tcp_in - other.tcp_in, self.tcp_out - other.tcp_out,
+                     self.udp_in - other.udp_in, self.udp_out - other.udp_out)
+
+
+def usage_by_pid(counters: dict[CounterKey, int]) -> dict[int, Usage]:
+    """Fold (pid, protocol, direction) counters into one Usage per process."""
+    out: dict[int, Usage] = {}
+    for key, value in counters.items():
+        u = out.setdefault(key.pid, Usage())
+        attr = f"{key.protocol}_{key.direction}"
+        setattr(u, attr, getattr(u, attr) + value)
+    return out
+
+
+def rate(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds if seconds > 0 else 0.0
+
+
+@dataclass
+class Peaks:
+    rate_in: float = 0.0
+    rate_out: float = 0.0
+
+    def see(self, rate_in: float, rate_out: float) -> None:
+        self.rate_in = max(self.rate_in, rate_in)
+        self.rate_out = max(self.rate_out, rate_out)
+
+
+@dataclass(eq=False)
+class Counted:
+    """One key's counts in a Tally."""
+
+    total: Optional[Usage] = None  # since the start; None: not among the last read's counters
+    window: Usage = field(default_factory=Usage)  # the last interval's bytes
+    peaks: Peaks = field(default_factory=Peaks)
+
+    def uncount(self) -> None:
+        """No longer among the probe's counters (retired, or gone from the read)."""
+        self.total = None
+        self.window = Usage()
+
+
+C = TypeVar("C", bound=Counted)
+
+
+class Tally(Generic[C]):
+    """Running totals, the last interval and peak rates, from cumulative snapshots.
+
+    ``entries`` holds one ``C`` (made by ``new``) per key ever counted and
+    not dropped by its owner; a key missing from a snapshot keeps its entry
+    (and peaks) but has no total and an empty window.
+
+    A peak is the highest one-interval rate. A final interval cut short (by
+    Ctrl-C, or -t not being a multiple of --interval) shorter than half an
+    interval does not set peaks, because a few milliseconds of burst would
+    read as an absurd rate; it still counts in every total.
+    """
+
+    def __init__(self, interval: float, new: Callable[[], C], entries: Optional[dict[Any, C]] = None):
+        self.interval = interval
+        self.new = new
+        self.entries: dict[Any, C] = {} if entries is None else entries  # by pid, or by group
+        self.aggregate_peaks = Peaks()
+        self.intervals = 0
+
+    def advance(self, cumulative: dict[Any, Usage], seconds: float) -> None:
+        """Take the counters at the end of an interval that lasted ``seconds``."""
+        entries = self.entries
+        for key, entry in entries.items():
+            if entry.total is not None and key not in cumulative:
+                entry.uncount()
+        for key, u in cumulative.items():
+            counted = entries.get(key)
+            if counted is None:
+                counted = entries[key] = self.new()
+            counted.window = u.minus(counted.total if counted.total is not None else Usage())
+            counted.total = u
+        self.intervals += 1
+        if seconds < self.interval / 2 and self.intervals > 1:
+            return
+        agg_in = agg_out = 0
+        for key in cumulative:
+            w = entries[key].window
+            entries[key].peaks.see(rate(w.bytes_in, seconds), rate(w.bytes_out, seconds))
+            agg_in += w.bytes_in
+            agg_out += w.bytes_out
+        self.aggregate_peaks.see(rate(agg_in, seconds), rate(agg_out, seconds))
+
+
+class Archive:
+    """Final totals of processes that are gone, for the summary only.
+
+    A long ``-c`` run sees tens of thousands of processes come and go; what
+    the summary needs of each (PID, bytes by protocol and direction, peaks,
+    name, command line, cgroup, group) is packed here in flat arrays, about
+    70 bytes a process, each text stored once however often it recurs.
+    Nothing here is looked at again until the summary.
+    """
+
+    TEXTS = 4  # name, cmdline, cgroup ("" for none), group key
+
+    def __init__(self) -> None:
+        self.pids = array("q")
+        self.usage = array("Q")  # tcp_in, tcp_out, udp_in, udp_out per process
+        self.peaks = array("d")  # rate_in, rate_out per process
+        self.text = array("L")  # TEXTS indexes into _texts per process
+        self._texts: list[str] = []
+        self._text_index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def _intern(self, text: str) -> int:
+        index = self._text_index.get(text)
+        if index is None:
+            index = self._text_index[text] = len(self._texts)
+            self._texts.append(text)
+        return index
+
+    def add(self, pid: int, usage: Usage, peaks: Peaks, name: str, cmdline: str,
+            cgroup: Optional[str] = None, group: str = "") -> None:
+        self.pids.append(pid)
+        self.usage.extend((usage.tcp_in, usage.tcp_out, usage.udp_in, usage.udp_out))
+        self.peaks.extend((peaks.rate_in, peaks.rate_out))
+        self.text.extend(self._intern(t) for t in (name, cmdline, cgroup or "", group))
+
+    def rows(self):
+        """(pid, Usage, Peaks, name, cmdline, cgroup, group) of each process, oldest first."""
+        n = self.TEXTS
+        for i, pid in enumerate(self.pids):
+            name, cmdline, cgroup, group = (self._texts[j] for j in self.text[n * i:n * i + n])
+            yield (pid, Usage(*self.usage[4 * i:4 * i + 4]), Peaks(*self.peaks[2 * i:2 * i + 2]),
+                   name, cmdline, cgroup or None, group)
