@@ -10,7 +10,7 @@ from a sampler's state; it reads that state and never formats.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from procnetmon import cgroups, grouping, procinfo
@@ -32,7 +32,8 @@ class Tracked(Counted):
     exited_cgroup_id: Optional[int] = None  # its cgroup at exit, noted by the kernel
     cgroup: Optional[str] = None  # where it was last seen alive
     group: Optional[str] = None  # --group-by: its group, fixed when first seen
-    socket_totals: dict[int, tuple[int, int]] = field(default_factory=dict)  # sock_id -> (in, out)
+    # --details: sock_id -> (in, out) at the last record; made when first needed (most runs never do).
+    socket_totals: Optional[dict[int, tuple[int, int]]] = None
     # --serve: the sockets last counted (None: unreadable), when sockets_counted.
     sockets: Optional[list[procinfo.Socket]] = None
     sockets_counted: bool = False
@@ -184,6 +185,8 @@ def _process_row(s: Sampler, kind: str, pid: int, seconds: float, alive: bool,
         total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
         tcp_listening=_count(live_sockets, "tcp", state="LISTEN"))
     if s.options.details:
+        if t.socket_totals is None:
+            t.socket_totals = {}
         row.connections = connections(kind, pid, live_sockets or [], kernel_sockets, t.socket_totals)
     return row
 
