@@ -1,5 +1,5 @@
 /*
- * procnetmon wire backend: the bytes of the IP packets of each process's sockets.
+ * procnetmon wire mode: the bytes of the IP packets of each process's sockets.
  *
  * Two cgroup_skb programs on the root of the cgroup v2 hierarchy see every
  * IP packet that a local TCP or UDP socket sends (egress, before GSO

@@ -1,4 +1,9 @@
-"""Probe backends: the BPF programs procnetmon attaches, and what they count.
+"""Probes: the BPF programs procnetmon attaches, and what they count.
+
+Two words are kept apart throughout: a *mode* is what is counted
+(payload: the bytes of socket calls; wire: the bytes of IP packets), one
+probe class each; a *backend* is where payload-mode hooks attach
+(tracepoint, kprobe or fentry: ``kernel.backends``, ``--backend``).
 
 bcc is imported only when programs are compiled and attached (in
 ``loader.BccProbe.attach`` and ``wire.WireProbe``), and by ``kernel.check``
@@ -6,7 +11,7 @@ to report its version; ``fdprobe`` reads maps held as file descriptors
 through libbpf, without it. Importing this package needs neither bcc nor
 root, so the CLI and the unit tests run without them.
 
-Each backend attaches its BPF programs and hands the engine plain numbers:
+Each probe attaches its BPF programs and hands the engine plain numbers:
 cumulative byte counters per (pid, protocol, direction), the names of
 processes that exited, and per-socket bytes when asked for details.
 ``Probe`` is the contract every probe keeps (``SampledProbe`` the part the
@@ -54,7 +59,7 @@ class SocketBytes:
 
 @dataclass
 class Snapshot:
-    """What a backend has counted since it was attached."""
+    """What a probe has counted since it was attached."""
 
     counters: dict  # CounterKey -> cumulative bytes
     lost_updates: int = 0

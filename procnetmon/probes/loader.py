@@ -1,7 +1,9 @@
-"""What every BCC backend does the same way: compile, fill the filter maps, read counters.
+"""What the probes of every mode do the same way with BCC: compile, fill the filter maps, read counters.
 
-A backend names its BPF source and its mode, and may add programs to
-attach (``_attach_more``); reading the maps is ``reader.MapReader``'s.
+A mode's probe class names its BPF source and its mode, and may add
+programs to attach (``_attach_more``); the backend (tracepoint, kprobe,
+fentry) says where the socket-call hooks attach; reading the maps is
+``reader.MapReader``'s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The wire backend: bpf/wire.bpf.c, cgroup_skb programs joined to socket owners.
+"""Wire mode: bpf/wire.bpf.c, cgroup_skb programs joined to socket owners.
 
 Attaches the two cgroup_skb programs to the root of the cgroup v2
 hierarchy through BPF links, which the kernel detaches when procnetmon's
