@@ -29,6 +29,7 @@ import time
 from typing import Optional
 
 from bench.procstat import cpu_seconds, rss_mib
+from procnetmon.status import is_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAYLOAD = b"x" * 100
@@ -40,10 +41,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def start_procnetmon(python: str, out) -> subprocess.Popen:
     proc = subprocess.Popen([python, "-m", "procnetmon", "-c", "--interval", "1s", "--json",
                              "--include-loopback"], cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    if "probes attached" not in line:
-        proc.kill()
-        raise SystemExit(f"procnetmon did not start: {line}{proc.stderr.read()}")
+    seen = []
+    while not (seen and is_ready(seen[-1])):  # a fresh machine's first line says tracefs was mounted
+        seen.append(proc.stderr.readline())
+        if not seen[-1]:
+            proc.kill()
+            raise SystemExit(f"procnetmon did not start: {''.join(seen)}{proc.stderr.read()}")
     return proc
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from bench import procstat
+from procnetmon.status import READY
 
-ATTACHED = re.compile(r"probes attached in ([\d.]+) s(?:, ([\d.]+) s after launch)?")
+ATTACHED = re.compile(re.escape(READY) + r" in ([\d.]+) s(?:, ([\d.]+) s after launch)?")
 
 
 class Unavailable(RuntimeError):

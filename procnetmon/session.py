@@ -27,7 +27,7 @@ from procnetmon.model import MODE_WIRE
 from procnetmon.output.writer import OutputError, Writer
 from procnetmon.probes import BackendInfo, Probe, ProbeError, expand_includes
 from procnetmon.probes.spec import ProbeSpec, bcc_probe_for, probe_for
-from procnetmon.status import ExitStatus
+from procnetmon.status import READY, ExitStatus
 
 if TYPE_CHECKING:
     from procnetmon.output.endpoint import Endpoint
@@ -320,7 +320,7 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
             if not args.quiet:
                 since_launch = _seconds_since_launch()
                 launched = f", {since_launch:.2f} s after launch" if since_launch is not None else ""
-                say(err, f"probes attached in {time.monotonic() - started:.2f} s{launched} "
+                say(err, f"{READY} in {time.monotonic() - started:.2f} s{launched} "
                          f"({_attached_backend(probe).label}); sampling {_describe_scope(args, command)}{serving}")
             if endpoint is not None:
                 endpoint.start()

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from procnetmon.status import is_ready
 from testbed.netns import free_subnet, sh
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -246,7 +247,7 @@ def run_procnetmon(*args: str, during: Optional[Callable[[], None]] = None, time
             if not line:
                 break
             err_lines.append(line)
-            if "probes attached" in line:
+            if is_ready(line):
                 attached = True
                 break
     if not attached:

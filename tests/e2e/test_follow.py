@@ -19,6 +19,8 @@ import time
 
 from harness import TRAFFIC, TrafficProcess, procnetmon_cmd, run_procnetmon
 
+from procnetmon.status import READY, is_ready
+
 SEND, REPLY = 20_000, 3_000
 
 
@@ -120,7 +122,7 @@ def test_sigterm_to_procnetmon_reaches_command_and_the_summary_is_written():
     try:
         line = ""
         deadline = time.monotonic() + 30
-        while "probes attached" not in line and time.monotonic() < deadline:
+        while not is_ready(line) and time.monotonic() < deadline:
             if select.select([proc.stderr], [], [], 1)[0]:
                 line = proc.stderr.readline()
         assert "probes attached" in line
@@ -268,7 +270,7 @@ def test_ctrl_c_at_a_terminal_reaches_command_and_the_summary_follows():
     output = b""
     try:
         deadline = time.monotonic() + 60
-        while b"probes attached" not in output and time.monotonic() < deadline:
+        while READY.encode() not in output and time.monotonic() < deadline:
             if select.select([master], [], [], 1)[0]:
                 output += os.read(master, 65536)
         assert b"probes attached" in output, output

@@ -14,6 +14,8 @@ import time
 import pytest
 from harness import procnetmon_cmd
 
+from procnetmon.status import is_ready
+
 DOCUMENTED = {0, 1, 2, 3, 130, 143}
 
 
@@ -165,7 +167,7 @@ def test_second_ctrl_c_right_after_the_first_keeps_status_0(gap):
                             stderr=subprocess.PIPE, text=True)
     try:
         line = ""
-        while "probes attached" not in line:
+        while not is_ready(line):
             line = proc.stderr.readline()
             assert line, "procnetmon ended before attaching"
         time.sleep(0.3)
@@ -191,7 +193,7 @@ def test_a_burst_of_stop_signals_ends_the_run_cleanly(signum):
                             stderr=subprocess.PIPE, text=True)
     try:
         line = ""
-        while "probes attached" not in line:
+        while not is_ready(line):
             line = proc.stderr.readline()
             assert line, "procnetmon ended before attaching"
         time.sleep(0.3)

@@ -19,6 +19,8 @@ import time
 import pytest
 from harness import procnetmon_cmd, wait_for
 
+from procnetmon.status import is_ready
+
 pytestmark = pytest.mark.root
 
 NOBODY = 65534
@@ -255,7 +257,7 @@ def _seconds_from_sigterm_to_exit(path: str) -> float:
     proc = subprocess.Popen(procnetmon_cmd("-c", "--interval", "0.2s", "--json", "-o", path), env=env(),
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: "probes attached" in proc.stderr.readline() or proc.poll() is not None, 60,
+        wait_for(lambda: is_ready(proc.stderr.readline()) or proc.poll() is not None, 60,
                  "the probes attached")
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(1.2)  # several interval writes
