@@ -85,6 +85,31 @@ class Peer:
         sh("ip", "netns", "del", self.netns, check=False)
 
 
+class DrainingListener:
+    """A loopback TCP listener that reads, in a thread, every byte sent to it, and counts them."""
+
+    def __init__(self, backlog: int = 64):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(backlog)
+        self.port = self.listener.getsockname()[1]
+        self.received = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                while chunk := conn.recv(65536):
+                    self.received += len(chunk)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def mac_of(dev: str, netns: Optional[str] = None) -> str:
     where = ["-n", netns] if netns else []
     return json.loads(sh("ip", *where, "-j", "link", "show", "dev", dev))[0]["address"]

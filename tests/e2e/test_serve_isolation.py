@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+from harness import DrainingListener
 
 from testbed.netns import free_port
 
@@ -123,24 +124,7 @@ s.close()
 def test_processes_of_the_first_interval_are_counted(tmp_path):
     # Issue 19, item 7: /metrics answered before the probes were attached, so
     # clients started as soon as it answered went uncounted.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    received = []
-
-    def drain():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while chunk := conn.recv(65536):
-                    received.append(len(chunk))
-
-    import threading
-
-    threading.Thread(target=drain, daemon=True).start()
+    listener = DrainingListener()
     client = tmp_path / "pnmshort"
     client.symlink_to(os.path.realpath(sys.executable))  # comm is the name it was run as
     port = free_port()
@@ -148,7 +132,7 @@ def test_processes_of_the_first_interval_are_counted(tmp_path):
     try:
         sizes = [777_777] + [1000] * 20
         for size in sizes:
-            subprocess.run([str(client), "-I", "-c", CLIENT, str(listener.getsockname()[1]), str(size)],
+            subprocess.run([str(client), "-I", "-c", CLIENT, str(listener.port), str(size)],
                            check=True, timeout=30)
             time.sleep(0.37)
         time.sleep(2.5)
@@ -336,23 +320,7 @@ def test_many_long_names_of_one_user_make_bounded_series_and_exact_sums():
     from cgrouptree import CgroupTree
     from prometheus_client.parser import text_string_to_metric_families
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(512)
-
-    def drain():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                while conn.recv(65536):
-                    pass
-
-    import threading
-
-    threading.Thread(target=drain, daemon=True).start()
+    listener = DrainingListener(backlog=512)
     tree = CgroupTree()
     jail = tree.full(tree.top)
     port = free_port()
@@ -366,7 +334,7 @@ def test_many_long_names_of_one_user_make_bounded_series_and_exact_sums():
         for batch in range(0, 300, 50):
             clients = [subprocess.Popen(
                 NOBODY + ["bash", "-c", 'exec -a "$0" python3 -I -c "$1" "$2" "$3"',
-                          f"{n:03d}" + "x" * 3997, SHORT_CLIENT, str(listener.getsockname()[1]), str(sizes[n])],
+                          f"{n:03d}" + "x" * 3997, SHORT_CLIENT, str(listener.port), str(sizes[n])],
                 preexec_fn=into_jail) for n in range(batch, batch + 50)]
             for c in clients:
                 assert c.wait(timeout=60) == 0

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
-from harness import run_procnetmon, wait_for
+from harness import DrainingListener, run_procnetmon, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -26,31 +24,6 @@ s.sendall(b"x" * int(sys.argv[2]))
 s.close()
 """
 NAME = "pnmtextfile"
-
-
-class Sink:
-    """A loopback listener that reads everything sent to it, counting the bytes."""
-
-    def __init__(self):
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.received = 0
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                while chunk := conn.recv(65536):
-                    self.received += len(chunk)
-
-    def close(self):
-        self.listener.close()
 
 
 def sent_by_name(text: str) -> float:
@@ -79,7 +52,7 @@ def run_clients(program: str, port: int, sizes: list[int], gap: float) -> None:
 def test_short_processes_of_the_first_interval_reach_the_textfile(client_program, sampling):
     program, where = client_program
     target = os.path.join(where, "procnetmon.prom")
-    sink = Sink()
+    sink = DrainingListener()
     sizes = [777_777] + [1000] * 20
     seen_first = {}
 
