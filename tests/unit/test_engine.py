@@ -187,14 +187,34 @@ class FakeStop:
         self._set = True
 
 
-class FakeProbe:
+class QuietProbe:
+    """The part of the probe contract a fake has nothing to say in: no
+    cgroups or exit notes, no exec, no sockets. Fakes script the rest."""
+
+    mode = "payload"
+
+    def exited_cgroups(self) -> dict:
+        return {}
+
+    def exit_info(self, pid):
+        return None  # no note of an exit the reads have not collected
+
+    def execed(self) -> set:
+        return set()
+
+    def forget(self, pids) -> None:
+        pass
+
+    def sockets(self) -> list:
+        return []
+
+
+class FakeProbe(QuietProbe):
     """Scripted cumulative counters, one snapshot per read (the last repeats).
 
     ``exited`` names processes that exit; like BccProbe, the probe reports
     an exit once, at the read of the last scripted snapshot showing it.
     """
-
-    mode = "payload"
 
     def __init__(self, snapshots, exited=None, sockets=None, lost=0, execs=None):
         self.snapshots = list(snapshots)
@@ -222,17 +242,8 @@ class FakeProbe:
                 self.reported.add(pid)
         return out
 
-    def exited_cgroups(self) -> dict:
-        return {}
-
-    def exit_info(self, pid):
-        return None  # no note of an exit the reads have not collected
-
     def execed(self) -> set:
         return set(self.exec_script[self.reads - 1]) if self.reads <= len(self.exec_script) else set()
-
-    def forget(self, pids) -> None:
-        pass
 
     def sockets(self) -> list:
         s = self.socket_script[min(self.socket_reads, len(self.socket_script) - 1)]

@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from test_engine import QuietProbe
 
 from procnetmon import cli, launch
 from procnetmon.engine import Options, Sampler
@@ -119,9 +120,7 @@ def test_help_says_command_outlives_time():
 # -- the engine: rows for processes learnt from the kernel ---------------------
 
 
-class Probe:
-    mode = "payload"
-
+class Probe(QuietProbe):
     def __init__(self, counters, exited=None):
         self.counters = counters
         self.exited_names = exited or {}
@@ -131,21 +130,6 @@ class Probe:
 
     def exited(self):
         return dict(self.exited_names)
-
-    def exited_cgroups(self):
-        return {}
-
-    def exit_info(self, pid):
-        return None
-
-    def execed(self):
-        return set()
-
-    def forget(self, pids):
-        pass
-
-    def sockets(self):
-        return []
 
 
 class Processes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes
 from types import SimpleNamespace
 
-from test_engine import START, FakeClock, FakeStop
+from test_engine import START, FakeClock, FakeStop, QuietProbe
 
 from procnetmon.engine import Options, Sampler
 from procnetmon.probes import CounterKey, Snapshot
@@ -106,12 +106,10 @@ def test_names_that_are_not_utf8_stay_recoverable():
 # -- the engine over a probe with the real contract -------------------------------------
 
 
-class ChurnProbe:
+class ChurnProbe(QuietProbe):
     """Each read: one long-lived process (pid 1) and a new short-lived one
     per interval, which exits; its counters are reported until the read that
     collects its exit, as BccProbe does."""
-
-    mode = "payload"
 
     def __init__(self):
         self.reads = 0
@@ -127,21 +125,6 @@ class ChurnProbe:
 
     def exited(self):
         return dict(self._exits)
-
-    def exited_cgroups(self):
-        return {}
-
-    def exit_info(self, pid):
-        return None
-
-    def execed(self):
-        return set()
-
-    def forget(self, pids):
-        pass
-
-    def sockets(self):
-        return []
 
 
 class Processes:
