@@ -10,12 +10,15 @@
  * returned `ret` (bytes moved, or -errno) with recv `flags` (MSG_PEEK);
  * `how` says how the hook's program may read kernel memory (common.h).
  *
- * Every way a process moves bytes through a TCP or UDP socket ends in one of
+ * Every way a process moves bytes through a network socket ends in one of
  * these hook points, and in exactly one of them:
  * - read/write, send/recv and their msg/mmsg forms, io_uring's send, recv,
  *   read and write: sock_sendmsg()/sock_recvmsg(), whose protocol calls are
- *   inet_sendmsg/inet6_sendmsg and inet_recvmsg/inet6_recvmsg (the
- *   sock_send_length/sock_recv_length tracepoints fire right after them);
+ *   inet_sendmsg/inet6_sendmsg and inet_recvmsg/inet6_recvmsg for every
+ *   inet socket (TCP, UDP, UDP-Lite, ping, raw, SCTP, MPTCP) and
+ *   packet_sendmsg/packet_recvmsg for AF_PACKET (the
+ *   sock_send_length/sock_recv_length tracepoints fire right after them,
+ *   for every family: the including program leaves local IPC out);
  * - sendfile and splice into a socket: since Linux 6.5 through sendmsg as
  *   well; before, through ->sendpage (inet_sendpage, -DHAVE_INET_SENDPAGE);
  *   a UDPv6 socket has none and falls back to sendmsg;
@@ -23,19 +26,17 @@
  *   it does not: tcp_splice_read() takes the data straight from the receive
  *   queue, so it gets its own hook.
  *
- * A backend may also tell the interface a UDP datagram arrived on (the
- * socket does not remember it): udp_rx_hint(how, sk), used when a filter needs
- * it (NEED_UDP_RX_IFINDEX).
+ * With NEED_DGRAM_IFINDEX, two tracepoints inside the calls note each
+ * datagram's device for calls.h (skb:skb_copy_datagram_iovec: received;
+ * net:net_dev_queue: sent).
  *
- * Options (-D): HOOKS_*; TYPED_TRACEPOINTS (tracepoint backend: the
- * socket-call programs are BTF-typed, tp_btf, and read with plain loads;
- * procnetmon/probes/loader.py loads and attaches their pnm_typed_<name>);
- * UDP_RX_FENTRY (tracepoint backend, typed, where trampolines attach: a
- * UDP datagram's interface from fentry on skb_consume_udp, not sk_data_ready);
- * HAVE_<FUNCTION> for each optional kernel function
- * the kernel has (INET6_SENDMSG, INET6_RECVMSG, INET_SENDPAGE,
- * SKB_CONSUME_UDP); OFF_REGS_* (kprobe backend: where pt_regs keeps the
- * arguments and the return value).
+ * Options (-D): HOOKS_*; TYPED_TRACEPOINTS (tracepoint
+ * backend: the socket-call programs are BTF-typed, tp_btf, and read with
+ * plain loads; procnetmon/probes/loader.py loads and attaches their
+ * pnm_typed_<name>); HAVE_<FUNCTION> for each optional kernel function the
+ * kernel has (INET6_SENDMSG, INET6_RECVMSG, INET_SENDPAGE, PACKET_SENDMSG,
+ * PACKET_RECVMSG); OFF_REGS_* (kprobes: where pt_regs keeps the arguments
+ * and the return value).
  */
 
 #ifndef PROCNETMON_HOOKS_H
@@ -46,32 +47,73 @@ static __always_inline const void *socket_sk(const void *sock)
     return sock ? read_ptr(sock, OFF_SOCKET_SK) : 0;
 }
 
-#if defined(HOOKS_FENTRY) || defined(HOOKS_KPROBE)
-#ifdef NEED_UDP_RX_IFINDEX
-/* skb_consume_udp() runs inside the UDP recvmsg, in the same task, with the
- * datagram the call returns: its ingress device is the call's interface. */
-BPF_TABLE("lru_hash", u64, u32, udp_rx_by_task, MAX_PIDS);
+/* ------------------------------------------------------------------------ */
+/* Each datagram's device, noted inside the call (calls.h), on every backend:
+ * these tracepoints are as old as the oldest kernel procnetmon runs on. */
+#ifdef NEED_DGRAM_IFINDEX
 
-static __always_inline void note_udp_datagram(const void *skb)
+/* args: const struct sk_buff *skb, int len. Fires in the reading task as a
+ * recvmsg copies a datagram out (UDP, ping, raw, packet; TCP too, which
+ * does not need it). A datagram whose checksum is verified as it is copied
+ * does not pass here: its interface stays unknown. */
+RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
-    u64 task = bpf_get_current_pid_tgid();
-    if (!is_target(task >> 32))
-        return;
-    u32 ifindex = read_u32(skb, OFF_SKB_IIF);
-    udp_rx_by_task.update(&task, &ifindex);
+    note_dgram_in((const void *)ctx->args[0]);
+    return 0;
 }
 
-static __always_inline u32 udp_rx_hint(int how, const void *sk)
+/* A UDP datagram's device, which no tracepoint sees in the call (a linear
+ * datagram is copied out without skb_copy_datagram_iovec): from an entry
+ * program on skb_consume_udp, which runs inside the recvmsg with the
+ * datagram it returns, by trampoline (-DUDP_RX_FENTRY) or by kprobe
+ * (-DUDP_RX_KPROBE); where the kernel offers neither, from the datagram's
+ * arrival (-DUDP_RX_RING, calls.h). */
+#if defined(UDP_RX_FENTRY)
+KFUNC_PROBE(skb_consume_udp, void *sk, void *skb, int len)
 {
-    u64 task = bpf_get_current_pid_tgid();
-    u32 *ifindex = udp_rx_by_task.lookup(&task);
-    if (!ifindex)
-        return UNKNOWN_IFINDEX;
-    u32 found = *ifindex;
-    udp_rx_by_task.delete(&task);
-    return found;
+    note_dgram_in(skb);
+    return 0;
+}
+#elif defined(UDP_RX_KPROBE)
+struct pt_regs;
+
+/* skb_consume_udp (sk, skb, len); attached by procnetmon/probes/loader.py */
+int pnm_udp_datagram(struct pt_regs *ctx)
+{
+    const void *skb = 0;
+    bpf_probe_read_kernel(&skb, sizeof(skb), (const char *)ctx + OFF_REGS_PARM2);
+    note_dgram_in(skb);
+    return 0;
+}
+#elif defined(UDP_RX_RING)
+/* args: struct sock *sk. Runs in softirq right after a datagram is queued,
+ * so the tail of the receive queue is that datagram (a reader on another
+ * CPU may have taken it already: then the queue is empty, and the arrival
+ * is noted with an unknown interface, to keep the ring in step). */
+RAW_TRACEPOINT_PROBE(sk_data_ready)
+{
+    const void *sk = (const void *)ctx->args[0];
+    u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
+    if (protocol != IPPROTO_UDP && protocol != IPPROTO_UDPLITE)
+        return 0;
+    void *skb = read_ptr(sk, OFF_SK_RECEIVE_QUEUE + OFF_SKB_HEAD_PREV);
+    u32 ifindex = UNKNOWN_IFINDEX;
+    if (skb && (u64)skb != (u64)sk + OFF_SK_RECEIVE_QUEUE)
+        ifindex = read_u32(skb, OFF_SKB_IIF);
+    udp_rx_push(sk, ifindex);
+    return 0;
 }
 #endif
+
+/* args: struct sk_buff *skb. Fires as a packet is queued to its device,
+ * which for a datagram sent by a socket call is inside that call, in the
+ * sending task (unless the neighbour was not resolved yet: then the packet
+ * waits, and leaves later from softirq). */
+RAW_TRACEPOINT_PROBE(net_dev_queue)
+{
+    note_dgram_out((const void *)ctx->args[0]);
+    return 0;
+}
 #endif
 
 /* ------------------------------------------------------------------------ */
@@ -152,94 +194,6 @@ TRACEPOINT_PROBE(syscalls, sys_exit_splice)
     return on_socket_call(where, args->ret, 0, DIR_IN, READ_PROBE);
 }
 
-#if defined(NEED_UDP_RX_IFINDEX) && (defined(UDP_RX_FENTRY) || defined(HAVE_SK_DATA_READY))
-/* The interface of the datagram a UDP socket last took in, noted per socket
- * by fentry on skb_consume_udp() inside the reading call (-DUDP_RX_FENTRY,
- * where the kernel has trampolines: per call), else by the sock:sk_data_ready
- * tracepoint in softirq (per packet, TCP's included). */
-#ifdef TYPED_TRACEPOINTS
-/* In the socket's own BPF storage: found through the socket without hashing,
- * and freed with it. Only a BTF-typed program may reach it, so the splice
- * hook (TCP only) passes READ_PROBE and is told nothing. */
-BPF_SK_STORAGE(udp_rx_ifindex, u32);
-
-static __always_inline u32 *udp_rx_slot(const void *sk, u64 flags)
-{
-    return udp_rx_ifindex.sk_storage_get((void *)sk, 0, flags);
-}
-
-static __always_inline u32 udp_rx_hint(int how, const void *sk)
-{
-    if (how != READ_TYPED)
-        return UNKNOWN_IFINDEX;
-    u32 *ifindex = udp_rx_slot(sk, 0);
-    /* volatile: else the compiler merges this load with the socket's own
-     * (sk_rx_dst_ifindex, read for TCP) into one instruction that the
-     * verifier refuses, since it would serve two kinds of pointer. */
-    return ifindex ? *(volatile u32 *)ifindex : UNKNOWN_IFINDEX;
-}
-#else
-BPF_TABLE("lru_hash", u64, u32, udp_rx_ifindex, MAX_SOCKETS);
-
-static __always_inline u32 *udp_rx_slot(const void *sk, u64 flags)
-{
-    u64 key = (u64)sk;
-    u32 *slot = udp_rx_ifindex.lookup(&key);
-    if (slot || !flags)
-        return slot;
-    u32 none = UNKNOWN_IFINDEX;
-    udp_rx_ifindex.update(&key, &none);
-    return udp_rx_ifindex.lookup(&key);
-}
-
-static __always_inline u32 udp_rx_hint(int how, const void *sk)
-{
-    u32 *ifindex = udp_rx_slot(sk, 0);
-    return ifindex ? *ifindex : UNKNOWN_IFINDEX;
-}
-#endif
-
-static __always_inline void note_udp_rx(const void *sk, u32 ifindex)
-{
-    u32 *known = udp_rx_slot(sk, BPF_SK_STORAGE_GET_F_CREATE);
-    if (known && *known != ifindex)
-        *known = ifindex;
-}
-
-#ifdef UDP_RX_FENTRY
-/* Runs in the UDP recvmsg, in the reading task, with the datagram the call
- * returns, before sock:sock_recv_length fires for it. */
-KFUNC_PROBE(skb_consume_udp, void *sk, void *skb, int len)
-{
-    note_udp_rx(sk, load_u32(READ_TYPED, skb, OFF_SKB_IIF));
-    return 0;
-}
-#else
-/* args: struct sock *sk. Runs in softirq right after a datagram is queued,
- * so the tail of the receive queue is that datagram. A reader on another
- * CPU may have taken it already: then the queue is empty and nothing is noted. */
-SOCKET_TRACEPOINT(sk_data_ready)
-{
-    const void *sk = (const void *)TP_ARG(0);
-    if (load_u16(TP_READ, sk, OFF_SK_PROTOCOL) != IPPROTO_UDP)
-        return 0;
-    void *skb = load_ptr(TP_READ, sk, OFF_SK_RECEIVE_QUEUE + OFF_SKB_HEAD_PREV);
-    if (!skb || (u64)skb == (u64)sk + OFF_SK_RECEIVE_QUEUE)
-        return 0; /* the queue's head itself: empty */
-    u32 ifindex = load_u32(TP_READ, skb, OFF_SKB_IIF);
-    if (ifindex)
-        note_udp_rx(sk, ifindex);
-    return 0;
-}
-#endif
-#elif defined(NEED_UDP_RX_IFINDEX)
-/* Without sk_data_ready (it came with sock_send_length in 6.3, but a kernel
- * may leave it out) a received datagram's interface is unknown. */
-static __always_inline u32 udp_rx_hint(int how, const void *sk)
-{
-    return UNKNOWN_IFINDEX;
-}
-#endif
 
 /* ------------------------------------------------------------------------ */
 #elif defined(HOOKS_FENTRY)
@@ -276,31 +230,41 @@ KRETFUNC_PROBE(inet_sendpage, void *sock, void *page, int offset, size_t size, i
 }
 #endif
 
+#ifdef HAVE_PACKET_SENDMSG
+KRETFUNC_PROBE(packet_sendmsg, void *sock, void *msg, size_t len, int ret)
+{
+    return on_socket_call(socket_sk(sock), ret, 0, DIR_OUT, READ_PROBE);
+}
+#endif
+
+#ifdef HAVE_PACKET_RECVMSG
+KRETFUNC_PROBE(packet_recvmsg, void *sock, void *msg, size_t len, int flags, int ret)
+{
+    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN, READ_PROBE);
+}
+#endif
+
 KRETFUNC_PROBE(tcp_splice_read, void *sock, void *ppos, void *pipe, size_t len, unsigned int flags, long ret)
 {
     return on_socket_call(socket_sk(sock), ret, 0, DIR_IN, READ_PROBE);
 }
 
-#ifdef NEED_UDP_RX_IFINDEX
-#ifdef HAVE_SKB_CONSUME_UDP
-KFUNC_PROBE(skb_consume_udp, void *sk, void *skb, int len)
-{
-    note_udp_datagram(skb);
-    return 0;
-}
-#else
-#error "the fentry backend needs skb_consume_udp to tell a UDP datagram's interface"
-#endif
-#endif
 
 /* ------------------------------------------------------------------------ */
 #elif defined(HOOKS_KPROBE)
 
+struct pt_regs;
+
+static __always_inline u64 reg(struct pt_regs *ctx, long off)
+{
+    u64 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (const char *)ctx + off);
+    return v;
+}
+
 /* A kretprobe sees only the return value: the entry probe keeps the socket,
  * the flags and the direction per task until the call returns. User space
  * attaches these to the functions (procnetmon/probes/loader.py). */
-struct pt_regs;
-
 struct call_args {
     u64 sk;
     u32 flags;
@@ -311,13 +275,6 @@ struct call_args {
 /* Per task; LRU, since a kretprobe that the kernel could not arm (all its
  * instances busy) leaves its entry behind. */
 BPF_TABLE("lru_hash", u64, struct call_args, calls, MAX_SOCKETS);
-
-static __always_inline u64 reg(struct pt_regs *ctx, long off)
-{
-    u64 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), (const char *)ctx + off);
-    return v;
-}
 
 static __always_inline int enter(struct pt_regs *ctx, u32 flags, u16 dir)
 {
@@ -330,13 +287,13 @@ static __always_inline int enter(struct pt_regs *ctx, u32 flags, u16 dir)
     return 0;
 }
 
-/* inet_sendmsg, inet6_sendmsg (sock, msg, size); inet_sendpage (sock, page, ...) */
+/* inet_sendmsg, inet6_sendmsg, packet_sendmsg (sock, msg, size); inet_sendpage (sock, page, ...) */
 int pnm_enter_send(struct pt_regs *ctx)
 {
     return enter(ctx, 0, DIR_OUT);
 }
 
-/* inet_recvmsg, inet6_recvmsg (sock, msg, size, flags) */
+/* inet_recvmsg, inet6_recvmsg, packet_recvmsg (sock, msg, size, flags) */
 int pnm_enter_recv(struct pt_regs *ctx)
 {
     return enter(ctx, (u32)reg(ctx, OFF_REGS_PARM4), DIR_IN);
@@ -360,15 +317,6 @@ int pnm_return(struct pt_regs *ctx)
      * an int leaves the upper half of rax undefined, so only eax is read. */
     return on_socket_call((const void *)call.sk, (int)reg(ctx, OFF_REGS_RC), (int)call.flags, call.dir, READ_PROBE);
 }
-
-#ifdef NEED_UDP_RX_IFINDEX
-/* skb_consume_udp (sk, skb, len) */
-int pnm_udp_datagram(struct pt_regs *ctx)
-{
-    note_udp_datagram((const void *)reg(ctx, OFF_REGS_PARM2));
-    return 0;
-}
-#endif
 
 #else
 #error "choose the probe backend: -DHOOKS_TRACEPOINT, -DHOOKS_FENTRY or -DHOOKS_KPROBE"

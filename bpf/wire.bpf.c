@@ -2,10 +2,12 @@
  * procnetmon wire mode: the bytes of the IP packets of each process's sockets.
  *
  * Two cgroup_skb programs on the root of the cgroup v2 hierarchy see every
- * IP packet that a local TCP or UDP socket sends (egress, before GSO
- * segmentation, as software interface counters see it) or that is
- * delivered to one (ingress, after GRO), with its length from the IP
- * header on and its interface.
+ * IP packet that a local inet socket (TCP, UDP, UDP-Lite, ICMP, raw, SCTP,
+ * MPTCP's subflows) sends (egress, before GSO segmentation, as software
+ * interface counters see it) or that is delivered to one (ingress, after
+ * GRO), with its length from the IP header on and its interface. AF_PACKET
+ * frames bypass IP and these programs: they are counted at their socket
+ * calls, link-layer header included where the socket writes it (SOCK_RAW).
  *
  * A packet cannot tell which process it belongs to, and many are sent or
  * received in softirq, where "current" is unrelated. Its socket can. The
@@ -27,6 +29,14 @@
 
 #include "common.h"
 
+/* AF_PACKET frames pass no cgroup_skb program: they are counted at their
+ * socket calls (calls.h), whose interface matters to the same filters. */
+#if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
+#define NEED_DGRAM_IFINDEX 1
+#endif
+
+#include "calls.h"
+
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_LISTEN 10
@@ -45,7 +55,7 @@ struct owner {
 struct pending_key {
     u64 cookie;
     u32 ifindex;
-    u16 protocol;
+    u16 protocol; /* the protocol class, PC_* */
     u16 dir;
 };
 
@@ -67,12 +77,13 @@ struct socket_key {
 };
 BPF_TABLE("lru_hash", struct socket_key, struct sock_info, sockets, MAX_SOCKETS);
 
-static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifindex, u16 dir, u64 bytes)
+static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifindex, int cls, u16 dir,
+                                       u64 bytes)
 {
     struct socket_key key = {.cookie = cookie, .ifindex = ifindex};
     struct sock_info *info = sockets.lookup(&key);
     if (!info) {
-        struct sock_info fresh = {.family = sk->family, .protocol = sk->protocol};
+        struct sock_info fresh = {.family = sk->family, .protocol = (u16)cls};
         sockets.insert(&key, &fresh);
         info = sockets.lookup(&key);
         if (!info) {
@@ -117,8 +128,7 @@ static __always_inline void note_owner(const void *sk, int how)
     u16 family = load_u16(how, sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return;
-    u16 protocol = load_u16(how, sk, OFF_SK_PROTOCOL);
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+    if (proto_class(family, load_u16(how, sk, OFF_SK_TYPE), load_u16(how, sk, OFF_SK_PROTOCOL)) == PC_NONE)
         return;
     struct owner fresh = {.tgid = tgid, .netns = netns_of(how, sk), .ino = socket_ino(sk)};
     if (cookie) {
@@ -129,10 +139,35 @@ static __always_inline void note_owner(const void *sk, int how)
     }
 }
 
+#define MSG_PEEK 2
+
+/* An AF_PACKET socket's frames, at the call that moved them: what it wrote
+ * or read is the whole frame (SOCK_RAW) or its payload (SOCK_DGRAM). */
+static __always_inline void count_packet_call(const void *sk, long ret, int flags, u16 dir, int how)
+{
+    if (ret <= 0 || (dir == DIR_IN && (flags & MSG_PEEK)))
+        return;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    if (!is_target(tgid) || !((COUNT_CLASSES >> PC_PACKET) & 1))
+        return;
+    u32 ifindex = call_ifindex(how, sk, PC_PACKET, dir, 0);
+#ifdef FILTER_IFACES
+    if (!iface_ok(netns_of(how, sk), ifindex))
+#else
+    if (!iface_ok(0, ifindex))
+#endif
+        return;
+    add(tgid, PC_PACKET, dir, (u64)ret);
+}
+
 /* Called by the backend's hooks (hooks.h) once per socket call. */
 static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir, int how)
 {
-    if (sk)
+    if (!sk)
+        return 0;
+    if (load_u16(how, sk, OFF_SK_FAMILY) == AF_PACKET)
+        count_packet_call(sk, ret, flags, dir, how);
+    else
         note_owner(sk, how);
     return 0;
 }
@@ -156,7 +191,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 }
 
 /* Bytes of a socket whose owner is not known yet: kept per cookie until it is. */
-static __always_inline void hold_for_owner(struct bpf_sock *sk, u64 cookie, u32 ifindex, u16 protocol,
+static __always_inline void hold_for_owner(struct bpf_sock *sk, u64 cookie, u32 ifindex, int cls,
                                            u16 dir, u64 bytes)
 {
 #ifndef FILTER_IFACES
@@ -164,9 +199,9 @@ static __always_inline void hold_for_owner(struct bpf_sock *sk, u64 cookie, u32 
         return;
 #endif
 #ifdef DETAILS
-    add_socket(sk, cookie, ifindex, dir, bytes); /* shown once the owner is known */
+    add_socket(sk, cookie, ifindex, cls, dir, bytes); /* shown once the owner is known */
 #endif
-    struct pending_key pk = {.cookie = cookie, .ifindex = ifindex, .protocol = protocol, .dir = dir};
+    struct pending_key pk = {.cookie = cookie, .ifindex = ifindex, .protocol = (u16)cls, .dir = dir};
     u64 *val = pending.lookup(&pk);
     if (!val) {
         u64 zero = 0;
@@ -307,9 +342,9 @@ static __always_inline void claim_handshake(struct bpf_sock *sk, u64 cookie)
     struct handshake_bytes seen = *hs;
     handshakes.delete(&key);
     if (seen.bytes_in)
-        hold_for_owner(sk, cookie, seen.ifindex_in, IPPROTO_TCP, DIR_IN, seen.bytes_in);
+        hold_for_owner(sk, cookie, seen.ifindex_in, PC_TCP, DIR_IN, seen.bytes_in);
     if (seen.bytes_out)
-        hold_for_owner(sk, cookie, seen.ifindex_out, IPPROTO_TCP, DIR_OUT, seen.bytes_out);
+        hold_for_owner(sk, cookie, seen.ifindex_out, PC_TCP, DIR_OUT, seen.bytes_out);
 }
 
 static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
@@ -326,8 +361,8 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
         return;
     if (sk->family != AF_INET && sk->family != AF_INET6)
         return;
-    u16 protocol = sk->protocol;
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+    int cls = proto_class(sk->family, sk->type, sk->protocol);
+    if (cls == PC_NONE)
         return;
     u32 ifindex = skb->ifindex;
     u64 bytes = skb->len;
@@ -346,16 +381,16 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
     }
     if (owner) {
         if (iface_ok(owner->netns, ifindex)) {
-            add(owner->tgid, protocol, dir, bytes);
+            add(owner->tgid, cls, dir, bytes);
 #ifdef DETAILS
-            add_socket(sk, cookie, ifindex, dir, bytes);
+            add_socket(sk, cookie, ifindex, cls, dir, bytes);
 #endif
         }
         return;
     }
-    if (protocol == IPPROTO_TCP)
+    if (cls == PC_TCP)
         claim_handshake(sk, cookie);
-    hold_for_owner(sk, cookie, ifindex, protocol, dir, bytes);
+    hold_for_owner(sk, cookie, ifindex, cls, dir, bytes);
 }
 
 /* Both return 1: procnetmon only counts, it never drops a packet. */

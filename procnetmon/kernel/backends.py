@@ -8,9 +8,10 @@ on_socket_call); they differ only in where their hooks attach:
   tracepoints (Linux 6.3+) at the end of sock_sendmsg()/sock_recvmsg(), and
   the splice(2) system call's tracepoints for TCP data spliced out of a
   socket, which does not pass through recvmsg;
-- ``kprobe``: kprobes and kretprobes on the functions every TCP/UDP socket
+- ``kprobe``: kprobes and kretprobes on the functions every inet socket
   call of IPv4 and IPv6 ends in (inet_sendmsg, inet6_sendmsg, inet_recvmsg,
-  inet6_recvmsg, inet_sendpage before 6.5, tcp_splice_read);
+  inet6_recvmsg, inet_sendpage before 6.5, tcp_splice_read) and AF_PACKET's
+  (packet_sendmsg, packet_recvmsg);
 - ``fentry``: BPF trampolines (fexit) on the same functions, last because a
   call in flight loses its fexit when the trampoline changes (see detect()).
 
@@ -37,17 +38,19 @@ SEND = ("inet_sendmsg", "inet6_sendmsg")
 RECV = ("inet_recvmsg", "inet6_recvmsg")
 SENDPAGE = ("inet_sendpage",)  # sendfile/splice into a socket before Linux 6.5
 SPLICE_READ = ("tcp_splice_read",)  # splice out of a TCP socket
-UDP_CONSUME = ("skb_consume_udp",)  # the datagram a UDP recvmsg returns
+PACKET = ("packet_sendmsg", "packet_recvmsg")  # AF_PACKET (static in af_packet.c)
+UDP_CONSUME = "skb_consume_udp"  # runs inside a UDP recvmsg with its datagram
 REQUIRED = ("inet_sendmsg", "inet_recvmsg", "tcp_splice_read")
-FUNCTIONS = SEND + RECV + SENDPAGE + SPLICE_READ + UDP_CONSUME
+FUNCTIONS = SEND + RECV + SENDPAGE + SPLICE_READ + PACKET
 
 TRACEPOINTS = ("sock_send_length", "sock_recv_length")
-# Tells the tracepoint backend a UDP datagram's interface (Linux 6.3+).
+# The arrival of a datagram on a socket (Linux 6.3+): where no program can run
+# inside a UDP recvmsg, it tells the interface of each datagram read.
 OPTIONAL_TRACEPOINTS = ("sk_data_ready",)
 SPLICE_SYSCALL_EVENTS = ("syscalls/sys_enter_splice", "syscalls/sys_exit_splice")
 
 
-FACTS_FILE = "btf-facts-v3.json"
+FACTS_FILE = "btf-facts-v4.json"
 
 
 @dataclass
@@ -68,7 +71,7 @@ class BtfFacts:
                                                        "exit_group_dead"}:
             return None
         if not (_ids_of(data["tracepoints"], TRACEPOINTS + OPTIONAL_TRACEPOINTS)
-                and _ids_of(data["functions"], FUNCTIONS)
+                and _ids_of(data["functions"], FUNCTIONS + (UDP_CONSUME,))
                 and type(data["has_sendpage"]) is bool and type(data["exit_group_dead"]) is bool):
             return None
         return cls(**data)
@@ -83,7 +86,7 @@ class BtfFacts:
         # A raw tracepoint's BTF prototype starts with a void *__data.
         exit_args = btf.func_proto_arity("btf_trace_sched_process_exit") or 0
         return cls({t: btf.typedef_id(f"btf_trace_{t}") for t in TRACEPOINTS + OPTIONAL_TRACEPOINTS},
-                   {f: btf.func_id(f) for f in FUNCTIONS}, sendpage, exit_args >= 3)
+                   {f: btf.func_id(f) for f in FUNCTIONS + (UDP_CONSUME,)}, sendpage, exit_args >= 3)
 
 
 def _ids_of(value, names) -> bool:
@@ -126,20 +129,27 @@ class Backend:
     # tracepoint: its socket-call programs are BTF-typed (tp_btf), reading
     # kernel memory with plain loads rather than a helper call per field
     typed: bool = False
-    # tracepoint, typed: a UDP datagram's interface from fentry on
-    # skb_consume_udp (per receive call) rather than sk_data_ready (per packet)
-    udp_consume: bool = False
+    # Where a UDP datagram's interface comes from, when a filter needs it:
+    # "fentry" or "kprobe" on skb_consume_udp (inside the call), "sk_data_ready"
+    # (at its arrival), or "" (unknown).
+    udp_rx: str = ""
     refused: str = ""  # why the kernel would not take the typed programs after all
 
     @property
     def label(self) -> str:
         """How the "probes attached" line names it."""
         if self.typed:
-            return f"{self.name} backend, BTF-typed" + (", UDP interfaces per call" if self.udp_consume else "")
+            return f"{self.name} backend, BTF-typed"
         if self.refused:
             return f"{self.name} backend, helper reads: BTF-typed programs refused ({self.refused})"
         return f"{self.name} backend"
     gaps: list = field(default_factory=list)  # what it would not see on this kernel
+
+
+def _kprobes_available() -> bool:
+    events = tracefs_events()
+    return os.path.exists(KPROBE_PMU) or (
+        events is not None and os.path.exists(os.path.join(os.path.dirname(events), "kprobe_events")))
 
 
 def kernel_symbols(path: str = KALLSYMS) -> set[str]:
@@ -232,10 +242,7 @@ def fentry_backend(facts: Optional[BtfFacts], symbols: set[str]) -> Backend:
 
 
 def kprobe_backend(symbols: set[str]) -> Backend:
-    events = tracefs_events()
-    has_kprobes = os.path.exists(KPROBE_PMU) or (
-        events is not None and os.path.exists(os.path.join(os.path.dirname(events), "kprobe_events")))
-    if not has_kprobes:
+    if not _kprobes_available():
         return Backend("kprobe", False, "no kprobes (kernel built without CONFIG_KPROBES)")
     if os.uname().machine != "x86_64":
         return Backend("kprobe", False, f"the kprobe backend reads x86-64 registers; this is {os.uname().machine}")
@@ -255,13 +262,28 @@ def detect(facts: Optional[BtfFacts]) -> list[Backend]:
     # their fexit programs, and those bytes would be lost. A kretprobe is
     # armed per call and survives that.
     tracepoint, fentry = tracepoint_backend(facts), fentry_backend(facts, symbols)
-    if tracepoint.typed and fentry.usable and "skb_consume_udp" in fentry.functions:
-        # An entry program, unlike fexit, loses nothing when the trampoline changes.
-        tracepoint.udp_consume = True
-        tracepoint.detail += "; UDP receive interfaces from fentry on skb_consume_udp (per call)"
-    elif tracepoint.usable and facts is not None and facts.tracepoints.get("sk_data_ready"):
-        tracepoint.detail += "; UDP receive interfaces from sock:sk_data_ready (per packet: no trampolines)"
-    return [tracepoint, kprobe_backend(symbols), fentry]
+    kprobe = kprobe_backend(symbols)
+    # An entry program, unlike fexit, loses nothing when a trampoline changes.
+    if fentry.usable and facts is not None and facts.functions.get(UDP_CONSUME) and UDP_CONSUME in symbols:
+        udp_rx = "fentry"
+    elif kprobe.usable and UDP_CONSUME in symbols:
+        udp_rx = "kprobe"
+    elif facts is not None and facts.tracepoints.get("sk_data_ready"):
+        udp_rx = "sk_data_ready"
+    else:
+        udp_rx = ""
+    for backend in (tracepoint, kprobe, fentry):
+        if not backend.usable:
+            continue
+        backend.udp_rx = udp_rx
+        if udp_rx in ("fentry", "kprobe"):
+            backend.detail += f"; UDP datagram interfaces from {udp_rx} on {UDP_CONSUME} (in the call)"
+        elif udp_rx:
+            backend.detail += "; UDP datagram interfaces from sock:sk_data_ready (at arrival: no trampolines or kprobes)"
+        else:
+            backend.gaps.append("the interface of UDP datagrams received on unconnected sockets: no trampolines, "
+                                "kprobes or sock:sk_data_ready")
+    return [tracepoint, kprobe, fentry]
 
 
 def choose(backends: list[Backend], wanted: str = "auto") -> Backend:

@@ -16,8 +16,7 @@ from procnetmon.kernel import backends, cache, headers, mounts
 from procnetmon.kernel.btf import BTF, VMLINUX_BTF, BTFError
 
 TRACEFS = mounts.TRACEFS
-# Every backend needs these; sk_data_ready (Linux 6.x) only serves the
-# tracepoint backend's UDP receive interface.
+# Every backend needs these.
 HELPER_TRACEPOINTS = ("sched_process_exit",)
 WIRE_TRACEPOINTS = ("inet_sock_set_state",)
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39

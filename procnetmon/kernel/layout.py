@@ -25,6 +25,7 @@ FIELDS = {
     "SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
     "SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
     "SK_PROTOCOL": ("sock", "sk_protocol"),
+    "SK_TYPE": ("sock", "sk_type"),  # SOCK_RAW tells a raw socket from a ping socket
     "SK_DST_CACHE": ("sock", "sk_dst_cache"),
     "SK_RX_DST_IFINDEX": ("sock", "sk_rx_dst_ifindex"),
     "SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue"),
@@ -76,9 +77,12 @@ OPTIONAL = {
     "REGS_PARM3": ("pt_regs", "dx"),
     "REGS_PARM4": ("pt_regs", "cx"),
     "REGS_RC": ("pt_regs", "ax"),
+    # The interface a packet socket is bound to; BTF has no packet_sock
+    # where AF_PACKET is a module.
+    "PACKET_SOCK_IFINDEX": ("packet_sock", "ifindex"),
 }
 
-CACHE_FILE = "offsets-v2.json"
+CACHE_FILE = "offsets-v3.json"
 
 
 def offsets_from_btf(btf: BTF, fields: dict = FIELDS, fallbacks: Optional[dict] = None,

@@ -24,13 +24,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional, Protocol, runtime_checkable
 
-PROTOCOLS = {6: "tcp", 17: "udp"}
+# The protocol classes the BPF programs count bytes by, in the order of
+# their PC_* numbers (bpf/common.h). "icmp" holds ping sockets and raw ICMP
+# sockets, "raw" raw IP sockets of any other protocol, "packet" AF_PACKET,
+# "other" any other protocol on an inet socket.
+PROTOCOL_CLASSES = ("tcp", "udp", "udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp", "packet", "other")
+PROTOCOLS = dict(enumerate(PROTOCOL_CLASSES))  # PC_* number -> name
 DIRECTIONS = {0: "in", 1: "out"}
 
 
 class CounterKey(NamedTuple):
     pid: int
-    protocol: str  # "tcp" | "udp"
+    protocol: str  # one of PROTOCOL_CLASSES
     direction: str  # "in" | "out"
 
 
@@ -46,7 +51,7 @@ class SocketBytes:
 
     pid: int
     protocol: str
-    family: str  # "ipv4" | "ipv6"
+    family: str  # "ipv4" | "ipv6" | "packet" (AF_PACKET: no addresses; local_port holds the ifindex)
     local_addr: str
     local_port: int
     remote_addr: str

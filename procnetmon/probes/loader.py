@@ -26,18 +26,14 @@ KPROBE_ENTRIES = {
     "inet_sendmsg": "pnm_enter_send", "inet6_sendmsg": "pnm_enter_send", "inet_sendpage": "pnm_enter_send",
     "inet_recvmsg": "pnm_enter_recv", "inet6_recvmsg": "pnm_enter_recv",
     "tcp_splice_read": "pnm_enter_splice_read",
+    "packet_sendmsg": "pnm_enter_send", "packet_recvmsg": "pnm_enter_recv",
 }
 KPROBE_RETURN = "pnm_return"
-KPROBE_UDP_DATAGRAM = ("skb_consume_udp", "pnm_udp_datagram")
+KPROBE_UDP_DATAGRAM = (backends.UDP_CONSUME, "pnm_udp_datagram")
+
 # Return probes armed at once per function: a call blocked in recv holds one,
 # and a return with none left is missed. The kernel allows at most 4096.
 KRETPROBE_MAXACTIVE = 4096
-
-
-def needs_udp_rx_ifindex(interfaces: Optional[Sequence], include_loopback: bool) -> bool:
-    """Whether a filter needs the interface of received UDP datagrams (as
-    NEED_UDP_RX_IFINDEX in bpf/payload.bpf.c)."""
-    return interfaces is not None or not include_loopback
 
 
 def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]) -> list[str]:
@@ -46,12 +42,11 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
     for function in backend.functions:
         if function not in backends.REQUIRED:
             flags.append(f"-DHAVE_{function.upper()}")
-    if backend.name == "tracepoint" and facts is not None and facts.tracepoints.get("sk_data_ready"):
-        flags.append("-DHAVE_SK_DATA_READY")
+    if backend.udp_rx:
+        flags.append({"fentry": "-DUDP_RX_FENTRY", "kprobe": "-DUDP_RX_KPROBE",
+                      "sk_data_ready": "-DUDP_RX_RING"}[backend.udp_rx])
     if backend.typed:
         flags.append("-DTYPED_TRACEPOINTS")
-        if backend.udp_consume:
-            flags.append("-DUDP_RX_FENTRY")
     if facts is not None and facts.exit_group_dead:
         flags.append("-DHAVE_EXIT_GROUP_DEAD")
     return flags
@@ -72,6 +67,9 @@ def build_cflags(offsets: dict, spec: ProbeSpec) -> list[str]:
         flags.append("-DDETAILS")
     if spec.cgroups is not None:
         flags.append("-DFILTER_CGROUPS")
+    mask = spec.class_mask()
+    if mask is not None:
+        flags.append(f"-DCOUNT_CLASSES={mask}")
     return flags
 
 
@@ -82,9 +80,16 @@ def _format_addr(family: int, raw: bytes) -> str:
 
 
 def socket_bytes(info, pid: int, inode: int = 0, sock_id: int = 0) -> Optional[SocketBytes]:
-    """A ``struct sock_info`` of the BPF programs as plain data (None if not TCP/UDP over IP)."""
+    """A ``struct sock_info`` of the BPF programs as plain data (None if of no known class)."""
     protocol = PROTOCOLS.get(info.protocol)
-    if protocol is None or info.family not in (socket.AF_INET, socket.AF_INET6):
+    if protocol is None:
+        return None
+    if info.family == socket.AF_PACKET:
+        # No addresses: the interface index stands in the local port's place.
+        return SocketBytes(pid=pid, protocol=protocol, family="packet", local_addr="", local_port=info.lport,
+                           remote_addr="", remote_port=0, bytes_in=info.bytes_in, bytes_out=info.bytes_out,
+                           inode=inode, sock_id=sock_id)
+    if info.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     return SocketBytes(
         pid=pid, protocol=protocol, family="ipv4" if info.family == socket.AF_INET else "ipv6",
@@ -126,7 +131,7 @@ class BccProbe(MapReader):
         except LookupError as e:
             raise ProbeError(f"no probe backend can run on this kernel: {e}") from e
         if self._typed_refused and self.backend.typed:
-            self.backend = dataclasses.replace(self.backend, typed=False, udp_consume=False,
+            self.backend = dataclasses.replace(self.backend, typed=False,
                                                refused=self._typed_refused)
         flags = build_cflags(offsets, self.spec)
         if self.spec.cgroups is not None:
@@ -173,6 +178,9 @@ class BccProbe(MapReader):
                     return self.attach()
             if self.planned.name == "kprobe":
                 self._attach_kprobes()
+            if self.planned.udp_rx == "kprobe" and (self.spec.interfaces is not None
+                                                     or not self.spec.include_loopback):
+                self._attach_udp_kprobe()
             self._attach_more()
         except ProbeError:
             self.close()
@@ -187,11 +195,16 @@ class BccProbe(MapReader):
                     self.bpf.attach_kprobe(event=function, fn_name=entry)
                     self.bpf.attach_kretprobe(event=function, fn_name=KPROBE_RETURN,
                                                maxactive=KRETPROBE_MAXACTIVE)
-                elif (function, self.mode) == (KPROBE_UDP_DATAGRAM[0], "payload") and \
-                        needs_udp_rx_ifindex(self.spec.interfaces, self.spec.include_loopback):
-                    self.bpf.attach_kprobe(event=function, fn_name=KPROBE_UDP_DATAGRAM[1])
             except Exception as e:  # BCC raises bare Exception when an attach fails
                 raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
+
+    def _attach_udp_kprobe(self) -> None:
+        """What tells a UDP datagram's interface inside the call, where no trampoline can (bpf/hooks.h)."""
+        function, program = KPROBE_UDP_DATAGRAM
+        try:
+            self.bpf.attach_kprobe(event=function, fn_name=program)
+        except Exception as e:  # BCC raises bare Exception when an attach fails
+            raise ProbeError(f"attaching a kprobe to {function} failed: {e}") from e
 
     def _attach_typed_tracepoints(self) -> None:
         """The tracepoint backend's BTF-typed programs (pnm_typed_<tracepoint>
@@ -202,7 +215,7 @@ class BccProbe(MapReader):
         for tracepoint, btf_id in sorted(self._facts.tracepoints.items()):
             try:
                 insns = self.bpf.dump_func(f"pnm_typed_{tracepoint}".encode())
-            except Exception:  # BCC: not in this build (sk_data_ready without a filter)
+            except Exception:  # BCC: not in this build
                 continue
             prog = bpfsys.load_tracing(insns, bpfsys.BPF_TRACE_RAW_TP, btf_id, tracepoint)
             self._typed_fds.append(prog)

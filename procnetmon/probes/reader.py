@@ -18,11 +18,12 @@ from typing import Optional
 
 from procnetmon import cgroups as cgroupfs
 from procnetmon.interfaces import LOOPBACK_IFINDEX
-from procnetmon.probes import DIRECTIONS, PROTOCOLS, CounterKey, Snapshot
+from procnetmon.probes import DIRECTIONS, PROTOCOL_CLASSES, PROTOCOLS, CounterKey, Snapshot
 from procnetmon.probes.spec import ProbeSpec
 
-# The fields of a process's entry in the counters map (struct counts, bpf/common.h).
-SLOTS = (("tcp", "in"), ("tcp", "out"), ("udp", "in"), ("udp", "out"))
+# The slots of a process's entry in the counters map: struct counts's
+# bytes[class * 2 + direction] (bpf/common.h).
+SLOTS = tuple((protocol, direction) for protocol in PROTOCOL_CLASSES for direction in ("in", "out"))
 
 
 def _delete(table, key) -> None:
@@ -71,8 +72,7 @@ class MapReader:
         counters: dict[CounterKey, int] = {}
         for k, v in list(table.items()):
             tgid = k.value
-            for protocol, direction in SLOTS:
-                n = getattr(v, f"{protocol}_{direction}")
+            for (protocol, direction), n in zip(SLOTS, v.bytes):
                 if n:
                     counters[CounterKey(tgid, protocol, direction)] = n
             if tgid in newly_exited:

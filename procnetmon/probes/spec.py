@@ -38,6 +38,8 @@ class ProbeSpec:
     cgroups: Optional[tuple[str, ...]] = None  # paths below cgroup_mount (--cgroup)
     cgroup_mount: Optional[str] = None
     follow_children: bool = False  # the kernel adds children of pids at fork
+    # Protocol classes counted (--protocol), of probes.PROTOCOL_CLASSES; None: all.
+    protocols: Optional[tuple[str, ...]] = None
     # Compile and attach in a short-lived child and keep only the descriptors
     # (probes/handoff.py): a daemon then holds no compiler.
     handoff: bool = False
@@ -55,6 +57,22 @@ class ProbeSpec:
             object.__setattr__(self, "interfaces", tuple(InterfaceKey(*k) for k in self.interfaces))
         if self.cgroups is not None:
             object.__setattr__(self, "cgroups", tuple(self.cgroups))
+        if self.protocols is not None:
+            from procnetmon.probes import PROTOCOL_CLASSES
+
+            unknown = set(self.protocols) - set(PROTOCOL_CLASSES)
+            if unknown or not self.protocols:
+                raise ValueError(f"unknown protocols {sorted(unknown)}")
+            # In PROTOCOL_CLASSES's order: equal selections are equal specs.
+            object.__setattr__(self, "protocols", tuple(p for p in PROTOCOL_CLASSES if p in self.protocols))
+
+    def class_mask(self) -> Optional[int]:
+        """The bit mask of counted classes (-DCOUNT_CLASSES), None for all."""
+        if self.protocols is None:
+            return None
+        from procnetmon.probes import PROTOCOL_CLASSES
+
+        return sum(1 << PROTOCOL_CLASSES.index(p) for p in self.protocols)
 
     def with_pids(self, pids: Optional[Iterable[int]]) -> "ProbeSpec":
         """The same spec for other target processes (COMMAND's, or -p's with

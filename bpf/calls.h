@@ -1,0 +1,218 @@
+/*
+ * What one socket call tells, in the calling task's context: the protocol
+ * class of its socket, and the interface its bytes went through. Included
+ * by payload.bpf.c and wire.bpf.c (for AF_PACKET sockets, whose frames no
+ * cgroup_skb program sees), before hooks.h.
+ *
+ * A connected socket knows its interface: TCP keeps the ingress device of
+ * its segments, and a connected socket's cached route names where its
+ * packets leave. A datagram socket that is not connected (sendto, recvfrom)
+ * or is fed by several interfaces does not: each datagram has its own. For
+ * those, tracepoints inside the call (hooks.h: skb_copy_datagram_iovec as a
+ * received datagram is copied out, net_dev_queue as a sent one reaches its
+ * device) note the datagram's device per task, with the direction (and for
+ * a sent one, its socket), and the call's own hook takes that note when it
+ * returns: the interface of this call's datagram, never of another
+ * socket's, nor of an earlier call's.
+ *
+ * Options (-D): NEED_DGRAM_IFINDEX, set by the including program when a
+ * filter needs the interface (-i, or loopback left out).
+ */
+
+#ifndef PROCNETMON_CALLS_H
+#define PROCNETMON_CALLS_H
+
+#ifdef NEED_DGRAM_IFINDEX
+struct dgram_hint {
+    u64 sk;
+    u32 ifindex;
+    u32 dir;
+};
+
+/* Per task; LRU, since a task may leave a note behind when it exits. */
+BPF_TABLE("lru_hash", u64, struct dgram_hint, dgram_hints, MAX_PIDS);
+
+/* sk 0: any socket (a received datagram no longer says which). */
+static __always_inline void note_dgram(const void *sk, u32 ifindex, u16 dir)
+{
+    u64 task = bpf_get_current_pid_tgid();
+    if (!ifindex || !is_target(task >> 32))
+        return;
+    struct dgram_hint hint = {.sk = (u64)sk, .ifindex = ifindex, .dir = dir};
+    dgram_hints.update(&task, &hint);
+}
+
+/* A datagram being copied out to the reading task: the device it arrived
+ * on, or, for the copy of an outgoing frame that a packet socket sees, the
+ * device it leaves by. */
+static __always_inline void note_dgram_in(const void *skb)
+{
+    u32 ifindex = read_u32(skb, OFF_SKB_IIF);
+    if (!ifindex) {
+        void *dev = read_ptr(skb, OFF_SKB_DEV);
+        ifindex = dev ? read_u32(dev, OFF_DEV_IFINDEX) : UNKNOWN_IFINDEX;
+    }
+    note_dgram(0, ifindex, DIR_IN);
+}
+
+/* A packet queued to its device. Only a socket with no cached route
+ * (unconnected) needs the note: the others, TCP's, say where they send. */
+static __always_inline void note_dgram_out(const void *skb)
+{
+    const void *sk = read_ptr(skb, OFF_SKB_SK);
+    if (!sk || read_ptr(sk, OFF_SK_DST_CACHE))
+        return;
+    void *dev = read_ptr(skb, OFF_SKB_DEV);
+    if (dev)
+        note_dgram(sk, read_u32(dev, OFF_DEV_IFINDEX), DIR_OUT);
+}
+
+/* The interface of the datagram this task's call on sk moved, if noted.
+ * The note is taken: a later call that noted nothing (a datagram whose
+ * copy bypassed the tracepoint) finds none rather than this one. */
+static __always_inline u32 dgram_ifindex(const void *sk, u16 dir)
+{
+    u64 task = bpf_get_current_pid_tgid();
+    struct dgram_hint *hint = dgram_hints.lookup(&task);
+    if (!hint || hint->dir != dir || (hint->sk && hint->sk != (u64)sk))
+        return UNKNOWN_IFINDEX;
+    u32 ifindex = hint->ifindex;
+    dgram_hints.delete(&task);
+    return ifindex;
+}
+#endif
+
+#if defined(NEED_DGRAM_IFINDEX) && defined(UDP_RX_RING)
+/* Where no program runs inside a UDP recvmsg with its datagram (no
+ * trampolines, no kprobes): the devices of a socket's datagrams as they
+ * arrive (sock:sk_data_ready), in a ring per socket, taken in the same
+ * order by its reads, since a UDP socket's queue is first in, first out.
+ * Exact while each arrival is read by one call; a datagram dropped at read
+ * (a bad checksum) or more than UDP_RX_RING_SIZE waiting can make a
+ * socket fed by several interfaces charge one datagram to another's. */
+#define UDP_RX_RING_SIZE 8
+struct udp_rx_ring {
+    u32 head;
+    u32 tail;
+    u32 ifindex[UDP_RX_RING_SIZE];
+};
+BPF_TABLE("lru_hash", u64, struct udp_rx_ring, udp_rx_rings, MAX_SOCKETS);
+
+static __always_inline void udp_rx_push(const void *sk, u32 ifindex)
+{
+    u64 key = (u64)sk;
+    struct udp_rx_ring *ring = udp_rx_rings.lookup(&key);
+    if (!ring) {
+        struct udp_rx_ring fresh = {};
+        udp_rx_rings.update(&key, &fresh);
+        ring = udp_rx_rings.lookup(&key);
+        if (!ring)
+            return;
+    }
+    u32 tail = ring->tail;
+    ring->ifindex[tail & (UDP_RX_RING_SIZE - 1)] = ifindex;
+    ring->tail = tail + 1;
+    if (tail + 1 - ring->head > UDP_RX_RING_SIZE)
+        ring->head = tail + 1 - UDP_RX_RING_SIZE;
+}
+
+static __always_inline u32 udp_rx_pop(const void *sk)
+{
+    u64 key = (u64)sk;
+    struct udp_rx_ring *ring = udp_rx_rings.lookup(&key);
+    if (!ring || ring->head == ring->tail)
+        return UNKNOWN_IFINDEX;
+    u32 head = ring->head;
+    ring->head = head + 1;
+    return ring->ifindex[head & (UDP_RX_RING_SIZE - 1)];
+}
+#endif
+
+/* The device of a cached route: where a connected socket's packets leave. */
+static __always_inline u32 dev_ifindex_of(int how, void *dst)
+{
+    if (!dst)
+        return UNKNOWN_IFINDEX;
+    void *dev = load_ptr(how, dst, OFF_DST_DEV);
+    if (!dev)
+        return UNKNOWN_IFINDEX;
+    return load_u32(how, dev, OFF_DEV_IFINDEX);
+}
+
+/* What a call needs of its socket, besides the family. */
+struct call_sock {
+    u16 type;
+    u16 protocol;
+    void *dst;
+};
+
+/* sk_type, sk_protocol and the cached route: through the helper in one
+ * kernel read where BTF puts them within 16 bytes of each other (each
+ * helper call costs more than the read itself). */
+#define CALL_SOCK_FIRST (OFF_SK_TYPE < OFF_SK_PROTOCOL ? OFF_SK_TYPE : OFF_SK_PROTOCOL)
+#define CALL_SOCK_LAST (OFF_SK_TYPE > OFF_SK_PROTOCOL ? OFF_SK_TYPE : OFF_SK_PROTOCOL)
+
+static __always_inline struct call_sock read_call_sock(int how, const void *sk)
+{
+    struct call_sock out = {};
+#if OFF_SK_DST_CACHE >= CALL_SOCK_FIRST && OFF_SK_DST_CACHE + 8 - CALL_SOCK_FIRST <= 16 && \
+    CALL_SOCK_LAST + 2 - CALL_SOCK_FIRST <= 16
+    if (how == READ_PROBE) {
+        u8 window[16] = {};
+        bpf_probe_read_kernel(window, sizeof(window), (const char *)sk + CALL_SOCK_FIRST);
+        __builtin_memcpy(&out.type, window + (OFF_SK_TYPE - CALL_SOCK_FIRST), 2);
+        __builtin_memcpy(&out.protocol, window + (OFF_SK_PROTOCOL - CALL_SOCK_FIRST), 2);
+        __builtin_memcpy(&out.dst, window + (OFF_SK_DST_CACHE - CALL_SOCK_FIRST), 8);
+        return out;
+    }
+#endif
+    out.type = load_u16(how, sk, OFF_SK_TYPE);
+    out.protocol = load_u16(how, sk, OFF_SK_PROTOCOL);
+    out.dst = load_ptr(how, sk, OFF_SK_DST_CACHE);
+    return out;
+}
+
+/* The interface a packet socket is bound to (0: every interface). */
+static __always_inline u32 packet_bound_ifindex(const void *sk)
+{
+#ifdef OFF_PACKET_SOCK_IFINDEX
+    return read_u32(sk, OFF_PACKET_SOCK_IFINDEX); /* a packet_sock begins with its sock */
+#else
+    return UNKNOWN_IFINDEX; /* AF_PACKET is a module whose types BTF does not hold */
+#endif
+}
+
+/* The interface of a call's bytes on sk of class cls, so far as it is known. */
+static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 dir, void *dst)
+{
+    u32 ifindex = UNKNOWN_IFINDEX;
+    if (cls == PC_PACKET) {
+#ifdef NEED_DGRAM_IFINDEX
+        if (dir == DIR_IN)
+            ifindex = dgram_ifindex(sk, DIR_IN);
+#endif
+        return ifindex ? ifindex : packet_bound_ifindex(sk);
+    }
+    if (dir == DIR_IN && (cls == PC_TCP || cls == PC_MPTCP)) {
+        ifindex = load_u32(how, sk, OFF_SK_RX_DST_IFINDEX);
+        return ifindex ? ifindex : dev_ifindex_of(how, dst);
+    }
+    /* Sending on a connected socket: its route; else the datagram's. */
+    if (dir == DIR_OUT && dst)
+        return dev_ifindex_of(how, dst);
+#ifdef NEED_DGRAM_IFINDEX
+#ifdef UDP_RX_RING
+    u32 arrived = UNKNOWN_IFINDEX;
+    if (dir == DIR_IN && (cls == PC_UDP || cls == PC_UDPLITE))
+        arrived = udp_rx_pop(sk); /* always, to keep the ring in step */
+#endif
+    ifindex = dgram_ifindex(sk, dir);
+#ifdef UDP_RX_RING
+    if (!ifindex)
+        ifindex = arrived;
+#endif
+#endif
+    return ifindex;
+}
+
+#endif /* PROCNETMON_CALLS_H */
