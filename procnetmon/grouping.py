@@ -13,6 +13,7 @@ from typing import Optional
 
 from procnetmon import cgroups
 from procnetmon.model import Bytes, ProcessStats
+from procnetmon.probes import PROTOCOL_CLASSES
 
 
 def fold(rows: list[ProcessStats], key_of: dict[int, str], by: str, seconds: float,
@@ -39,6 +40,17 @@ def _sum_known(values) -> Optional[int]:
     return None if any(v is None for v in values) else sum(values)
 
 
+def sum_protocols(rows) -> dict[str, Bytes]:
+    """The per-class bytes of ``rows`` added up, classes in PROTOCOL_CLASSES order."""
+    total: dict[str, list[int]] = {}
+    for row in rows:
+        for p, b in row.protocols.items():
+            t = total.setdefault(p, [0, 0])
+            t[0] += b.bytes_in
+            t[1] += b.bytes_out
+    return {p: Bytes(*total[p]) for p in PROTOCOL_CLASSES if p in total}
+
+
 def _folded(key: str, members: list[ProcessStats], by: str, seconds: float, peak, total) -> ProcessStats:
     names = sorted({m.name for m in members})
     cgroup_paths = {m.cgroup for m in members}
@@ -51,6 +63,7 @@ def _folded(key: str, members: list[ProcessStats], by: str, seconds: float, peak
         bytes_in=sum(m.bytes_in for m in members), bytes_out=sum(m.bytes_out for m in members),
         tcp=Bytes(sum(m.tcp.bytes_in for m in members), sum(m.tcp.bytes_out for m in members)),
         udp=Bytes(sum(m.udp.bytes_in for m in members), sum(m.udp.bytes_out for m in members)),
+        protocols=sum_protocols(members),
         # An unknown count (None: sockets not readable) makes the group's unknown.
         tcp_connections=_sum_known(m.tcp_connections for m in members),
         udp_connections=_sum_known(m.udp_connections for m in members),

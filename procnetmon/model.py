@@ -36,8 +36,8 @@ class Bytes:
 class Connection:
     """One socket of a process at the time of the record (``--details``)."""
 
-    protocol: str  # "tcp" or "udp"
-    family: str  # "ipv4" or "ipv6"
+    protocol: str  # a protocol class: "tcp", "udp", "icmp", "raw", "packet"...
+    family: str  # "ipv4", "ipv6", or "packet" (AF_PACKET: local is the interface, remote "")
     local: str  # "addr:port", IPv6 in brackets
     remote: str  # "" for unconnected sockets
     state: str  # psutil's state name, "NONE" for UDP
@@ -90,6 +90,9 @@ class ProcessStats:
     container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
     pod: Optional[str] = None  # Kubernetes pod UID the path names
     pids: Optional[list[int]] = None  # a row folded by --group-by: its processes (pid is None)
+    # Bytes of each protocol class (probes.PROTOCOL_CLASSES) that moved any in
+    # the window, TCP and UDP included; their sum is bytes_in/bytes_out.
+    protocols: dict[str, Bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Aggregate:
     total_bytes_in: int = 0
     total_bytes_out: int = 0
     tcp_listening: Optional[int] = 0
+    protocols: dict[str, Bytes] = field(default_factory=dict)  # summed over the processes
 
 
 @dataclass
@@ -174,6 +178,7 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
         d["pids"] = list(p.pids)
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
+    d["protocols"] = {name: b.to_dict() for name, b in p.protocols.items()}
     return d
 
 
@@ -192,6 +197,7 @@ def aggregate_to_dict(a: Aggregate, record_type: str) -> dict:
     if record_type == RECORD_INTERVAL:
         d["total_bytes_in"] = a.total_bytes_in
         d["total_bytes_out"] = a.total_bytes_out
+    d["protocols"] = {name: b.to_dict() for name, b in a.protocols.items()}
     return d
 
 

@@ -109,6 +109,7 @@ def record(s: Sampler, kind: str, begin: float, end: float) -> Record:
         agg.tcp_connections = _add_known(agg.tcp_connections, row.tcp_connections)
         agg.udp_connections = _add_known(agg.udp_connections, row.udp_connections)
         agg.tcp_listening = _add_known(agg.tcp_listening, row.tcp_listening)
+    agg.protocols = grouping.sum_protocols(rows)
     agg.rate_in = rate(agg.bytes_in, seconds)
     agg.rate_out = rate(agg.bytes_out, seconds)
     agg.peak_rate_in = s.tally.aggregate_peaks.rate_in
@@ -141,8 +142,8 @@ def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
             added.append(row)
         elif (t := s.tracked.get(pid)) is None or t.total is None or t.identity is None:
             row.name, row.cmdline = name, cmdline
-        both = Usage(row.tcp.bytes_in, row.tcp.bytes_out, row.udp.bytes_in, row.udp.bytes_out).plus(usage)
-        row.tcp, row.udp = Bytes(both.tcp_in, both.tcp_out), Bytes(both.udp_in, both.udp_out)
+        both = usage_of(row).plus(usage)
+        row.tcp, row.udp, row.protocols = _protocol_bytes(both)
         row.bytes_in, row.bytes_out = both.bytes_in, both.bytes_out
         row.total_bytes_in, row.total_bytes_out = row.bytes_in, row.bytes_out
         row.rate_in, row.rate_out = rate(row.bytes_in, seconds), rate(row.bytes_out, seconds)
@@ -154,6 +155,20 @@ def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
     head = [row for row in rows if row.pid in s.given]
     rest = sorted([row for row in rows if row.pid not in s.given] + added, key=lambda row: row.pid or 0)
     return head + rest
+
+
+def _protocol_bytes(usage: Usage) -> tuple[Bytes, Bytes, dict[str, Bytes]]:
+    """TCP's bytes, UDP's, and every class's that moved any."""
+    return (Bytes(usage.tcp_in, usage.tcp_out), Bytes(usage.udp_in, usage.udp_out),
+            {p: Bytes(i, o) for p, (i, o) in usage.by_protocol().items()})
+
+
+def usage_of(row: ProcessStats) -> Usage:
+    """The bytes of a row by class, as a Usage."""
+    named: dict[str, int] = {}
+    for p, b in row.protocols.items():
+        named[f"{p}_in"], named[f"{p}_out"] = b.bytes_in, b.bytes_out
+    return Usage(**named)
 
 
 def _process_row(s: Sampler, kind: str, pid: int, seconds: float, alive: bool,
@@ -180,6 +195,7 @@ def _process_row(s: Sampler, kind: str, pid: int, seconds: float, alive: bool,
         rate_in=rate(usage.bytes_in, seconds), rate_out=rate(usage.bytes_out, seconds),
         peak_rate_in=peaks.rate_in, peak_rate_out=peaks.rate_out,
         tcp=Bytes(usage.tcp_in, usage.tcp_out), udp=Bytes(usage.udp_in, usage.udp_out),
+        protocols={p: Bytes(i, o) for p, (i, o) in usage.by_protocol().items()},
         tcp_connections=_count(live_sockets, "tcp"),
         udp_connections=_count(live_sockets, "udp"),
         total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,

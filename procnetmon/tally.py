@@ -12,43 +12,71 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-from procnetmon.probes import CounterKey
+from procnetmon.probes import PROTOCOL_CLASSES, CounterKey
+
+# A Usage's slots: in and out of each protocol class, TCP's and UDP's first.
+SLOT_NAMES = tuple(f"{p}_{d}" for p in PROTOCOL_CLASSES for d in ("in", "out"))
+_SLOT = {name: i for i, name in enumerate(SLOT_NAMES)}
+_ZERO = (0,) * len(SLOT_NAMES)
 
 
-@dataclass
 class Usage:
-    """Bytes of one process by protocol and direction."""
+    """Bytes of one process by protocol class and direction.
 
-    tcp_in: int = 0
-    tcp_out: int = 0
-    udp_in: int = 0
-    udp_out: int = 0
+    ``Usage(tcp_in, tcp_out, udp_in, udp_out, ...)`` in SLOT_NAMES order, or
+    by name (``Usage(icmp_out=84)``); each slot is also an attribute.
+    """
+
+    __slots__ = ("slots",)
+
+    def __init__(self, *slots: int, **named: int):
+        values = list(slots) + [0] * (len(SLOT_NAMES) - len(slots))
+        for name, value in named.items():
+            values[_SLOT[name]] = value
+        self.slots: tuple[int, ...] = tuple(values) if any(values) else _ZERO
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.slots[_SLOT[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Usage) and self.slots == other.slots
+
+    def __repr__(self) -> str:
+        named = ", ".join(f"{n}={v}" for n, v in zip(SLOT_NAMES, self.slots) if v)
+        return f"Usage({named})"
 
     @property
     def bytes_in(self) -> int:
-        return self.tcp_in + self.udp_in
+        return sum(self.slots[0::2])
 
     @property
     def bytes_out(self) -> int:
-        return self.tcp_out + self.udp_out
+        return sum(self.slots[1::2])
+
+    def by_protocol(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each protocol class that moved bytes, in PROTOCOL_CLASSES order."""
+        s = self.slots
+        return {p: (s[2 * i], s[2 * i + 1]) for i, p in enumerate(PROTOCOL_CLASSES) if s[2 * i] or s[2 * i + 1]}
 
     def plus(self, other: "Usage") -> "Usage":
-        return Usage(self.tcp_in + other.tcp_in, self.tcp_out + other.tcp_out,
-                     self.udp_in + other.udp_in, self.udp_out + other.udp_out)
+        return Usage(*(a + b for a, b in zip(self.slots, other.slots)))
 
     def minus(self, other: "Usage") -> "Usage":
-        return Usage(self.tcp_in - other.tcp_in, self.tcp_out - other.tcp_out,
-                     self.udp_in - other.udp_in, self.udp_out - other.udp_out)
+        return Usage(*(a - b for a, b in zip(self.slots, other.slots)))
 
 
 def usage_by_pid(counters: dict[CounterKey, int]) -> dict[int, Usage]:
     """Fold (pid, protocol, direction) counters into one Usage per process."""
-    out: dict[int, Usage] = {}
+    slots: dict[int, list[int]] = {}
     for key, value in counters.items():
-        u = out.setdefault(key.pid, Usage())
-        attr = f"{key.protocol}_{key.direction}"
-        setattr(u, attr, getattr(u, attr) + value)
-    return out
+        row = slots.get(key.pid)
+        if row is None:
+            row = slots[key.pid] = [0] * len(SLOT_NAMES)
+        row[_SLOT[f"{key.protocol}_{key.direction}"]] += value
+    return {pid: Usage(*row) for pid, row in slots.items()}
 
 
 def rate(nbytes: int, seconds: float) -> float:
@@ -141,6 +169,7 @@ class Archive:
     def __init__(self) -> None:
         self.pids = array("q")
         self.usage = array("Q")  # tcp_in, tcp_out, udp_in, udp_out per process
+        self.more: dict[int, tuple[int, ...]] = {}  # by process index: its other classes' slots, if any
         self.peaks = array("d")  # rate_in, rate_out per process
         self.text = array("L")  # TEXTS indexes into _texts per process
         self._texts: list[str] = []
@@ -158,8 +187,10 @@ class Archive:
 
     def add(self, pid: int, usage: Usage, peaks: Peaks, name: str, cmdline: str,
             cgroup: Optional[str] = None, group: str = "") -> None:
+        if any(usage.slots[4:]):
+            self.more[len(self.pids)] = usage.slots[4:]
         self.pids.append(pid)
-        self.usage.extend((usage.tcp_in, usage.tcp_out, usage.udp_in, usage.udp_out))
+        self.usage.extend(usage.slots[:4])
         self.peaks.extend((peaks.rate_in, peaks.rate_out))
         self.text.extend(self._intern(t) for t in (name, cmdline, cgroup or "", group))
 
@@ -168,5 +199,5 @@ class Archive:
         n = self.TEXTS
         for i, pid in enumerate(self.pids):
             name, cmdline, cgroup, group = (self._texts[j] for j in self.text[n * i:n * i + n])
-            yield (pid, Usage(*self.usage[4 * i:4 * i + 4]), Peaks(*self.peaks[2 * i:2 * i + 2]),
+            yield (pid, Usage(*self.usage[4 * i:4 * i + 4], *self.more.get(i, ())), Peaks(*self.peaks[2 * i:2 * i + 2]),
                    name, cmdline, cgroup or None, group)

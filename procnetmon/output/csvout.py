@@ -16,6 +16,10 @@ import io
 
 from procnetmon.model import RECORD_INTERVAL, Record, aggregate_to_dict, process_to_dict, timestamp
 from procnetmon.output.text import printable
+from procnetmon.probes import PROTOCOL_CLASSES
+
+OTHER_PROTOCOLS = tuple(p for p in PROTOCOL_CLASSES if p not in ("tcp", "udp"))
+OTHER_PROTOCOL_COLUMNS = tuple(f"{p}_bytes_{d}" for p in OTHER_PROTOCOLS for d in ("in", "out"))
 
 CSV_COLUMNS = (
     "timestamp",  # end of the record's window, ISO 8601 to the millisecond
@@ -46,7 +50,7 @@ CSV_COLUMNS = (
     "container",  # container or systemd unit the path names; empty for none
     "pod",  # Kubernetes pod UID; empty for none
     "pids",  # a row folded by --group-by: its PIDs joined by ";"; else empty
-)
+) + OTHER_PROTOCOL_COLUMNS  # <class>_bytes_in, <class>_bytes_out of each class but TCP and UDP
 
 TOTAL_NAME = "TOTAL"
 
@@ -104,6 +108,7 @@ def _process_fields(process, record_type: str) -> dict:
         "container": d["container"] or "",
         "pod": d["pod"] or "",
         "pids": ";".join(str(p) for p in d.get("pids", [])),
+        **_other_protocol_fields(d["protocols"]),
     }
 
 
@@ -124,7 +129,16 @@ def _total_fields(record: Record) -> dict:
         "udp_bytes_out": sum(p.udp.bytes_out for p in procs),
         "total_bytes_in": in_total,
         "total_bytes_out": out_total,
+        **_other_protocol_fields(d["protocols"]),
     }
+
+
+def _other_protocol_fields(protocols: dict) -> dict:
+    out = {}
+    for p in OTHER_PROTOCOLS:
+        pair = protocols.get(p, {"bytes_in": 0, "bytes_out": 0})
+        out[f"{p}_bytes_in"], out[f"{p}_bytes_out"] = pair["bytes_in"], pair["bytes_out"]
+    return out
 
 
 def _rate_fields(d: dict) -> dict:

@@ -35,9 +35,9 @@ LABELS = ("name", "cgroup", "container")
 # name -> HELP, documented in README.md (Metrics) and the man page.
 HELP = {
     "payload_bytes_total": "Bytes that processes' socket calls sent (direction=out) or received "
-                           "(direction=in), by protocol (payload mode).",
-    "wire_bytes_total": "Bytes of the IP packets of processes' sockets, IP and TCP/UDP headers "
-                        "included, by direction and protocol (wire mode).",
+                           "(direction=in), by protocol class (payload mode).",
+    "wire_bytes_total": "Bytes of the IP packets of processes' sockets, IP and transport headers "
+                        "included (AF_PACKET: the frames), by direction and protocol class (wire mode).",
     "connections": "TCP or UDP sockets the processes of the label set held at the last sample.",
     "lost_updates_total": "Counter updates the kernel could not store because a BPF map was full.",
     "last_sample_timestamp_seconds": "Unix time of the end of the last sampled interval.",
@@ -56,6 +56,7 @@ MAX_PATH_CHARS = 256
 IDLE_SECONDS = 900.0
 OTHER_NAME = "other"
 DIRECTIONS = ("in", "out")
+# Always exposed (at 0 too); the other classes from the first byte a label set moves.
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -123,13 +124,16 @@ class Metrics:
         with self._lock:
             touched: dict[int, tuple[_LabelSet, dict]] = {}  # id -> the set, its sockets in this record
             for row in record.processes:
-                moved = {(d, p): (getattr(row, p).bytes_in if d == "in" else getattr(row, p).bytes_out)
-                         for d in DIRECTIONS for p in PROTOCOLS} if counts else {}
+                moved: dict[tuple[str, str], int] = {}
+                if counts:
+                    pairs = {**row.protocols, "tcp": row.tcp, "udp": row.udp}
+                    for p, pair in pairs.items():
+                        moved[("in", p)], moved[("out", p)] = pair.bytes_in, pair.bytes_out
                 sockets = {"tcp": row.tcp_connections, "udp": row.udp_connections}
                 target = self._set_for(self._label_values(row))
                 entry = touched.setdefault(id(target), (target, {p: 0 for p in PROTOCOLS}))
                 for key, value in moved.items():
-                    target.bytes[key] += value
+                    target.bytes[key] = target.bytes.get(key, 0.0) + value
                     if value:
                         target.idle = -1  # active: 0 after this record
                 for protocol, value in sockets.items():

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from procnetmon.grouping import sum_protocols
 from procnetmon.model import (
     RECORD_INTERVAL,
     RECORD_SUMMARY,
@@ -42,7 +43,14 @@ def nginx(**overrides) -> ProcessStats:
         tcp_connections=2, udp_connections=1, tcp_listening=1,
     )
     values.update(overrides)
-    return ProcessStats(**values)
+    return _with_protocols(ProcessStats(**values), overrides)
+
+
+def _with_protocols(row: ProcessStats, overrides: dict) -> ProcessStats:
+    """The per-class bytes a probe would give with these TCP and UDP bytes."""
+    if "protocols" not in overrides:
+        row.protocols = {p: b for p, b in (("tcp", row.tcp), ("udp", row.udp)) if b.bytes_in or b.bytes_out}
+    return row
 
 
 def curl(**overrides) -> ProcessStats:
@@ -55,7 +63,7 @@ def curl(**overrides) -> ProcessStats:
         tcp_connections=0, udp_connections=0,
     )
     values.update(overrides)
-    return ProcessStats(**values)
+    return _with_protocols(ProcessStats(**values), overrides)
 
 
 def connections() -> list[Connection]:
@@ -76,6 +84,7 @@ def aggregate_of(processes, **extra) -> Aggregate:
         tcp_connections=sum(p.tcp_connections for p in processes),
         udp_connections=sum(p.udp_connections for p in processes),
         tcp_listening=sum(p.tcp_listening for p in processes),
+        protocols=sum_protocols(processes),
         **extra,
     )
 
@@ -112,5 +121,5 @@ def records():
 
     return SimpleNamespace(
         nginx=nginx, curl=curl, connections=connections,
-        summary=summary, interval=interval, aggregate_of=aggregate_of,
+        summary=summary, interval=interval, aggregate_of=aggregate_of, Bytes=Bytes,
     )

@@ -14,48 +14,63 @@ def facts(**tracepoints):
 
 def test_backend_cflags_name_the_hooks_and_the_optional_functions():
     fentry = backends.Backend("fentry", True, "", functions=("inet_sendmsg", "inet6_sendmsg", "inet_recvmsg",
-                                                               "tcp_splice_read", "skb_consume_udp"))
+                                                               "tcp_splice_read", "packet_sendmsg"))
     assert loader.backend_cflags(fentry, facts()) == [
-        "-DHOOKS_FENTRY", "-DHAVE_INET6_SENDMSG", "-DHAVE_SKB_CONSUME_UDP"]
+        "-DHOOKS_FENTRY", "-DHAVE_INET6_SENDMSG", "-DHAVE_PACKET_SENDMSG"]
     tracepoint = backends.Backend("tracepoint", True, "")
-    assert loader.backend_cflags(tracepoint, facts(sk_data_ready=True)) == [
-        "-DHOOKS_TRACEPOINT", "-DHAVE_SK_DATA_READY"]
-    assert loader.backend_cflags(tracepoint, facts(sk_data_ready=False)) == ["-DHOOKS_TRACEPOINT"]
+    assert loader.backend_cflags(tracepoint, facts(sk_data_ready=True)) == ["-DHOOKS_TRACEPOINT"]
 
 
-def test_typed_tracepoints_and_the_per_call_udp_hook_are_compiled_in_only_when_detected():
+def test_typed_tracepoints_and_the_udp_interface_source_are_compiled_in_only_when_detected():
     typed = backends.Backend("tracepoint", True, "", typed=True)
-    assert loader.backend_cflags(typed, facts(sk_data_ready=7)) == [
-        "-DHOOKS_TRACEPOINT", "-DHAVE_SK_DATA_READY", "-DTYPED_TRACEPOINTS"]
-    consume = backends.Backend("tracepoint", True, "", typed=True, udp_consume=True)
-    assert loader.backend_cflags(consume, facts(sk_data_ready=7))[-2:] == [
-        "-DTYPED_TRACEPOINTS", "-DUDP_RX_FENTRY"]
+    assert loader.backend_cflags(typed, facts(sk_data_ready=7)) == ["-DHOOKS_TRACEPOINT", "-DTYPED_TRACEPOINTS"]
+    for udp_rx, flag in (("fentry", "-DUDP_RX_FENTRY"), ("kprobe", "-DUDP_RX_KPROBE"),
+                         ("sk_data_ready", "-DUDP_RX_RING")):
+        b = backends.Backend("tracepoint", True, "", typed=True, udp_rx=udp_rx)
+        assert loader.backend_cflags(b, facts())[1:] == [flag, "-DTYPED_TRACEPOINTS"]
 
 
 def test_the_typed_tracepoint_programs_are_named_as_the_loader_looks_them_up():
     with open(bpf_source("hooks.h")) as f:
         c = f.read()
     assert "int pnm_typed_##name(u64 *ctx)" in c
-    for tracepoint in backends.TRACEPOINTS + backends.OPTIONAL_TRACEPOINTS:
+    for tracepoint in backends.TRACEPOINTS:
         assert f"SOCKET_TRACEPOINT({tracepoint})" in c, tracepoint
 
 
-def test_the_per_call_udp_hook_needs_what_detection_asks_of_the_tracepoint_backend(monkeypatch):
-    """UDP_RX_FENTRY only with typed programs and trampolines that take skb_consume_udp."""
-    tp = backends.Backend("tracepoint", True, "typed", typed=True)
-    fe = backends.Backend("fentry", True, "", functions=("inet_sendmsg", "skb_consume_udp"))
-    monkeypatch.setattr(backends, "kernel_symbols", lambda: set())
+def _detect(monkeypatch, tp, fe, kp, symbols, facts_=None):
+    monkeypatch.setattr(backends, "kernel_symbols", lambda: set(symbols))
     monkeypatch.setattr(backends, "tracepoint_backend", lambda facts: tp)
     monkeypatch.setattr(backends, "fentry_backend", lambda facts, symbols: fe)
-    monkeypatch.setattr(backends, "kprobe_backend", lambda symbols: backends.Backend("kprobe", False, "none"))
-    assert backends.detect(None)[0].udp_consume
-    tp.udp_consume, fe.usable = False, False
-    assert not backends.detect(None)[0].udp_consume
+    monkeypatch.setattr(backends, "kprobe_backend", lambda symbols: kp)
+    return backends.detect(facts_)
+
+
+def test_a_udp_datagrams_interface_comes_from_inside_the_call_where_the_kernel_allows(monkeypatch):
+    """Trampolines first, then kprobes (both in the call), then the arrival ring."""
+    def fresh():
+        return (backends.Backend("tracepoint", True, "typed", typed=True),
+                backends.Backend("fentry", True, ""), backends.Backend("kprobe", True, ""))
+    f = backends.BtfFacts(tracepoints={"sk_data_ready": 5}, functions={"skb_consume_udp": 9}, has_sendpage=False)
+    tp, fe, kp = fresh()
+    assert _detect(monkeypatch, tp, fe, kp, {"skb_consume_udp"}, f)[0].udp_rx == "fentry"
+    tp, fe, kp = fresh()
+    fe.usable = False
+    assert _detect(monkeypatch, tp, fe, kp, {"skb_consume_udp"}, f)[0].udp_rx == "kprobe"
+    tp, fe, kp = fresh()
+    fe.usable = kp.usable = False
+    found = _detect(monkeypatch, tp, fe, kp, {"skb_consume_udp"}, f)
+    assert found[0].udp_rx == "sk_data_ready" and "sk_data_ready" in found[0].detail
+    tp, fe, kp = fresh()
+    fe.usable = kp.usable = False
+    none = backends.BtfFacts(tracepoints={}, functions={}, has_sendpage=False)
+    found = _detect(monkeypatch, tp, fe, kp, set(), none)
+    assert found[0].udp_rx == "" and any("UDP datagrams" in g for g in found[0].gaps)
 
 
 def test_every_hooked_function_has_a_kprobe_plan():
-    planned = set(loader.KPROBE_ENTRIES) | {loader.KPROBE_UDP_DATAGRAM[0]}
-    assert planned == set(backends.FUNCTIONS)
+    assert set(loader.KPROBE_ENTRIES) == set(backends.FUNCTIONS)
+    assert loader.KPROBE_UDP_DATAGRAM[0] == backends.UDP_CONSUME
 
 
 def test_the_hooks_define_what_the_loader_attaches():
@@ -63,17 +78,11 @@ def test_the_hooks_define_what_the_loader_attaches():
         c = f.read()
     for name in set(loader.KPROBE_ENTRIES.values()) | {loader.KPROBE_RETURN, loader.KPROBE_UDP_DATAGRAM[1]}:
         assert re.search(rf"^int {name}\(struct pt_regs \*ctx\)", c, re.M), name
+    assert f"KFUNC_PROBE({backends.UDP_CONSUME}," in c
     for function in backends.FUNCTIONS:
-        probe = "KFUNC_PROBE" if function == "skb_consume_udp" else "KRETFUNC_PROBE"
-        assert f"{probe}({function}," in c, function
+        assert f"KRETFUNC_PROBE({function}," in c, function
         if function not in backends.REQUIRED:
             assert f"HAVE_{function.upper()}" in c, function
-
-
-def test_udp_receive_interface_is_needed_only_by_filters():
-    assert loader.needs_udp_rx_ifindex(None, include_loopback=False)
-    assert loader.needs_udp_rx_ifindex([object()], include_loopback=True)
-    assert not loader.needs_udp_rx_ifindex(None, include_loopback=True)
 
 
 def test_choose_prefers_a_complete_backend_and_names_every_reason():
@@ -100,7 +109,5 @@ def test_exit_hook_reads_group_dead_only_where_the_tracepoint_passes_it():
 def test_the_attach_line_names_how_the_backend_reads():
     assert backends.Backend("kprobe", True, "").label == "kprobe backend"
     assert backends.Backend("tracepoint", True, "", typed=True).label == "tracepoint backend, BTF-typed"
-    assert backends.Backend("tracepoint", True, "", typed=True, udp_consume=True).label == \
-        "tracepoint backend, BTF-typed, UDP interfaces per call"
     refused = backends.Backend("tracepoint", True, "", refused="Invalid argument")
     assert refused.label == "tracepoint backend, helper reads: BTF-typed programs refused (Invalid argument)"

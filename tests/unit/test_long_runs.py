@@ -43,10 +43,9 @@ class FakeBpf:
         return self.maps[name]
 
     def count(self, tgid, nbytes):
-        """TCP bytes out (struct counts)."""
-        leaf = self.maps["counters"].setdefault(
-            Key(value=tgid), SimpleNamespace(tcp_in=0, tcp_out=0, udp_in=0, udp_out=0))
-        leaf.tcp_out += nbytes
+        """TCP bytes out (struct counts: bytes[class * 2 + direction])."""
+        leaf = self.maps["counters"].setdefault(Key(value=tgid), SimpleNamespace(bytes=[0] * 20))
+        leaf.bytes[1] += nbytes
 
     def exit(self, tgid, comm: bytes):
         self.maps["exited"][Key(value=tgid)] = SimpleNamespace(comm=comm, cgroup_id=1)

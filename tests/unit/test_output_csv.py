@@ -9,26 +9,30 @@ HEADER = (
     "timestamp,type,pid,name,cmdline,alive,mode,duration_s,bytes_in,bytes_out,"
     "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
     "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
-    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids\n"
+    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids,"
+    "udplite_bytes_in,udplite_bytes_out,icmp_bytes_in,icmp_bytes_out,icmpv6_bytes_in,icmpv6_bytes_out,"
+    "raw_bytes_in,raw_bytes_out,sctp_bytes_in,sctp_bytes_out,mptcp_bytes_in,mptcp_bytes_out,"
+    "packet_bytes_in,packet_bytes_out,other_bytes_in,other_bytes_out\n"
 )
+OTHERS = ",0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0"  # the other protocol classes' bytes, none here
 
 SUMMARY_ROWS = (
     "2026-11-22T10:01:00.000+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
-    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,\n"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,," + OTHERS + "\n"
     "2026-11-22T10:01:00.000+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
-    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,\n"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,," + OTHERS + "\n"
 )
 
 SUMMARY_TOTAL = (
     "2026-11-22T10:01:00.000+00:00,summary,,TOTAL,,,payload,60.0,"
-    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,\n"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,," + OTHERS + "\n"
 )
 
 
 def test_columns_added_after_the_first_release_come_after_interfaces():
     # Appended, so older column positions stay.
-    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):] == (
-        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids")
+    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):CSV_COLUMNS.index("pids") + 2] == (
+        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids", "udplite_bytes_in")
 
 
 def test_columns_start_as_documented():
@@ -56,7 +60,7 @@ def test_interval_rows_carry_running_totals_and_interfaces(records):
 
 def test_several_interfaces_are_joined_with_semicolons(records):
     text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
-    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,,")
+    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,," + OTHERS)
 
 
 def test_quoting_of_commas_quotes_and_escaping_of_newlines(records):
@@ -102,12 +106,23 @@ def test_every_row_has_every_column(records):
     assert {len(row) for row in csv.reader(io.StringIO(text))} == {len(CSV_COLUMNS)}
 
 
-def test_cgroup_columns_come_last(records):
-    # Appended at the end: cron files written before keep their column layout.
-    assert CSV_COLUMNS[-4:] == ("cgroup", "container", "pod", "pids")
+def test_cgroup_columns_come_after_the_earlier_ones(records):
+    # Appended: cron files written before keep their column layout.
+    i = CSV_COLUMNS.index("cgroup")
+    assert CSV_COLUMNS[i - 1:i + 4] == ("tcp_listening", "cgroup", "container", "pod", "pids")
     record = records.summary([records.nginx()])
     record.processes[0].cgroup = "/system.slice/nginx.service"
     record.processes[0].container = "nginx.service"
     row = next(csv.DictReader(io.StringIO(format_csv(record, True, False))))
     assert (row["cgroup"], row["container"], row["pod"], row["pids"]) == \
         ("/system.slice/nginx.service", "nginx.service", "", "")
+
+
+def test_other_protocol_classes_have_their_columns_at_the_end(records):
+    proc = records.nginx(protocols={"tcp": records.Bytes(1000, 200), "icmp": records.Bytes(84, 84),
+                                    "packet": records.Bytes(0, 60)})
+    row = next(csv.DictReader(io.StringIO(format_csv(records.summary([proc]), True, False))))
+    assert CSV_COLUMNS[-16:] == tuple(f"{p}_bytes_{d}" for p in ("udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp",
+                                                                 "packet", "other") for d in ("in", "out"))
+    assert (row["icmp_bytes_in"], row["icmp_bytes_out"], row["packet_bytes_out"], row["raw_bytes_in"]) == (
+        "84", "84", "60", "0")

@@ -14,10 +14,11 @@ EXPECTED_LINE = (
     '"bytes_in":1500,"bytes_out":200,"rate_in":25.0,"rate_out":3.333,'
     '"peak_rate_in":1000000.0,"peak_rate_out":125.0,'
     '"tcp":{"bytes_in":1000,"bytes_out":200},"udp":{"bytes_in":500,"bytes_out":0},'
-    '"tcp_connections":2,"udp_connections":1,"tcp_listening":1,"cgroup":null,"container":null,"pod":null}],'
+    '"tcp_connections":2,"udp_connections":1,"tcp_listening":1,"cgroup":null,"container":null,"pod":null,'
+    '"protocols":{"tcp":{"bytes_in":1000,"bytes_out":200},"udp":{"bytes_in":500,"bytes_out":0}}}],'
     '"aggregated":{"bytes_in":1500,"bytes_out":200,"rate_in":25.0,"rate_out":3.333,'
     '"peak_rate_in":1000000.0,"peak_rate_out":125.0,"tcp_connections":2,"udp_connections":1,'
-    '"tcp_listening":1}}\n'
+    '"tcp_listening":1,"protocols":{"tcp":{"bytes_in":1000,"bytes_out":200},"udp":{"bytes_in":500,"bytes_out":0}}}}\n'
 )
 
 

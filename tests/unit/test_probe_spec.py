@@ -33,6 +33,7 @@ NON_DEFAULT = {
     "follow_children": True,
     "handoff": True,
     "verbose": True,
+    "protocols": ("udp", "icmp"),
 }
 
 

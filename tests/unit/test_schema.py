@@ -84,7 +84,7 @@ def mutations():
         ("running totals in a summary", set_(["processes", 0, "total_bytes_in"], 5)),
         ("missing aggregated rate", lambda d: d["aggregated"].pop("rate_in")),
         ("bad connection protocol", set_(["processes", 0, "connections"], [
-            {"protocol": "sctp", "family": "ipv4", "local": "", "remote": "", "state": "",
+            {"protocol": "quic", "family": "ipv4", "local": "", "remote": "", "state": "",
              "bytes_in": 0, "bytes_out": 0}])),
         ("zero lost_updates", set_(["lost_updates"], 0)),
     ]
