@@ -29,8 +29,18 @@ struct dgram_hint {
     u32 dir;
 };
 
-/* Per task; LRU, since a task may leave a note behind when it exits. */
+/* A sent datagram's note is kept under its socket's address, a received
+ * one's under the reading task (pid_tgid, never a kernel address): the
+ * answer that a peer's kernel sends back at once (an ICMP echo reply, over
+ * a veth, in a softirq run inside the very same send) is noted under its own
+ * kernel socket and cannot replace the sender's note. LRU: a socket or task
+ * may leave one behind when it goes. */
 BPF_TABLE("lru_hash", u64, struct dgram_hint, dgram_hints, MAX_PIDS);
+
+static __always_inline u64 dgram_key(const void *sk, u16 dir)
+{
+    return dir == DIR_OUT ? (u64)sk : bpf_get_current_pid_tgid();
+}
 
 /* sk 0: any socket (a received datagram no longer says which). */
 static __always_inline void note_dgram(const void *sk, u32 ifindex, u16 dir)
@@ -39,7 +49,8 @@ static __always_inline void note_dgram(const void *sk, u32 ifindex, u16 dir)
     if (!ifindex || !is_target(task >> 32))
         return;
     struct dgram_hint hint = {.sk = (u64)sk, .ifindex = ifindex, .dir = dir};
-    dgram_hints.update(&task, &hint);
+    u64 key = dgram_key(sk, dir);
+    dgram_hints.update(&key, &hint);
 }
 
 /* A datagram being copied out to the reading task: the device it arrived
@@ -72,12 +83,12 @@ static __always_inline void note_dgram_out(const void *skb)
  * copy bypassed the tracepoint) finds none rather than this one. */
 static __always_inline u32 dgram_ifindex(const void *sk, u16 dir)
 {
-    u64 task = bpf_get_current_pid_tgid();
-    struct dgram_hint *hint = dgram_hints.lookup(&task);
+    u64 key = dgram_key(sk, dir);
+    struct dgram_hint *hint = dgram_hints.lookup(&key);
     if (!hint || hint->dir != dir || (hint->sk && hint->sk != (u64)sk))
         return UNKNOWN_IFINDEX;
     u32 ifindex = hint->ifindex;
-    dgram_hints.delete(&task);
+    dgram_hints.delete(&key);
     return ifindex;
 }
 #endif
@@ -193,7 +204,22 @@ static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 di
 #endif
         return ifindex ? ifindex : packet_bound_ifindex(sk);
     }
-    if (dir == DIR_IN && (cls == PC_TCP || cls == PC_MPTCP)) {
+    if (cls == PC_MPTCP) {
+        /* The connection moves its bytes over its subflows: the first's
+         * interface (a connection over several interfaces has several). */
+#ifdef OFF_MPTCP_SOCK_FIRST
+        const void *first = read_ptr(sk, OFF_MPTCP_SOCK_FIRST);
+        if (!first)
+            return UNKNOWN_IFINDEX;
+        if (dir == DIR_OUT)
+            return dev_ifindex_of(READ_PROBE, read_ptr(first, OFF_SK_DST_CACHE));
+        ifindex = read_u32(first, OFF_SK_RX_DST_IFINDEX);
+        return ifindex ? ifindex : dev_ifindex_of(READ_PROBE, read_ptr(first, OFF_SK_DST_CACHE));
+#else
+        return UNKNOWN_IFINDEX;
+#endif
+    }
+    if (dir == DIR_IN && cls == PC_TCP) {
         ifindex = load_u32(how, sk, OFF_SK_RX_DST_IFINDEX);
         return ifindex ? ifindex : dev_ifindex_of(how, dst);
     }

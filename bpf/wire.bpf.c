@@ -50,6 +50,8 @@ struct owner {
     u32 tgid;
     u32 netns;
     u64 ino; /* the socket's inode number: user space finds live sockets by it */
+    u32 cls; /* the protocol class its packets count under (an MPTCP subflow's: mptcp) */
+    u32 pad;
 };
 
 struct pending_key {
@@ -111,6 +113,40 @@ static __always_inline void add_socket(struct bpf_sock *sk, u64 cookie, u32 ifin
 }
 #endif
 
+static __always_inline void keep_owner(const void *sk, u64 cookie, struct owner *owner)
+{
+    if (cookie) {
+        owners.update(&cookie, owner);
+    } else {
+        u64 addr = (u64)sk;
+        early_owners.update(&addr, owner);
+    }
+}
+
+/* An MPTCP connection's packets are its subflows', TCP sockets that no
+ * process calls on: the process that owns the connection owns its first
+ * subflow (the one of connect() and of accept()). Subflows that the kernel
+ * adds later (MP_JOIN) are owned by no one known. */
+static __always_inline int is_mptcp_subflow(const void *sk)
+{
+#ifdef OFF_TCP_SOCK_IS_MPTCP
+    u8 flag = 0;
+    bpf_probe_read_kernel(&flag, sizeof(flag), (const char *)sk + OFF_TCP_SOCK_IS_MPTCP);
+    return flag != 0;
+#else
+    return 0;
+#endif
+}
+
+static __always_inline void note_first_subflow(const void *msk, struct owner *owner)
+{
+#ifdef OFF_MPTCP_SOCK_FIRST
+    const void *first = read_ptr(msk, OFF_MPTCP_SOCK_FIRST);
+    if (first)
+        keep_owner(first, read_u64(first, OFF_SK_COOKIE), owner);
+#endif
+}
+
 /* Process context only: the caller's thread group owns sk from now on.
  * Runs on every socket call, so the common case (owner already known) is
  * one kernel read and one lookup; the rest is read only to note a new one. */
@@ -128,15 +164,15 @@ static __always_inline void note_owner(const void *sk, int how)
     u16 family = load_u16(how, sk, OFF_SK_FAMILY);
     if (family != AF_INET && family != AF_INET6)
         return;
-    if (proto_class(family, load_u16(how, sk, OFF_SK_TYPE), load_u16(how, sk, OFF_SK_PROTOCOL)) == PC_NONE)
+    int cls = proto_class(family, load_u16(how, sk, OFF_SK_TYPE), load_u16(how, sk, OFF_SK_PROTOCOL));
+    if (cls == PC_NONE)
         return;
-    struct owner fresh = {.tgid = tgid, .netns = netns_of(how, sk), .ino = socket_ino(sk)};
-    if (cookie) {
-        owners.update(&cookie, &fresh);
-    } else {
-        u64 addr = (u64)sk;
-        early_owners.update(&addr, &fresh);
-    }
+    if (cls == PC_TCP && is_mptcp_subflow(sk))
+        cls = PC_MPTCP; /* connect() on an MPTCP socket: its first subflow's SYN_SENT */
+    struct owner fresh = {.tgid = tgid, .netns = netns_of(how, sk), .ino = socket_ino(sk), .cls = (u32)cls};
+    keep_owner(sk, cookie, &fresh);
+    if (cls == PC_MPTCP)
+        note_first_subflow(sk, &fresh);
 }
 
 #define MSG_PEEK 2
@@ -381,7 +417,7 @@ static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
     }
     if (owner) {
         if (iface_ok(owner->netns, ifindex)) {
-            add(owner->tgid, cls, dir, bytes);
+            add(owner->tgid, (int)owner->cls, dir, bytes);
 #ifdef DETAILS
             add_socket(sk, cookie, ifindex, cls, dir, bytes);
 #endif

@@ -17,8 +17,11 @@ from typing import Optional
 
 try:
     from procnetmon import __version__
+    from procnetmon.probes import PROTOCOL_CLASSES
 except ImportError:  # loaded as a lone file by argparse-manpage, package not importable
     __version__ = "unknown"
+    # As probes.PROTOCOL_CLASSES (tests/unit/test_cli.py holds them equal).
+    PROTOCOL_CLASSES = ("tcp", "udp", "udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp", "packet", "other")
 
 PROG = "procnetmon"
 
@@ -208,6 +211,26 @@ def parse_interfaces(text: str) -> list[str]:
     return names
 
 
+PROTOCOL_HELP_NAMES = ", ".join(PROTOCOL_CLASSES)
+
+
+def parse_protocols(text: str) -> Optional[list[str]]:
+    """A comma-separated list of protocol classes (probes.PROTOCOL_CLASSES),
+    or ``all``; None stands for all of them."""
+    wanted: list[str] = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item == "all":
+            return None
+        if item not in PROTOCOL_CLASSES:
+            raise argparse.ArgumentTypeError(
+                f"unknown protocol {_shown(item)} in {_shown(text)}: choose from {PROTOCOL_HELP_NAMES} or all, "
+                "e.g. --protocol tcp,udp"
+            )
+        if item not in wanted:
+            wanted.append(item)
+    return wanted
+
+
 def _ifname_problem(name: str) -> Optional[str]:
     """Why the kernel would refuse ``name`` as an interface name (dev_valid_name)."""
     if not name:
@@ -374,6 +397,13 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="count only processes in the cgroup v2 PATH or any cgroup below it, decided in "
         "the kernel; PATH is a directory under the cgroup2 mount, absolute or relative to it "
         "(e.g. system.slice/nginx.service); repeat for several",
+    )
+    group.add_argument(
+        "--protocol", metavar="LIST", dest="protocols", type=parse_protocols, default=None,
+        help=f"comma-separated protocols to count, decided in the kernel: {PROTOCOL_HELP_NAMES}, "
+        "or all (the default). icmp holds ping sockets and raw ICMP sockets, raw the raw IP "
+        "sockets of any other protocol, packet AF_PACKET sockets, other any other protocol "
+        "on an inet socket; local IPC (AF_UNIX, netlink) is never network traffic",
     )
     group.add_argument(
         "--mode", choices=MODES, default="payload",

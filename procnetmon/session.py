@@ -227,6 +227,7 @@ def _probe_spec(args) -> ProbeSpec:
                      include_loopback=include_loopback, details=args.details, backend=args.backend,
                      cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
                      follow_children=follow, verbose=args.verbose,
+                     protocols=None if args.protocols is None else tuple(args.protocols),
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)

@@ -80,6 +80,10 @@ OPTIONAL = {
     # The interface a packet socket is bound to; BTF has no packet_sock
     # where AF_PACKET is a module.
     "PACKET_SOCK_IFINDEX": ("packet_sock", "ifindex"),
+    # An MPTCP connection's first subflow, and whether a TCP socket is a
+    # subflow (wire mode: whose packets they are); absent without CONFIG_MPTCP.
+    "MPTCP_SOCK_FIRST": ("mptcp_sock", "first"),
+    "TCP_SOCK_IS_MPTCP": ("tcp_sock", "is_mptcp"),
 }
 
 CACHE_FILE = "offsets-v3.json"

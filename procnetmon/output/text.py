@@ -146,18 +146,41 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     columns = _summary_columns(name_width)
     # The workload column only when a row is in some cgroup other than the root.
     workloads = [workload_label(p) for p in rows] if any(workload_label(p) for p in rows) else None
+    # The other protocols' column only when some row moved bytes of one.
+    others = any(_other_bytes(p) for p in rows)
+    if others:
+        columns.append(("OTHER", BYTES_WIDTH, ">"))
     if workloads:
         columns.append(("CONTAINER/CGROUP", 0, "<"))
     if header:
         lines.append(_row(columns, [c[0] for c in columns]))
     for i, (process, label) in enumerate(zip(rows, labels)):
         cells = _summary_cells(process, label, units)
+        if others:
+            cells.append(human_bytes(_other_bytes(process)))
         lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
         if details:
+            lines.extend(_protocol_lines(process, PID_WIDTH + 2))
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
-        lines.append(_row(columns, _summary_cells(record.aggregated, TOTAL_NAME, units, pid="")))
+        cells = _summary_cells(record.aggregated, TOTAL_NAME, units, pid="")
+        if others:
+            cells.append(human_bytes(_other_bytes(record.aggregated)))
+        lines.append(_row(columns, cells))
     return lines
+
+
+def _other_bytes(stats) -> int:
+    """Bytes both ways of every protocol class but TCP and UDP."""
+    return sum(b.bytes_in + b.bytes_out for p, b in stats.protocols.items() if p not in ("tcp", "udp"))
+
+
+def _protocol_lines(stats, indent: int) -> list[str]:
+    """With --details, a row's bytes by protocol class, when it used more than TCP and UDP."""
+    if not _other_bytes(stats):
+        return []
+    parts = [f"{p} in {human_bytes(b.bytes_in)} out {human_bytes(b.bytes_out)}" for p, b in stats.protocols.items()]
+    return [" " * indent + "protocols: " + ", ".join(parts)]
 
 
 def _summary_columns(name_width: int) -> list[tuple[str, int, str]]:
@@ -237,6 +260,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
         label = _fit(printable(process.name), not process.alive, STREAM_NAME_WIDTH)
         lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
         if details:
+            lines.extend(_protocol_lines(process, TIME_WIDTH + PID_WIDTH + 4))
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
     if aggregate:
         cells = _interval_cells(record.aggregated, TOTAL_NAME, units, pid="")

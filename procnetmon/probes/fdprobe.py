@@ -35,7 +35,8 @@ class PendingKeyC(ctypes.Structure):
 
 
 class OwnerC(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("ino", ctypes.c_uint64)]
+    _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32), ("ino", ctypes.c_uint64),
+                ("cls", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
 class Map:

@@ -24,6 +24,7 @@ from procnetmon.probes.spec import ProbeSpec
 # The slots of a process's entry in the counters map: struct counts's
 # bytes[class * 2 + direction] (bpf/common.h).
 SLOTS = tuple((protocol, direction) for protocol in PROTOCOL_CLASSES for direction in ("in", "out"))
+MPTCP_CLASS = PROTOCOL_CLASSES.index("mptcp")
 
 
 def _delete(table, key) -> None:
@@ -97,7 +98,8 @@ class MapReader:
                 owner = owners[owners.Key(k.cookie)]
             except KeyError:
                 continue  # not known yet, or a socket of a process not sampled
-            protocol = PROTOCOLS.get(k.protocol)
+            # The owner's class: an MPTCP subflow's bytes were held as TCP's.
+            protocol = PROTOCOLS.get(owner.cls if owner.cls == MPTCP_CLASS else k.protocol)
             if protocol is not None and self._wanted(owner.netns, k.ifindex):
                 key = CounterKey(owner.tgid, protocol, DIRECTIONS[k.dir])
                 self._claimed[key] = self._claimed.get(key, 0) + v.value

@@ -28,6 +28,18 @@ Roles:
                            (TCP: until EOF; UDP: one datagram); --same-port: UDP sockets
                            all bound to one local port in turn
 
+  proto-server ADDR        --kind K: answer --count messages of a protocol other than TCP
+                           and UDP with --reply bytes each (udplite, raw: IP protocol 253,
+                           sctp, mptcp: one connection, like tcp-server; packet-raw,
+                           packet-dgram: ADDR is an interface, frames of ethertype 0x88b5
+                           answered to their sender's MAC)
+  proto-client ADDR PORT   --kind K: send --count messages of --size bytes and read each
+                           answer (udplite, raw, sctp, mptcp; ping: ICMP echo through a
+                           ping socket, icmp-raw: through a raw ICMP socket, the peer's
+                           kernel answering; packet-raw, packet-dgram: ADDR is
+                           IFACE@MAC, the peer's MAC). Reports "in" and "out": what
+                           its calls returned
+
 With --hold, TCP sockets stay open until ``exit``, so that they are live
 connections when procnetmon looks.
 
@@ -478,6 +490,133 @@ def many_clients(args, result: dict, held: list) -> None:
                    "connections": conns})
 
 
+IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_MPTCP, IPPROTO_TEST = 136, 132, 262, 253
+ETH_P_TEST = 0x88B5  # IEEE local experimental ethertype: no stack answers it
+
+
+def _inet_socket(kind: str, addr: str) -> socket.socket:
+    family = family_of(addr)
+    if kind == "udplite":
+        return socket.socket(family, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    if kind == "raw":
+        return socket.socket(family, socket.SOCK_RAW, IPPROTO_TEST)
+    if kind == "sctp":
+        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_SCTP)
+    if kind == "mptcp":
+        return socket.socket(family, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    if kind == "ping":
+        return socket.socket(family, socket.SOCK_DGRAM,
+                             socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6)
+    if kind == "icmp-raw":
+        return socket.socket(family, socket.SOCK_RAW,
+                             socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6)
+    raise SystemExit(f"unknown kind {kind!r}")
+
+
+def _packet_socket(kind: str, ifname: str) -> socket.socket:
+    kind_type = socket.SOCK_RAW if kind == "packet-raw" else socket.SOCK_DGRAM
+    sock = socket.socket(socket.AF_PACKET, kind_type, socket.htons(ETH_P_TEST))
+    sock.bind((ifname, ETH_P_TEST))
+    return sock
+
+
+def _frame(sock: socket.socket, kind: str, dst_mac: bytes, size: int) -> tuple[bytes, tuple]:
+    """What to send for a packet socket: a whole frame (SOCK_RAW) or a payload (SOCK_DGRAM)."""
+    ifname = sock.getsockname()[0]
+    if kind == "packet-raw":
+        src_mac = sock.getsockname()[4]
+        header = dst_mac + src_mac + struct.pack("!H", ETH_P_TEST)
+        return header + b"f" * max(size - len(header), 0), (ifname, ETH_P_TEST)
+    return b"d" * size, (ifname, ETH_P_TEST, 0, 0, dst_mac)
+
+
+def proto_server(args, result: dict, held: list) -> None:
+    kind = args.kind
+    if kind.startswith("packet"):
+        sock = _packet_socket(kind, args.addr)
+        wait_for("go", announce_first=True)
+        for _ in range(args.count):
+            data, sender = sock.recvfrom(65536)
+            result["in"] += len(data)
+            reply, to = _frame(sock, kind, sender[4], args.reply)
+            result["out"] += sock.sendto(reply, to)
+        return
+    sock = _inet_socket(kind, args.addr)
+    if kind in ("sctp", "mptcp"):
+        sock.bind((args.addr, 0))
+        sock.listen(1)
+        announce(sock.getsockname()[1])
+        wait_for("go")
+        conn, _ = sock.accept()
+        held.append(conn)
+        for _ in range(args.count):
+            result["in"] += recv_exactly(conn, args.expect)
+            result["out"] += send_all(conn, args.reply)
+        return
+    sock.bind((args.addr, 0))
+    announce(sock.getsockname()[1] if kind != "raw" else 0)
+    wait_for("go")
+    for _ in range(args.count):
+        data, sender = sock.recvfrom(65536)
+        result["in"] += len(data)
+        result["out"] += sock.sendto(b"r" * args.reply, sender)
+
+
+def proto_client(args, result: dict, held: list) -> None:
+    kind = args.kind
+    if kind.startswith("packet"):
+        ifname, mac = args.addr.split("@")
+        sock = _packet_socket(kind, ifname)
+        dst = bytes.fromhex(mac.replace(":", ""))
+        wait_for("go", announce_first=True)
+        for _ in range(args.count):
+            frame, to = _frame(sock, kind, dst, args.size)
+            result["out"] += sock.sendto(frame, to)
+            result["in"] += len(sock.recv(65536))
+        return
+    sock = _inet_socket(kind, args.addr)
+    sock.settimeout(10)
+    if kind in ("sctp", "mptcp"):
+        wait_for("go", announce_first=True)
+        sock.connect((args.addr, args.port))
+        held.append(sock)
+        for _ in range(args.count):
+            result["out"] += send_all(sock, args.size)
+            result["in"] += recv_exactly(sock, args.expect)
+        return
+    wait_for("go", announce_first=True)
+    for seq in range(args.count):
+        if kind in ("ping", "icmp-raw"):
+            v6 = family_of(args.addr) == socket.AF_INET6
+            header = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0x1234, seq)
+            payload = header + b"p" * max(args.size - len(header), 0)
+            if kind == "icmp-raw" and not v6:  # the raw socket sends the checksum we give
+                payload = header[:2] + struct.pack("!H", _checksum(payload)) + payload[4:]
+        else:
+            payload = b"q" * args.size
+        result["out"] += sock.sendto(payload, (args.addr, args.port))
+        while True:  # a raw ICMP socket also sees its own requests on some paths: read to the answer
+            data = sock.recv(65536)
+            result["in"] += len(data)
+            if kind != "icmp-raw" or _is_echo_reply(data, family_of(args.addr)):
+                break
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _is_echo_reply(data: bytes, family: int) -> bool:
+    if family == socket.AF_INET6:
+        return data[:1] == bytes([129])
+    return len(data) > 20 and data[(data[0] & 0xF) * 4] == 0
+
+
 def announce(port: int = 0) -> None:
     print(f"ready {port}", flush=True)
 
@@ -492,7 +631,8 @@ def wait_for(word: str, announce_first: bool = False) -> None:
 
 ROLES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
          "udp-server": udp_server, "udp-client": udp_client, "fail": fail,
-         "tcp-serve-many": tcp_serve_many, "many-clients": many_clients}
+         "tcp-serve-many": tcp_serve_many, "many-clients": many_clients,
+         "proto-server": proto_server, "proto-client": proto_client}
 
 
 CLONE_NEWNET = 0x40000000
@@ -582,10 +722,11 @@ def main(argv=None) -> None:
     p.add_argument("--mmsg", action="store_true", help="udp-*: sendmmsg/recvmmsg")
     p.add_argument("--protocol", choices=("tcp", "udp"), default="tcp", help="many-clients: which sockets")
     p.add_argument("--same-port", action="store_true", help="many-clients: one local port for every UDP socket")
+    p.add_argument("--kind", default="", help="proto-*: which protocol (see the roles above)")
     args = p.parse_args(argv)
     if args.name:
         set_name(args.name)
-    result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0}
+    result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0, "in": 0, "out": 0}
     held: list = []  # sockets kept open with --hold
     ROLES[args.role](args, result, held)
     print(json.dumps(result), flush=True)

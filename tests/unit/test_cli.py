@@ -306,3 +306,23 @@ def test_a_lone_double_dash_as_a_value_is_a_usage_error(argv, capsys):
         cli.parse_args(argv)
     assert e.value.code == 2
     assert "expected a value" in capsys.readouterr().err
+
+
+def test_protocol_list_is_parsed_and_checked():
+    from procnetmon import cli, probes
+
+    assert cli.parse_protocols("tcp, ICMP,tcp") == ["tcp", "icmp"]
+    assert cli.parse_protocols("udp,all") is None
+    for bad in ("", "tcp,,udp", "quic", "tcp;udp"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.parse_protocols(bad)
+    assert cli.PROTOCOL_CLASSES == probes.PROTOCOL_CLASSES
+
+
+def test_protocol_option_reaches_the_probe_spec():
+    from procnetmon import session
+
+    args = cli.build_parser().parse_args(["-t", "1s", "--protocol", "icmp,packet"])
+    assert args.protocols == ["icmp", "packet"]
+    spec = session._probe_spec(args)
+    assert spec.protocols == ("icmp", "packet") and spec.class_mask() == (1 << 3) | (1 << 8)

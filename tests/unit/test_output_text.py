@@ -156,6 +156,20 @@ def test_details_lists_connections_under_their_process(records):
     assert lines[3].startswith(" " * 9)
 
 
+def test_other_protocols_get_a_column_and_their_own_line_with_details(records):
+    pinger = records.nginx(pid=7, name="ping", protocols={"icmp": records.Bytes(840, 840)},
+                           tcp=records.Bytes(0, 0), udp=records.Bytes(0, 0), bytes_in=840, bytes_out=840)
+    plain = format_text(records.summary([records.nginx()]))
+    assert "OTHER" not in plain  # as before, while only TCP and UDP moved bytes
+    lines = format_text(records.summary([records.nginx(), pinger]), aggregate=True).splitlines()
+    assert lines[1].split()[-1] == "OTHER"
+    (ping_line,) = [line for line in lines if line.split()[:2] == ["7", "ping"]]
+    assert ping_line.split()[-2:] == ["1.7", "KB"]
+    assert lines[-1].split()[0] == "TOTAL" and lines[-1].split()[-2:] == ["1.7", "KB"]
+    detailed = format_text(records.summary([pinger]), details=True).splitlines()
+    assert detailed[3].split() == ["protocols:", "icmp", "in", "840", "B", "out", "840", "B"]
+
+
 def test_details_off_hides_connections(records):
     nginx = records.nginx(connections=records.connections())
     assert "ESTABLISHED" not in format_text(records.summary([nginx]))
