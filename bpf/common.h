@@ -111,9 +111,12 @@ static __always_inline int proto_class(u16 family, u16 type, u16 protocol)
 /* Bytes of one process, in one entry found by its tgid alone: the smallest
  * key hashes fastest, and the interface is decided by the filters before
  * counting. bytes[class * 2 + direction]: TCP in and out come first, then
- * UDP's, as the four fields this struct once had. */
+ * UDP's, as the four fields this struct once had. Room for 16 classes, so
+ * that a mask bounds the index (COUNT_SLOTS, a power of two): a comparison
+ * does not, where the compiler indexes with a copy made before it. */
+#define COUNT_SLOTS 32
 struct counts {
-    u64 bytes[PC_COUNT * 2];
+    u64 bytes[COUNT_SLOTS];
 };
 
 struct iface_key {
@@ -142,7 +145,8 @@ struct exit_info {
     u64 cgroup_id; /* cgroup v2 id (directory inode) the process exited in */
 };
 
-BPF_HASH(counters, u32, struct counts, MAX_COUNTERS);
+/* Allocated as processes come (one entry each), not MAX_COUNTERS up front. */
+BPF_F_TABLE("hash", u32, struct counts, counters, MAX_COUNTERS, BPF_F_NO_PREALLOC);
 BPF_HASH(target_pids, u32, u8, MAX_PIDS);
 BPF_HASH(target_ifaces, struct iface_key, u8, 256);
 #ifdef FILTER_CGROUPS
@@ -290,9 +294,9 @@ static __always_inline int iface_ok(u32 netns, u32 ifindex)
 
 static __always_inline void add(u32 tgid, int cls, u16 dir, u64 bytes)
 {
-    u32 slot = (u32)cls * 2 + (dir == DIR_OUT);
-    if (slot >= PC_COUNT * 2)
+    if (cls < 0)
         return; /* PC_NONE: the callers leave it out first */
+    u32 slot = (((u32)cls & 15) << 1) | (dir == DIR_OUT);
     struct counts *c = counters.lookup(&tgid);
     if (!c) {
         struct counts zero = {};
@@ -305,8 +309,7 @@ static __always_inline void add(u32 tgid, int cls, u16 dir, u64 bytes)
             return;
         }
     }
-    /* Bounded above, so the verifier takes the computed offset. */
-    __sync_fetch_and_add(&c->bytes[slot], bytes);
+    __sync_fetch_and_add(&c->bytes[slot & (COUNT_SLOTS - 1)], bytes);
 }
 
 /* Whether user space names tgid in its records: each given PID, or (without

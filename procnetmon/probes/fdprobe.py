@@ -17,12 +17,12 @@ from typing import Optional
 
 from procnetmon.kernel import bpfsys
 from procnetmon.probes import ProbeError, SocketBytes, libbpf
-from procnetmon.probes.reader import SLOTS, MapReader
+from procnetmon.probes.reader import COUNT_SLOTS, MapReader
 from procnetmon.probes.spec import ProbeSpec
 
 
 class CountsC(ctypes.Structure):
-    _fields_ = [("bytes", ctypes.c_uint64 * len(SLOTS))]
+    _fields_ = [("bytes", ctypes.c_uint64 * COUNT_SLOTS)]
 
 
 class ExitInfoC(ctypes.Structure):

@@ -24,6 +24,7 @@ from procnetmon.probes.spec import ProbeSpec
 # The slots of a process's entry in the counters map: struct counts's
 # bytes[class * 2 + direction] (bpf/common.h).
 SLOTS = tuple((protocol, direction) for protocol in PROTOCOL_CLASSES for direction in ("in", "out"))
+COUNT_SLOTS = 32  # the room struct counts has (COUNT_SLOTS): 16 classes
 MPTCP_CLASS = PROTOCOL_CLASSES.index("mptcp")
 
 
