@@ -408,7 +408,7 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
-        "wire: bytes of its sockets' IP packets on the interface, IP and TCP/UDP headers, "
+        "wire: bytes of its sockets' IP packets on the interface, IP and transport headers, "
         "retransmissions and ACKs included (default: %(default)s)",
     )
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from procnetmon import cgroups, grouping, procinfo
+from procnetmon import cgroups, grouping, procinfo, sockettable
 from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
 from procnetmon.probes import SocketBytes
 from procnetmon.tally import Counted, Usage, rate
@@ -230,13 +230,23 @@ def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[S
     closed = sorted((s for s in mine if s.sock_id not in shown),
                     key=lambda s: (s.protocol, s.family, s.local_addr, s.local_port,
                                    s.remote_addr, s.remote_port, s.sock_id))
+    # The socket tables list TCP and UDP only: a ping, raw or packet socket
+    # still held is told from a closed one by the process's descriptors.
+    held = sockettable.socket_inodes(pid) if any(s.protocol not in ("tcp", "udp") for s in closed) else set()
     for gone in closed:
         b_in, b_out = socket_window(kind, gone, socket_totals)
         if b_in or b_out:
             remote = "" if _unspecified(gone.remote_addr) else _endpoint(gone.remote_addr, gone.remote_port)
-            out.append(Connection(gone.protocol, gone.family, _endpoint(gone.local_addr, gone.local_port),
-                                  remote, "CLOSED", b_in, b_out))
+            state = "OPEN" if gone.inode and gone.inode in held else "CLOSED"
+            out.append(Connection(gone.protocol, gone.family, _local_of(gone), remote, state, b_in, b_out))
     return out
+
+
+def _local_of(s: SocketBytes) -> str:
+    """A socket's local end: address and port, or an AF_PACKET socket's interface index."""
+    if s.family == "packet":
+        return f"ifindex:{s.local_port}" if s.local_port else "*"
+    return _endpoint(s.local_addr, s.local_port)
 
 
 def socket_window(kind: str, s: Optional[SocketBytes], socket_totals: dict[int, tuple[int, int]]) -> tuple[int, int]:

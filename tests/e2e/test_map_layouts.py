@@ -39,15 +39,16 @@ def test_every_map_the_daemon_reads_has_the_sizes_of_its_reader(mode):
 
 
 def test_a_map_of_other_sizes_is_refused():
-    class OldOwnerC(ctypes.Structure):  # main's: tgid and netns, without ino
+    class OldOwnerC(ctypes.Structure):  # an old main's: tgid and netns, without ino and class
         _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32)]
 
-    attr = struct.pack("<IIIII", BPF_MAP_TYPE_HASH, 8, 16, 4, 0) + bytes(108)
+    size = ctypes.sizeof(OwnerC)
+    attr = struct.pack("<IIIII", BPF_MAP_TYPE_HASH, 8, size, 4, 0) + bytes(108)
     fd = bpfsys.bpf(BPF_MAP_CREATE, attr)
     try:
-        assert bpfsys.map_sizes(fd) == (8, 16)
+        assert bpfsys.map_sizes(fd) == (8, size)
         Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OwnerC, name="owners")  # the right sizes
-        with pytest.raises(ProbeError, match="owners has 8-byte keys and 16-byte values, procnetmon reads 8 and 8"):
+        with pytest.raises(ProbeError, match=f"owners has 8-byte keys and {size}-byte values, procnetmon reads 8 and 8"):
             Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OldOwnerC, name="owners")
     finally:
         os.close(fd)

@@ -179,3 +179,18 @@ def test_local_ipc_is_not_network_traffic():
     assert run.returncode == 0, run.stderr
     mine = by_pid(run.json()).get(os.getpid())
     assert mine is None or mine["bytes_out"] == 0, mine
+
+
+@pytest.mark.parametrize("kind,family", [("ping", "ipv4"), ("raw", "ipv6"), ("packet-raw", "link")])
+def test_details_give_each_such_socket_its_row(peer, ping_sockets, kind, family):
+    _supported(kind, family)
+    doc, pid, truth, _ip, _frames = _exchange(kind, family, peer, "-d", "-i", peer.host_if)
+    row = by_pid(doc)[pid]
+    (conn,) = row["connections"]
+    assert conn["protocol"] == _class_of(kind, family)
+    assert (conn["bytes_in"], conn["bytes_out"]) == (truth["in"], truth["out"])
+    assert conn["state"] == "OPEN"  # still held by the client as the summary is made
+    if kind.startswith("packet"):
+        assert conn["family"] == "packet" and conn["local"] == f"ifindex:{socket.if_nametoindex(peer.host_if)}"
+    else:
+        assert conn["family"] == family

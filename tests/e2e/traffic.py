@@ -15,7 +15,8 @@ Roles:
                            (--sendfile, --splice-out: send with sendfile(2) or splice(2)
                            from a pipe; --splice-in: read with splice(2) into a pipe)
   udp-server ADDR          recvfrom --count datagrams, answer each with --reply bytes (sendto)
-                           (--mmsg: recvmmsg(2) and sendmmsg(2) instead)
+                           (--mmsg: recvmmsg(2) and sendmmsg(2) instead; --accept-delay S:
+                           read nothing for S seconds first)
   udp-client ADDR PORT     connect; send --count datagrams of --size bytes, read the answers
                            (--unconnected: sendto/recvfrom; --mmsg: sendmmsg/recvmmsg)
   fail ADDR PORT           socket calls that fail and move nothing: send on an
@@ -313,6 +314,8 @@ def udp_server(args, result: dict, held: list) -> None:
     s.settimeout(3.0)
     announce(s.getsockname()[1])
     wait_for("go")
+    if args.accept_delay:
+        time.sleep(args.accept_delay)  # let datagrams of several senders queue up first
     got = sent = 0
     if args.mmsg:
         blocking_with_timeout(s, 3)
