@@ -16,7 +16,10 @@
  * socket's, nor of an earlier call's.
  *
  * Options (-D): NEED_DGRAM_IFINDEX, set by the including program when a
- * filter needs the interface (-i, or loopback left out).
+ * filter needs the interface (-i, or loopback left out); DGRAM_INET, also
+ * set by it when inet datagrams are counted by their calls (payload mode:
+ * sent datagrams noted at net_dev_queue); UDP_RX_FENTRY, UDP_RX_KPROBE or
+ * UDP_RX_HEAD (from the loader): how a UDP datagram's device is noted.
  */
 
 #ifndef PROCNETMON_CALLS_H
@@ -93,49 +96,83 @@ static __always_inline u32 dgram_ifindex(const void *sk, u16 dir)
 }
 #endif
 
-#if defined(NEED_DGRAM_IFINDEX) && defined(UDP_RX_RING)
+#if defined(NEED_DGRAM_IFINDEX) && defined(UDP_RX_HEAD)
 /* Where no program runs inside a UDP recvmsg with its datagram (no
- * trampolines, no kprobes): the devices of a socket's datagrams as they
- * arrive (sock:sk_data_ready), in a ring per socket, taken in the same
- * order by its reads, since a UDP socket's queue is first in, first out.
- * Exact while each arrival is read by one call; a datagram dropped at read
- * (a bad checksum) or more than UDP_RX_RING_SIZE waiting can make a
- * socket fed by several interfaces charge one datagram to another's. */
-#define UDP_RX_RING_SIZE 8
-struct udp_rx_ring {
-    u32 head;
-    u32 tail;
-    u32 ifindex[UDP_RX_RING_SIZE];
+ * trampolines, no kprobes): a UDP socket's queue is first in, first out, so
+ * the datagram a read returns is the one that was at the head of the queue
+ * when it began. The head's device is noted whenever the head changes: as
+ * a datagram arrives at an empty queue (sock:sk_data_ready, in softirq), and
+ * by each read as it returns, for the next read. A datagram that arrives
+ * while a read is taking the head notes the new head and keeps the old
+ * note as `prev`, which that read then takes: exact, but for two reads of
+ * one socket at once, or a freed datagram's memory reused by the next at
+ * the head in between. */
+struct udp_rx_head {
+    u64 skb; /* the head the note is of */
+    u32 ifindex;
+    u32 pad;
+    u64 prev_skb; /* the head before, while a read may still be taking it */
+    u32 prev_ifindex;
+    u32 pad2;
 };
-BPF_TABLE("lru_hash", u64, struct udp_rx_ring, udp_rx_rings, MAX_SOCKETS);
+BPF_TABLE("lru_hash", u64, struct udp_rx_head, udp_rx_heads, MAX_UDP_HEADS);
 
-static __always_inline void udp_rx_push(const void *sk, u32 ifindex)
+/* The oldest datagram queued on a UDP socket: its reader queue's first, else
+ * its receive queue's (the reader queue is refilled from it in one splice). */
+static __always_inline const void *udp_queue_head(const void *sk)
 {
-    u64 key = (u64)sk;
-    struct udp_rx_ring *ring = udp_rx_rings.lookup(&key);
-    if (!ring) {
-        struct udp_rx_ring fresh = {};
-        udp_rx_rings.update(&key, &fresh);
-        ring = udp_rx_rings.lookup(&key);
-        if (!ring)
-            return;
-    }
-    u32 tail = ring->tail;
-    ring->ifindex[tail & (UDP_RX_RING_SIZE - 1)] = ifindex;
-    ring->tail = tail + 1;
-    if (tail + 1 - ring->head > UDP_RX_RING_SIZE)
-        ring->head = tail + 1 - UDP_RX_RING_SIZE;
+#ifdef OFF_UDP_SOCK_READER_QUEUE
+    const char *readers = (const char *)sk + OFF_UDP_SOCK_READER_QUEUE;
+    const void *first = read_ptr(readers, OFF_SKB_HEAD_NEXT);
+    if (first && first != readers)
+        return first;
+#endif
+    const char *queue = (const char *)sk + OFF_SK_RECEIVE_QUEUE;
+    const void *next = read_ptr(queue, OFF_SKB_HEAD_NEXT);
+    return next && next != queue ? next : 0;
 }
 
-static __always_inline u32 udp_rx_pop(const void *sk)
+/* A datagram arrived: note the head if it is not noted yet. */
+static __always_inline void udp_rx_arrived(const void *sk)
+{
+    const void *head = udp_queue_head(sk);
+    if (!head)
+        return; /* taken already by a reader on another CPU */
+    u64 key = (u64)sk;
+    struct udp_rx_head *note = udp_rx_heads.lookup(&key);
+    if (!note) {
+        struct udp_rx_head fresh = {};
+        udp_rx_heads.update(&key, &fresh);
+        note = udp_rx_heads.lookup(&key);
+        if (!note)
+            return;
+    }
+    if (note->skb == (u64)head)
+        return;
+    note->prev_skb = note->skb;
+    note->prev_ifindex = note->ifindex;
+    note->ifindex = read_u32(head, OFF_SKB_IIF);
+    note->skb = (u64)head;
+}
+
+/* A read returned a datagram: the device of the head it took, and the next noted. */
+static __always_inline u32 udp_rx_taken(const void *sk)
 {
     u64 key = (u64)sk;
-    struct udp_rx_ring *ring = udp_rx_rings.lookup(&key);
-    if (!ring || ring->head == ring->tail)
+    struct udp_rx_head *note = udp_rx_heads.lookup(&key);
+    if (!note)
         return UNKNOWN_IFINDEX;
-    u32 head = ring->head;
-    ring->head = head + 1;
-    return ring->ifindex[head & (UDP_RX_RING_SIZE - 1)];
+    const void *head = udp_queue_head(sk);
+    u32 ifindex = UNKNOWN_IFINDEX;
+    if (note->skb && note->skb != (u64)head)
+        ifindex = note->ifindex;
+    else if (note->prev_skb && note->prev_skb != (u64)head)
+        ifindex = note->prev_ifindex;
+    note->prev_skb = 0;
+    note->prev_ifindex = 0;
+    note->skb = (u64)head;
+    note->ifindex = head ? read_u32(head, OFF_SKB_IIF) : UNKNOWN_IFINDEX;
+    return ifindex;
 }
 #endif
 
@@ -227,13 +264,13 @@ static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 di
     if (dir == DIR_OUT && dst)
         return dev_ifindex_of(how, dst);
 #ifdef NEED_DGRAM_IFINDEX
-#ifdef UDP_RX_RING
+#ifdef UDP_RX_HEAD
     u32 arrived = UNKNOWN_IFINDEX;
     if (dir == DIR_IN && (cls == PC_UDP || cls == PC_UDPLITE))
-        arrived = udp_rx_pop(sk); /* always, to keep the ring in step */
+        arrived = udp_rx_taken(sk); /* always: it notes the next head */
 #endif
     ifindex = dgram_ifindex(sk, dir);
-#ifdef UDP_RX_RING
+#ifdef UDP_RX_HEAD
     if (!ifindex)
         ifindex = arrived;
 #endif

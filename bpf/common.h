@@ -50,6 +50,9 @@
 #ifndef MAX_EXITED
 #define MAX_EXITED 16384
 #endif
+#ifndef MAX_UDP_HEADS
+#define MAX_UDP_HEADS 16384
+#endif
 #ifndef MAX_CGROUPS
 #define MAX_CGROUPS 16384
 #endif

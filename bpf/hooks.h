@@ -67,7 +67,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
  * program on skb_consume_udp, which runs inside the recvmsg with the
  * datagram it returns, by trampoline (-DUDP_RX_FENTRY) or by kprobe
  * (-DUDP_RX_KPROBE); where the kernel offers neither, from the datagram's
- * arrival (-DUDP_RX_RING, calls.h). */
+ * arrival and each read (-DUDP_RX_HEAD, calls.h). */
 #if defined(UDP_RX_FENTRY)
 KFUNC_PROBE(skb_consume_udp, void *sk, void *skb, int len)
 {
@@ -85,22 +85,14 @@ int pnm_udp_datagram(struct pt_regs *ctx)
     note_dgram_in(skb);
     return 0;
 }
-#elif defined(UDP_RX_RING)
-/* args: struct sock *sk. Runs in softirq right after a datagram is queued,
- * so the tail of the receive queue is that datagram (a reader on another
- * CPU may have taken it already: then the queue is empty, and the arrival
- * is noted with an unknown interface, to keep the ring in step). */
+#elif defined(UDP_RX_HEAD)
+/* args: struct sock *sk. Runs in softirq right after a datagram is queued. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
     const void *sk = (const void *)ctx->args[0];
     u16 protocol = read_u16(sk, OFF_SK_PROTOCOL);
-    if (protocol != IPPROTO_UDP && protocol != IPPROTO_UDPLITE)
-        return 0;
-    void *skb = read_ptr(sk, OFF_SK_RECEIVE_QUEUE + OFF_SKB_HEAD_PREV);
-    u32 ifindex = UNKNOWN_IFINDEX;
-    if (skb && (u64)skb != (u64)sk + OFF_SK_RECEIVE_QUEUE)
-        ifindex = read_u32(skb, OFF_SKB_IIF);
-    udp_rx_push(sk, ifindex);
+    if (protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE)
+        udp_rx_arrived(sk);
     return 0;
 }
 #endif
@@ -109,11 +101,13 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
  * which for a datagram sent by a socket call is inside that call, in the
  * sending task (unless the neighbour was not resolved yet: then the packet
  * waits, and leaves later from softirq). */
+#ifdef DGRAM_INET
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
     note_dgram_out((const void *)ctx->args[0]);
     return 0;
 }
+#endif
 #endif
 
 /* ------------------------------------------------------------------------ */

@@ -23,6 +23,7 @@
  * interface, loopback included) no hook learns a datagram's interface. */
 #if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
 #define NEED_DGRAM_IFINDEX 1
+#define DGRAM_INET 1 /* inet datagrams too, not only AF_PACKET's */
 #endif
 
 #include "calls.h"

@@ -30,10 +30,15 @@
 #include "common.h"
 
 /* AF_PACKET frames pass no cgroup_skb program: they are counted at their
- * socket calls (calls.h), whose interface matters to the same filters. */
+ * socket calls (calls.h), whose interface matters to the same filters. An
+ * inet socket's packets say their own interface: no note of UDP's, nor of
+ * sent datagrams', is needed here (calls.h DGRAM_INET). */
 #if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
 #define NEED_DGRAM_IFINDEX 1
 #endif
+#undef UDP_RX_FENTRY
+#undef UDP_RX_KPROBE
+#undef UDP_RX_HEAD
 
 #include "calls.h"
 

@@ -183,7 +183,7 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
 
 
 def aggregate_to_dict(a: Aggregate, record_type: str) -> dict:
-    d = {
+    d: dict[str, Any] = {
         "bytes_in": a.bytes_in,
         "bytes_out": a.bytes_out,
         "rate_in": _round_rate(a.rate_in),

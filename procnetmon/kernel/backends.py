@@ -279,7 +279,8 @@ def detect(facts: Optional[BtfFacts]) -> list[Backend]:
         if udp_rx in ("fentry", "kprobe"):
             backend.detail += f"; UDP datagram interfaces from {udp_rx} on {UDP_CONSUME} (in the call)"
         elif udp_rx:
-            backend.detail += "; UDP datagram interfaces from sock:sk_data_ready (at arrival: no trampolines or kprobes)"
+            backend.detail += ("; UDP datagram interfaces from the queue's head, noted by sock:sk_data_ready "
+                               "and each read (no trampolines or kprobes)")
         else:
             backend.gaps.append("the interface of UDP datagrams received on unconnected sockets: no trampolines, "
                                 "kprobes or sock:sk_data_ready")

@@ -30,6 +30,7 @@ FIELDS = {
     "SK_RX_DST_IFINDEX": ("sock", "sk_rx_dst_ifindex"),
     "SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue"),
     "SKB_HEAD_PREV": ("sk_buff_head", "prev"),
+    "SKB_HEAD_NEXT": ("sk_buff_head", "next"),
     "SKB_IIF": ("sk_buff", "skb_iif"),
     "SKB_SK": ("sk_buff", "sk"),
     "SKB_DEV": ("sk_buff", "dev"),
@@ -83,6 +84,8 @@ OPTIONAL = {
     # An MPTCP connection's first subflow, and whether a TCP socket is a
     # subflow (wire mode: whose packets they are); absent without CONFIG_MPTCP.
     "MPTCP_SOCK_FIRST": ("mptcp_sock", "first"),
+    # The queue a UDP socket's reads take from before its receive queue.
+    "UDP_SOCK_READER_QUEUE": ("udp_sock", "reader_queue"),
     "TCP_SOCK_IS_MPTCP": ("tcp_sock", "is_mptcp"),
 }
 

@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import socket
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
@@ -44,7 +44,7 @@ def backend_cflags(backend: backends.Backend, facts: Optional[backends.BtfFacts]
             flags.append(f"-DHAVE_{function.upper()}")
     if backend.udp_rx:
         flags.append({"fentry": "-DUDP_RX_FENTRY", "kprobe": "-DUDP_RX_KPROBE",
-                      "sk_data_ready": "-DUDP_RX_RING"}[backend.udp_rx])
+                      "sk_data_ready": "-DUDP_RX_HEAD"}[backend.udp_rx])
     if backend.typed:
         flags.append("-DTYPED_TRACEPOINTS")
     if facts is not None and facts.exit_group_dead:
@@ -178,8 +178,8 @@ class BccProbe(MapReader):
                     return self.attach()
             if self.planned.name == "kprobe":
                 self._attach_kprobes()
-            if self.planned.udp_rx == "kprobe" and (self.spec.interfaces is not None
-                                                     or not self.spec.include_loopback):
+            if self.planned.udp_rx == "kprobe" and self.mode == "payload" and (
+                    self.spec.interfaces is not None or not self.spec.include_loopback):
                 self._attach_udp_kprobe()
             self._attach_more()
         except ProbeError:

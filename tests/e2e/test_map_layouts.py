@@ -48,7 +48,8 @@ def test_a_map_of_other_sizes_is_refused():
     try:
         assert bpfsys.map_sizes(fd) == (8, size)
         Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OwnerC, name="owners")  # the right sizes
-        with pytest.raises(ProbeError, match=f"owners has 8-byte keys and {size}-byte values, procnetmon reads 8 and 8"):
+        refused = f"owners has 8-byte keys and {size}-byte values, procnetmon reads 8 and 8"
+        with pytest.raises(ProbeError, match=refused):
             Map(libbpf.load("reading the maps"), fd, ctypes.c_uint64, OldOwnerC, name="owners")
     finally:
         os.close(fd)

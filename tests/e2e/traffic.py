@@ -570,6 +570,7 @@ def proto_client(args, result: dict, held: list) -> None:
     if kind.startswith("packet"):
         ifname, mac = args.addr.split("@")
         sock = _packet_socket(kind, ifname)
+        held.append(sock)  # open until exit: a live socket when procnetmon looks
         dst = bytes.fromhex(mac.replace(":", ""))
         wait_for("go", announce_first=True)
         for _ in range(args.count):
@@ -578,6 +579,7 @@ def proto_client(args, result: dict, held: list) -> None:
             result["in"] += len(sock.recv(65536))
         return
     sock = _inet_socket(kind, args.addr)
+    held.append(sock)
     sock.settimeout(10)
     if kind in ("sctp", "mptcp"):
         wait_for("go", announce_first=True)

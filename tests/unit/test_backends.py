@@ -25,7 +25,7 @@ def test_typed_tracepoints_and_the_udp_interface_source_are_compiled_in_only_whe
     typed = backends.Backend("tracepoint", True, "", typed=True)
     assert loader.backend_cflags(typed, facts(sk_data_ready=7)) == ["-DHOOKS_TRACEPOINT", "-DTYPED_TRACEPOINTS"]
     for udp_rx, flag in (("fentry", "-DUDP_RX_FENTRY"), ("kprobe", "-DUDP_RX_KPROBE"),
-                         ("sk_data_ready", "-DUDP_RX_RING")):
+                         ("sk_data_ready", "-DUDP_RX_HEAD")):
         b = backends.Backend("tracepoint", True, "", typed=True, udp_rx=udp_rx)
         assert loader.backend_cflags(b, facts())[1:] == [flag, "-DTYPED_TRACEPOINTS"]
 
