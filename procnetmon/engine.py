@@ -22,7 +22,7 @@ from procnetmon import cgroups, procinfo, records
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
 from procnetmon.probes import SampledProbe
 from procnetmon.records import Tracked
-from procnetmon.tally import Archive, Counted, Tally, Usage, usage_by_pid
+from procnetmon.tally import NO_WHO, Archive, Counted, Tally, Usage, usage_by_pid
 
 
 @runtime_checkable
@@ -267,7 +267,8 @@ class Sampler:
             name, cmdline = t.identity.name, t.identity.cmdline
         else:
             name, cmdline = t.kernel_name if t.kernel_name is not None else "?", ""
-        self.archive.add(pid, total, t.peaks, name, cmdline, cgroup, t.group if t.group is not None else "")
+        self.archive.add(pid, total, t.peaks, name, cmdline, cgroup, t.group if t.group is not None else "",
+                         t.identity.who if t.identity is not None else NO_WHO)
 
     def live_sockets(self, alive: set[int]) -> Mapping[int, Optional[list[procinfo.Socket]]]:
         """The sockets of the ``alive`` PIDs, by PID; a daemon's are counted

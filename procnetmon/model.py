@@ -90,6 +90,14 @@ class ProcessStats:
     container: Optional[str] = None  # "docker://<id>", "lxc://name", or a systemd unit the path names
     pod: Optional[str] = None  # Kubernetes pod UID the path names
     pids: Optional[list[int]] = None  # a row folded by --group-by: its processes (pid is None)
+    # Who the process is, read when it was first identified and kept after it
+    # exits; None when unknown (exited before a look at /proc, unreadable,
+    # a folded row).
+    ppid: Optional[int] = None
+    user: Optional[str] = None  # name of the effective user
+    uid: Optional[int] = None  # effective user ID
+    exe: Optional[str] = None  # path of the program (/proc/PID/exe)
+    start_time: Optional[datetime] = None  # when the process started (timezone-aware)
 
 
 @dataclass
@@ -174,6 +182,11 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
         d["pids"] = list(p.pids)
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
+    d["ppid"] = p.ppid
+    d["user"] = None if p.user is None else clean_text(p.user)
+    d["uid"] = p.uid
+    d["exe"] = None if p.exe is None else clean_text(p.exe)
+    d["start_time"] = None if p.start_time is None else timestamp(p.start_time)
     return d
 
 

@@ -9,26 +9,29 @@ HEADER = (
     "timestamp,type,pid,name,cmdline,alive,mode,duration_s,bytes_in,bytes_out,"
     "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
     "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
-    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids\n"
+    "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids,"
+    "ppid,user,uid,exe,start_time\n"
 )
 
 SUMMARY_ROWS = (
     "2026-11-22T10:01:00.000+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
-    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,\n"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,,"
+    "1,www-data,33,/usr/sbin/nginx,2026-11-22T09:30:00.250+00:00\n"
     "2026-11-22T10:01:00.000+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
-    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,\n"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,,,,,,\n"
 )
 
 SUMMARY_TOTAL = (
     "2026-11-22T10:01:00.000+00:00,summary,,TOTAL,,,payload,60.0,"
-    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,\n"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,,,,,,\n"
 )
 
 
 def test_columns_added_after_the_first_release_come_after_interfaces():
     # Appended, so older column positions stay.
     assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):] == (
-        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids")
+        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids",
+        "ppid", "user", "uid", "exe", "start_time")
 
 
 def test_columns_start_as_documented():
@@ -56,7 +59,7 @@ def test_interval_rows_carry_running_totals_and_interfaces(records):
 
 def test_several_interfaces_are_joined_with_semicolons(records):
     text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
-    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,,")
+    assert ",eth0;wlan0,1,,,,," in text
 
 
 def test_quoting_of_commas_quotes_and_escaping_of_newlines(records):
@@ -102,12 +105,24 @@ def test_every_row_has_every_column(records):
     assert {len(row) for row in csv.reader(io.StringIO(text))} == {len(CSV_COLUMNS)}
 
 
-def test_cgroup_columns_come_last(records):
+def test_cgroup_columns_come_after_tcp_listening(records):
     # Appended at the end: cron files written before keep their column layout.
-    assert CSV_COLUMNS[-4:] == ("cgroup", "container", "pod", "pids")
+    assert CSV_COLUMNS[24:28] == ("cgroup", "container", "pod", "pids")
     record = records.summary([records.nginx()])
     record.processes[0].cgroup = "/system.slice/nginx.service"
     record.processes[0].container = "nginx.service"
     row = next(csv.DictReader(io.StringIO(format_csv(record, True, False))))
     assert (row["cgroup"], row["container"], row["pod"], row["pids"]) == \
         ("/system.slice/nginx.service", "nginx.service", "", "")
+
+
+def test_who_columns_come_last(records):
+    """ppid, user, uid, exe, start_time were appended after pids: each row has them,
+    empty when unknown and in the TOTAL row; hostile executables stay on one line."""
+    assert CSV_COLUMNS[-5:] == ("ppid", "user", "uid", "exe", "start_time")
+    proc = records.nginx(exe="/tmp/x\ny,z", user="ev\x1bil")
+    rows = list(csv.DictReader(io.StringIO(format_csv(records.summary([proc, records.curl()]), True, True))))
+    assert (rows[0]["ppid"], rows[0]["user"], rows[0]["uid"], rows[0]["exe"], rows[0]["start_time"]) == \
+        ("1", "ev\\x1bil", "33", "/tmp/x\\x0ay,z", "2026-11-22T09:30:00.250+00:00")
+    for row in rows[1:]:  # curl exited unknown, and TOTAL
+        assert [row[k] for k in ("ppid", "user", "uid", "exe", "start_time")] == [""] * 5

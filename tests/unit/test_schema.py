@@ -87,6 +87,10 @@ def mutations():
             {"protocol": "sctp", "family": "ipv4", "local": "", "remote": "", "state": "",
              "bytes_in": 0, "bytes_out": 0}])),
         ("zero lost_updates", set_(["lost_updates"], 0)),
+        ("start_time not a date", set_(["processes", 0, "start_time"], "at boot")),
+        ("negative uid", set_(["processes", 0, "uid"], -1)),
+        ("ppid as string", set_(["processes", 0, "ppid"], "1")),
+        ("exe a list", set_(["processes", 0, "exe"], ["/bin/sh"])),
     ]
 
 
