@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping, Optional, Protocol, runtime_checkable
 
-from procnetmon import cgroups, procinfo, records
+from procnetmon import cgroups, procinfo, records, thresholds
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
 from procnetmon.probes import SampledProbe
 from procnetmon.records import Tracked
@@ -66,6 +66,8 @@ class Options:
     # /proc; a process's cgroup is read when it is first seen; sockets are
     # counted every DAEMON_SOCKETS_EVERY intervals.
     forget_exited: bool = False
+    # --exit-over: the run stops at the first sample that crosses one.
+    exit_over: tuple[thresholds.Threshold, ...] = ()
 
 
 class Sampler:
@@ -97,6 +99,10 @@ class Sampler:
         self.given = frozenset(options.pids or ())
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
         self.lost_updates = 0
+        # --exit-over: bytes in and out of every counted process since the
+        # start, and the crossing that stopped the run, if one did.
+        self.moved = (0, 0)
+        self.crossing: Optional[thresholds.Crossing] = None
         # cgroup ids (noted by the kernel at exit) back to paths.
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
@@ -177,6 +183,8 @@ class Sampler:
             stopped = self.stop.wait(max(0.0, tick - self.monotonic()))
             now = self.monotonic()
             self._sample(now - last)
+            if opts.exit_over:
+                self.crossing = self.crossing or self._crossing(now - last)
             if opts.emit_intervals:
                 record = records.record(self, RECORD_INTERVAL, last, now)
                 if not on_interval(record):
@@ -184,7 +192,7 @@ class Sampler:
                 if opts.forget_exited:
                     self._forget_exited(record)
             last = now
-            if stopped or self.stop.is_set():
+            if stopped or self.stop.is_set() or self.crossing is not None:
                 break
             if deadline is not None and now >= deadline:
                 break
@@ -226,6 +234,26 @@ class Sampler:
                 key = self.group_key(pid)
                 folded[key] = folded.get(key, Usage()).plus(u)
             self.group_tally.advance(folded, seconds)
+
+    def _crossing(self, seconds: float) -> Optional[thresholds.Crossing]:
+        """The first --exit-over threshold the last sample crossed, if any."""
+        counted = [(pid, t) for pid, t in self.tracked.items() if t.total is not None]
+        window_in = sum(t.window.bytes_in for _, t in counted)
+        window_out = sum(t.window.bytes_out for _, t in counted)
+        self.moved = (self.moved[0] + window_in, self.moved[1] + window_out)
+
+        def processes():
+            for pid, t in counted:
+                total = t.total if t.total is not None else Usage()
+                if pid in self.carried:
+                    total = total.plus(self.carried[pid])
+                yield pid, (total.bytes_in, total.bytes_out), (t.window.bytes_in, t.window.bytes_out)
+
+        # A stretch too short for a peak is too short for a rate.
+        rates_count = seconds >= self.options.interval / 2 or self.tally.intervals <= 1
+        return thresholds.first_crossing(self.options.exit_over, moved=self.moved,
+                                         window=(window_in, window_out), seconds=seconds,
+                                         processes=processes(), rates_count=rates_count)
 
     def group_key(self, pid: int) -> str:
         """The group of a process, fixed when first seen so that folded

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from procnetmon.output.sink import Sink
 
 
+# --exit-over with -- COMMAND: COMMAND gets SIGTERM, and SIGKILL this many
+# seconds later if it has not ended by then.
+COMMAND_STOP_GRACE = 10.0
+
+
 class Failure(Exception):
     """Why the run cannot go on, in one line (``error: `` is put before it)."""
 
@@ -249,7 +254,7 @@ def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int
         return _measure(plan, out, err, None, stdout_closed)
     command = _start_command(plan.args)
     try:
-        _measure(plan, out, err, command, stdout_closed)
+        measured = _measure(plan, out, err, command, stdout_closed)
     except Failure as e:
         if not command.released:
             raise
@@ -260,6 +265,11 @@ def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int
         return status
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
+    if measured == ExitStatus.OVER:
+        # The run is over the threshold: COMMAND is not left running unmeasured.
+        if command.stop(COMMAND_STOP_GRACE) and not plan.args.quiet:
+            say(err, f"stopped {os.path.basename(plan.args.command[0])} (PID {command.pid})")
+        return measured
     return command.wait()
 
 
@@ -276,7 +286,8 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
                              include_loopback=spec.include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
                              group_by=args.group_by, follow_children=spec.follow_children,
-                             command=args.command, forget_exited=args.serve is not None)
+                             command=args.command, forget_exited=args.serve is not None,
+                             exit_over=tuple(args.exit_over or ()))
     if command is not None:
         # COMMAND keeps standard output; the records go where time(1) puts its own.
         to_stdout = False
@@ -346,6 +357,10 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
         raise OutputFailed(f"cannot write to {where}: {e.strerror}") from None
     finally:
         writer.close(quiet=True)
+    if sampler.crossing is not None:
+        if not args.quiet:
+            say(err, sampler.crossing.message())
+        return ExitStatus.OVER
     if command is not None and command.status is None and not args.quiet:
         say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
