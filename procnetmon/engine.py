@@ -12,6 +12,8 @@ everything counted up to that moment.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -68,6 +70,13 @@ class Options:
     forget_exited: bool = False
     # --exit-over: the run stops at the first sample that crosses one.
     exit_over: tuple[thresholds.Threshold, ...] = ()
+    # --exclude-name: processes whose name or executable's file name matches
+    # a glob are left out here, in user space (the kernel sees only a
+    # 15-byte comm, and a name changes at exec).
+    exclude_names: tuple[str, ...] = ()
+    # --exclude-self: procnetmon's PID, whose children (other than COMMAND)
+    # are left out here; procnetmon's own bytes are left out in the kernel.
+    exclude_children_of: Optional[int] = None
 
 
 class Sampler:
@@ -222,18 +231,61 @@ class Sampler:
         # map) are final too; their last bytes were in the previous record.
         for pid in [pid for pid, t in self.tracked.items() if t.total is not None and pid not in cumulative]:
             self._retire(pid)
-        self.tally.advance(cumulative, seconds)
         self._forget_execed()
         for pid in self.options.pids or []:
             self._identify(pid)
         for pid in cumulative:
             self._identify(pid)
+        if self.options.exclude_names or self.options.exclude_children_of is not None:
+            cumulative = self._without_excluded(cumulative)
+        self.tally.advance(cumulative, seconds)
         if self.options.group_by != "pid":
             folded: dict[str, Usage] = {key: Usage().plus(u) for key, u in self.group_carried.items()}
             for pid, u in cumulative.items():
                 key = self.group_key(pid)
                 folded[key] = folded.get(key, Usage()).plus(u)
             self.group_tally.advance(folded, seconds)
+
+    def _without_excluded(self, cumulative: dict[int, Usage]) -> dict[int, Usage]:
+        """The counters of the processes not left out by --exclude-name or
+        --exclude-self. A process left out is never counted; once its exit
+        is collected nothing of it is kept."""
+        kept = {}
+        gone = []
+        for pid, usage in cumulative.items():
+            if not self.excluded(pid):
+                kept[pid] = usage
+            elif pid in self.exiting:
+                gone.append(pid)
+        if gone:
+            self.exiting = [pid for pid in self.exiting if pid not in gone]
+            for pid in gone:
+                del self.tracked[pid]
+            self.probe.forget(gone)
+        return kept
+
+    def excluded(self, pid: int) -> bool:
+        """Whether --exclude-name or --exclude-self leaves ``pid`` out: decided
+        when it is identified (again after an exec), and for good once it is."""
+        t = self.tracked.get(pid)
+        if t is None:
+            return False
+        if t.excluded or t.screened:
+            return t.excluded
+        t.screened = True
+        identity = t.identity
+        if identity is not None:
+            names = [identity.name] + ([os.path.basename(identity.exe)] if identity.exe else [])
+        else:
+            names = [n for n in (t.kernel_name or self.exit_note(pid)[0],) if n]
+        opts = self.options
+        t.excluded = any(fnmatch.fnmatchcase(name, glob) for name in names for glob in opts.exclude_names)
+        if opts.exclude_children_of is not None and identity is not None and \
+                identity.ppid == opts.exclude_children_of and not (opts.command and pid in (opts.pids or ())):
+            t.excluded = True  # started by procnetmon, and not the COMMAND it measures
+        if t.excluded and t.total is not None:
+            t.uncount()  # exec'd into an excluded program: its bytes so far go with it
+        return t.excluded
 
     def _crossing(self, seconds: float) -> Optional[thresholds.Crossing]:
         """The first --exit-over threshold the last sample crossed, if any."""
@@ -274,6 +326,7 @@ class Sampler:
             t = self.tracked.get(pid)
             if t is not None and t.identified:
                 t.identity = self.processes.identify(pid)
+                t.screened = False
 
     def _retire(self, pid: int) -> None:
         """Move an exited process's final totals out of the per-process state."""
@@ -331,6 +384,8 @@ class Sampler:
         """The given PIDs, always; and every other process that moved bytes in
         the record's window, when there are none or their children are followed."""
         given = list(self.options.pids) if self.options.pids is not None else []
+        if self.options.exclude_names or self.options.exclude_children_of is not None:
+            given = [pid for pid in given if not self.excluded(pid)]
         if self.options.pids is not None and not self.options.follow_children:
             return given
         if kind == RECORD_SUMMARY:

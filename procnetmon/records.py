@@ -38,6 +38,10 @@ class Tracked(Counted):
     # --serve: the sockets last counted (None: unreadable), when sockets_counted.
     sockets: Optional[list[procinfo.Socket]] = None
     sockets_counted: bool = False
+    # --exclude-name, --exclude-self: looked at since it was last identified;
+    # left out (for good: its bytes are never shown, whatever it execs next).
+    screened: bool = False
+    excluded: bool = False
 
 
 def set_who(row: ProcessStats, who: WhoFields) -> None:

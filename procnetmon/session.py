@@ -208,6 +208,27 @@ def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], O
     return resolved, mount
 
 
+def _resolve_exclusions(given: Optional[list[str]], mount: Optional[str]) -> Optional[list[str]]:
+    """--exclude-cgroup arguments as paths below the cgroup2 mount: each a
+    cgroup directory, or a container or unit that cgroup paths name."""
+    if given is None:
+        return None
+    if mount is None:
+        raise Unavailable("--exclude-cgroup needs the cgroup v2 hierarchy mounted "
+                          "(mount -t cgroup2 none /sys/fs/cgroup)")
+    resolved: list[str] = []
+    for item in given:
+        below = cgroups.relative_path(item, mount)
+        if below is not None and os.path.isdir(os.path.normpath(mount + "/" + below)):
+            paths = [below]
+        else:
+            paths = cgroups.find_container(mount, item)
+        if not paths:
+            raise BadRequest(f"no cgroup or container {item} under the cgroup v2 mount {mount}")
+        resolved.extend(p for p in paths if p not in resolved)
+    return resolved
+
+
 def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
     if names is None:
         return None
@@ -226,12 +247,17 @@ def _probe_spec(args) -> ProbeSpec:
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(args.cgroups)
+    if args.exclude_cgroups is not None and mount is None:
+        mount = cgroups.cgroup2_mount()
+    excluded = _resolve_exclusions(args.exclude_cgroups, mount)
     follow = _follows_children(args)
     pids = () if args.command else None if args.pids is None else tuple(args.pids)
     return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
                      include_loopback=include_loopback, details=args.details, backend=args.backend,
                      cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
                      follow_children=follow, verbose=args.verbose,
+                     exclude_cgroups=None if excluded is None else tuple(excluded),
+                     exclude_pid=os.getpid() if args.exclude_self else None,
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
@@ -287,7 +313,9 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
                              group_by=args.group_by, follow_children=spec.follow_children,
                              command=args.command, forget_exited=args.serve is not None,
-                             exit_over=tuple(args.exit_over or ()))
+                             exit_over=tuple(args.exit_over or ()),
+                             exclude_names=tuple(args.exclude_names or ()),
+                             exclude_children_of=os.getpid() if args.exclude_self else None)
     if command is not None:
         # COMMAND keeps standard output; the records go where time(1) puts its own.
         to_stdout = False

@@ -42,6 +42,11 @@ class ProbeSpec:
     # (probes/handoff.py): a daemon then holds no compiler.
     handoff: bool = False
     verbose: bool = False  # the compiler's output on stderr instead of a log file
+    # Left out in the kernel: the cgroups at or below these paths (below
+    # cgroup_mount, --exclude-cgroup), and one thread group (--exclude-self:
+    # procnetmon's own PID, also when a loader child compiles the probes).
+    exclude_cgroups: Optional[tuple[str, ...]] = None
+    exclude_pid: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,6 +60,13 @@ class ProbeSpec:
             object.__setattr__(self, "interfaces", tuple(InterfaceKey(*k) for k in self.interfaces))
         if self.cgroups is not None:
             object.__setattr__(self, "cgroups", tuple(self.cgroups))
+        if self.exclude_cgroups is not None:
+            object.__setattr__(self, "exclude_cgroups", tuple(self.exclude_cgroups))
+        if self.exclude_pid is not None:
+            pid = int(self.exclude_pid)
+            if pid <= 0:
+                raise ValueError(f"not a PID to leave out: {self.exclude_pid!r}")
+            object.__setattr__(self, "exclude_pid", pid)
 
     def with_pids(self, pids: Optional[Iterable[int]]) -> "ProbeSpec":
         """The same spec for other target processes (COMMAND's, or -p's with
