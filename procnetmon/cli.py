@@ -616,7 +616,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     for action in parser._actions:
         # argparse drops a lone "--" given as a value (--top=--) and stores
         # an empty list, never calling the option's type.
-        if action.type is not None and action.nargs is None and getattr(args, action.dest, None) == []:
+        value = getattr(args, action.dest, None)
+        # A repeatable option collects it as one more item: [[]].
+        repeated = isinstance(action, argparse._AppendAction) and isinstance(value, list) and [] in value
+        if (action.type is not None and action.nargs is None and value == []) or repeated:
             parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, e.g. "
                          f"{action.option_strings[-1]}={action.metavar or 'VALUE'}")
     if args.time is not None and not args.interval_given and args.interval > args.time:
