@@ -459,8 +459,8 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
         "--exit-over", metavar="SPEC", action="append", dest="exit_over", default=None,
         type=parse_exit_over,
         help="stop as soon as SPEC is crossed: write the record that crossed it (and the summary), "
-        "then exit with status 4; with -- COMMAND, COMMAND is sent SIGTERM (SIGKILL 10 s later) "
-        "and waited for. SPEC is [proc:]WHAT>AMOUNT: WHAT is in, out, in+out or total, AMOUNT "
+        "then exit with status 4; with -- COMMAND, COMMAND and the processes below it get SIGTERM "
+        "(SIGKILL 10 s later) and are waited for. SPEC is [proc:]WHAT>AMOUNT: WHAT is in, out, in+out or total, AMOUNT "
         "bytes (B, kB, MB, GB, TB; KiB, MiB, GiB, TiB) since the start, or with /s the rate of "
         "one --interval; proc: each process on its own, else all together "
         f"({thresholds.EXAMPLES if thresholds else 'e.g. out>10MB'}); checked every interval; "

@@ -138,3 +138,31 @@ def descendants(pids: list[int]) -> list[int]:
             continue
     found.discard(os.getpid())
     return sorted(found)
+
+
+def processes_below(pid: int) -> list[psutil.Process]:
+    """The processes now below ``pid`` in the process tree, as psutil
+    handles (which refuse to signal a later process that reuses a PID)."""
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True) if p.pid != os.getpid()]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return []
+
+
+def terminate(processes: list[psutil.Process]) -> None:
+    """SIGTERM to each of ``processes`` still running."""
+    for p in processes:
+        try:
+            p.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def reap(processes: list[psutil.Process], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``processes`` to end; SIGKILL the rest."""
+    _gone, alive = psutil.wait_procs(processes, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

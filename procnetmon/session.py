@@ -292,9 +292,16 @@ def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
     if measured == ExitStatus.OVER:
-        # The run is over the threshold: COMMAND is not left running unmeasured.
-        if command.stop(COMMAND_STOP_GRACE) and not plan.args.quiet:
-            say(err, f"stopped {os.path.basename(plan.args.command[0])} (PID {command.pid})")
+        # The run is over the threshold: COMMAND and what it started are not
+        # left running unmeasured (those still below it: a daemon that left
+        # the tree is not found).
+        below = procinfo.processes_below(command.pid)
+        procinfo.terminate(below)
+        running = command.stop(COMMAND_STOP_GRACE)
+        procinfo.reap(below, COMMAND_STOP_GRACE)
+        if running and not plan.args.quiet:
+            more = f" and {len(below)} process{'es' if len(below) != 1 else ''} it started" if below else ""
+            say(err, f"stopped {os.path.basename(plan.args.command[0])} (PID {command.pid}){more}")
         return measured
     return command.wait()
 
