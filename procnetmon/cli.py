@@ -84,6 +84,8 @@ examples:
   procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
   procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
   procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
+  procnetmon --exit-over 'out>0' -- ./test.sh     # CI: status 4 if the test talked
+  procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"

@@ -431,6 +431,10 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         who = "every process"
     if args.cgroups:
         who += f" in {', '.join(args.cgroups)}"
+    left_out = [*(args.exclude_names or []), *(args.exclude_cgroups or []),
+                *(["procnetmon itself"] if args.exclude_self else [])]
+    if left_out:
+        who += f" but {', '.join(left_out)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:
