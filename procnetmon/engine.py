@@ -224,6 +224,7 @@ class Sampler:
             if pid in cumulative:
                 t = self.track(pid)
                 t.kernel_name = name
+                t.screened = t.screened and t.identity is not None  # a name to match at last
                 if pid in exited_ids:
                     t.exited_cgroup_id = exited_ids[pid]
                 self.exiting.append(pid)

@@ -142,14 +142,14 @@ class Archive:
     Nothing here is looked at again until the summary.
     """
 
-    TEXTS = 6  # name, cmdline, cgroup ("" for none), group key, user, exe (None: -1)
+    TEXTS = 6  # name, cmdline, cgroup ("" for none), group key, user, exe
     _NONE = -1  # an unknown ppid or uid, or text
 
     def __init__(self) -> None:
         self.pids = array("q")
         self.usage = array("Q")  # tcp_in, tcp_out, udp_in, udp_out per process
         self.peaks = array("d")  # rate_in, rate_out per process
-        self.text = array("l")  # TEXTS indexes into _texts per process
+        self.text = array("i")  # TEXTS indexes into _texts per process (_NONE: none)
         self.ids = array("q")  # ppid, uid per process (_NONE: unknown)
         self.starts = array("d")  # create_time per process (0.0: unknown)
         self._texts: list[str] = []

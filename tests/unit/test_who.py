@@ -77,3 +77,18 @@ def test_the_archive_keeps_unknown_fields_unknown():
     (_, _, _, _, _, _, _, who5), (_, _, _, name, _, cgroup, group, who6) = archive.rows()
     assert who5 == (None, 0, None, "/x", None)
     assert (name, cgroup, group, who6) == ("b", "/c", "g", (1, None, "root", None, 2.5))
+
+
+def test_hostile_user_and_executable_stay_valid_json(records):
+    import json
+
+    from procnetmon.model import record_to_dict
+    from procnetmon.output.jsonout import format_json_line
+
+    row = records.nginx(exe="/tmp/\udcff\n\x1b[2J(deleted)", user="r\udc80oot")
+    line = format_json_line(records.summary([row]))
+    line.encode("utf-8")  # valid UTF-8: no lone surrogate left
+    process = json.loads(line)["processes"][0]
+    assert process["exe"] == "/tmp/\\xff\n\x1b[2J(deleted)" and process["user"] == "r\\x80oot"
+    assert line.count("\n") == 1
+    assert record_to_dict(records.summary([row]))["processes"][0]["uid"] == 33
