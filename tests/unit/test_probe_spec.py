@@ -128,7 +128,7 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
     def attach_in_child(spec):
         sent.append(spec)
         return {"backend": "tracepoint", "label": "tracepoint backend, BTF-typed", "maps": {},
-                "cgroup_ids": [3]}, []
+                "cgroup_ids": [3], "excluded_cgroup_ids": [9]}, []
 
     monkeypatch.setattr(handoff, "attach_in_child", attach_in_child)
     monkeypatch.setattr(libbpf, "load", lambda purpose: None)
@@ -140,7 +140,7 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
     assert sent == [dataclasses.replace(spec, handoff=False, verbose=False)]
     assert ProbeSpec.from_json(sent[0].to_json()) == sent[0]
     assert probe.backend == LoadedBackend("tracepoint", "tracepoint backend, BTF-typed")
-    assert probe._cgroup_ids == {3}
+    assert probe._cgroup_ids == {3} and probe._excluded_cgroup_ids == {9}
     probe.close()
 
 
@@ -218,3 +218,34 @@ def test_exclusions_are_resolved_into_the_spec(resolve, tmp_path, monkeypatch):
         resolve("--exclude-cgroup", "nope.service", "-t", "1s")
     with pytest.raises(session.BadRequest):
         resolve("--exclude-cgroup", "docker://abc", "-t", "1s")  # too short a prefix to name one
+
+
+class _Table(dict):
+    """The part of a BCC table MapReader uses for the cgroup maps."""
+
+    Key = Leaf = staticmethod(lambda v: v)
+
+
+def test_the_reader_keeps_both_cgroup_maps_in_step_with_the_tree(tmp_path):
+    from procnetmon.probes.reader import MapReader
+
+    for d in ("keep/a", "skip/b"):
+        (tmp_path / d).mkdir(parents=True)
+    tables = {"target_cgroups": _Table(), "excluded_cgroups": _Table()}
+
+    class Reader(MapReader):
+        def _table(self, name):
+            return tables[name]
+
+    reader = Reader(ProbeSpec(cgroups=("/keep",), exclude_cgroups=("/skip",), cgroup_mount=str(tmp_path)))
+    reader._refresh_cgroups()
+    ino = {d: (tmp_path / d).stat().st_ino for d in ("keep", "keep/a", "skip", "skip/b")}
+    assert set(tables["target_cgroups"]) == {ino["keep"], ino["keep/a"]}
+    assert set(tables["excluded_cgroups"]) == {ino["skip"], ino["skip/b"]}
+    (tmp_path / "skip/b").rmdir()
+    (tmp_path / "skip/c").mkdir()
+    reader._refresh_cgroups()
+    assert set(tables["excluded_cgroups"]) == {ino["skip"], (tmp_path / "skip/c").stat().st_ino}
+    # Without --cgroup, only the exclusions' map is there and kept.
+    del tables["target_cgroups"]
+    Reader(ProbeSpec(exclude_cgroups=("/skip",), cgroup_mount=str(tmp_path)))._refresh_cgroups()
