@@ -117,6 +117,18 @@ class Aggregate:
     tcp_listening: Optional[int] = 0
 
 
+@dataclass(frozen=True)
+class ExitOver:
+    """The --exit-over threshold a run's numbers crossed, on the records that show it."""
+
+    threshold: str  # the SPEC, as written (spaces dropped)
+    value: float  # bytes, or bytes per second for a rate
+    pid: Optional[int] = None  # the process, for a proc: threshold
+
+    def to_dict(self) -> dict:
+        return {"threshold": clean_text(self.threshold), "value": round(self.value, 3), "pid": self.pid}
+
+
 @dataclass
 class Record:
     """One output record: an interval, or the summary of the whole run."""
@@ -131,6 +143,7 @@ class Record:
     aggregated: Aggregate
     include_loopback: bool = False
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
+    exit_over: Optional[ExitOver] = None  # the threshold crossed: this record, or the run's summary
 
 
 def clean_text(text: str) -> str:
@@ -224,4 +237,6 @@ def record_to_dict(r: Record) -> dict:
     }
     if r.lost_updates:
         d["lost_updates"] = r.lost_updates
+    if r.exit_over is not None:
+        d["exit_over"] = r.exit_over.to_dict()
     return d

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
 from procnetmon import cgroups, grouping, procinfo
-from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
+from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ExitOver, ProcessStats, Record
 from procnetmon.probes import SocketBytes
 from procnetmon.tally import NO_WHO, Counted, Usage, WhoFields, rate
 
@@ -128,7 +128,14 @@ def record(s: Sampler, kind: str, begin: float, end: float) -> Record:
     return Record(type=kind, mode=s.probe.mode, start=s.wall(begin), end=s.wall(end),
                   duration_s=seconds, interfaces=opts.interfaces, processes=rows,
                   aggregated=agg, include_loopback=opts.include_loopback,
-                  lost_updates=s.lost_updates)
+                  lost_updates=s.lost_updates, exit_over=_exit_over(s))
+
+
+def _exit_over(s: Sampler) -> Optional[ExitOver]:
+    crossing = s.crossing
+    if crossing is None:
+        return None
+    return ExitOver(crossing.threshold.text, crossing.value, crossing.pid)
 
 
 def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,

@@ -115,6 +115,11 @@ def format_text(
         lines = _interval_lines(record, rows, units, aggregate, details, header)
     else:
         lines = _summary_lines(record, rows, units, aggregate, details, header)
+    if record.exit_over is not None:
+        over = record.exit_over
+        who = f"PID {over.pid}" if over.pid is not None else "all processes"
+        amount = human_rate(over.value, units) if over.threshold.endswith("/s") else human_bytes(over.value)
+        lines.append(f"exit-over {printable(over.threshold)} crossed: {amount} ({who})")
     if record.lost_updates:
         lines.append(
             f"warning: {record.lost_updates} counter updates were lost "

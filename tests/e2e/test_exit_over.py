@@ -42,6 +42,9 @@ def test_streaming_ends_with_the_interval_that_crossed_and_the_summary(peer):
     assert crossed["aggregated"]["total_bytes_out"] == truth["tcp_out"] == SEND
     assert summary["processes"][0]["bytes_out"] == SEND
     assert all(line["aggregated"]["total_bytes_out"] < SEND for line in lines[:-2])
+    assert crossed["exit_over"] == summary["exit_over"] == {"threshold": f"out>{SEND - 1}", "value": SEND,
+                                                            "pid": None}
+    assert not any("exit_over" in line for line in lines[:-2])
     assert f"--exit-over out>{SEND - 1} crossed: {SEND} bytes out since the start" in run.stderr
 
 
@@ -60,6 +63,7 @@ def test_with_t_alone_the_summary_is_written_early_and_per_process_names_the_pid
     assert doc["type"] == "summary" and doc["duration_s"] < 30
     row = next(p for p in doc["processes"] if p["pid"] == client.pid)
     assert row["bytes_out"] == 5000
+    assert doc["exit_over"]["threshold"] == "proc:out>4KiB" and doc["exit_over"]["value"] >= 4097
     assert "proc:out>4KiB crossed:" in run.stderr and "(PID " in run.stderr
 
 

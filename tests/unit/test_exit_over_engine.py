@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from test_engine import FakeProbe, FakeProcesses, by_pid, collect, counters, ident, make
 
+from procnetmon.model import ExitOver, record_to_dict
+from procnetmon.output.text import format_text
 from procnetmon.thresholds import parse
 
 
@@ -21,6 +23,9 @@ def test_stops_at_the_interval_that_crossed_and_writes_it():
     assert sampler.crossing is not None and sampler.crossing.value == 1200
     assert sampler.crossing.pid is None
     assert by_pid(summary)[10].bytes_out == 1200
+    # The record that crossed and the summary say so; those before do not.
+    assert [r.exit_over for r in intervals[:-1]] == [None, None]
+    assert intervals[-1].exit_over == summary.exit_over == ExitOver("out>1000", 1200, None)
 
 
 def test_with_t_alone_the_summary_is_the_record_that_crossed():
@@ -71,3 +76,13 @@ def test_a_short_final_stretch_sets_off_no_rate():
     sampler = make(probe, interval=1.0, duration=2.1, exit_over=over("out>1000/s"))
     collect(sampler)
     assert probe.reads == 3 and sampler.crossing is None
+
+
+def test_the_crossing_in_json_and_text(records):
+    record = records.summary([records.nginx()])
+    record.exit_over = ExitOver("proc:out>1KiB/s", 2048.4, 1234)
+    assert record_to_dict(record)["exit_over"] == {"threshold": "proc:out>1KiB/s", "value": 2048.4, "pid": 1234}
+    assert format_text(record).splitlines()[-1] == "exit-over proc:out>1KiB/s crossed: 16.4 Kbps (PID 1234)"
+    record.exit_over = ExitOver("total>5GB", 5e9 + 1)
+    assert format_text(record).splitlines()[-1] == "exit-over total>5GB crossed: 5.0 GB (all processes)"
+    assert "exit_over" not in record_to_dict(records.summary())
