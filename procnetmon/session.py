@@ -273,7 +273,8 @@ def _follows_children(args) -> bool:
 def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int],
         stdout_closed: bool = False) -> int:
     """Measure as planned and return the exit status: OK, or with COMMAND,
-    COMMAND's. ``failed`` reports a failure and names its status; it is
+    COMMAND's; OVER when an --exit-over threshold was crossed (COMMAND is
+    then stopped). ``failed`` reports a failure and names its status; it is
     called here only for one that comes once COMMAND runs, which is then
     waited for. Any other failure is raised."""
     if not plan.args.command:
