@@ -260,6 +260,11 @@ class Sampler:
                 gone.append(pid)
         if gone:
             self.exiting = [pid for pid in self.exiting if pid not in gone]
+        # Gone from the kernel's counters without an exit note (a full exit
+        # map) is gone too; a given PID stays, so it is not asked about again.
+        gone += [pid for pid, t in self.tracked.items()
+                 if t.excluded and pid not in cumulative and pid not in self.given]
+        if gone:
             for pid in gone:
                 del self.tracked[pid]
             self.probe.forget(gone)

@@ -80,3 +80,11 @@ def test_without_exclusions_nothing_is_screened():
     probe = FakeProbe([counters(p10=dict(tcp_in=5))])
     summary, _ = collect(make(probe, processes=processes, interval=1.0, duration=1.0))
     assert set(by_pid(summary)) == {10}
+
+
+def test_nothing_is_kept_of_an_excluded_process_whose_counters_went_without_an_exit_note():
+    processes = FakeProcesses({10: who(10, "nginx"), 20: who(20, "backupd")})
+    probe = FakeProbe([counters(p10=dict(tcp_in=1), p20=dict(tcp_out=7)), counters(p10=dict(tcp_in=2))])
+    sampler = make(probe, processes=processes, interval=1.0, duration=2.0, exclude_names=("backupd",))
+    summary, _ = collect(sampler)
+    assert set(by_pid(summary)) == {10} and set(sampler.tracked) == {10}
