@@ -12,6 +12,9 @@
  *   FILTER_CGROUPS    count only tasks of the cgroups (v2 ids) in target_cgroups;
  *                     needs OFF_CGROUP_* and OFF_KERNFS_NODE_* (cgroups created
  *                     below a target are added as they are made)
+ *   EXCLUDE_CGROUPS   leave out tasks of the cgroups in excluded_cgroups (filled
+ *                     like target_cgroups, and with the same offsets)
+ *   EXCLUDE_TGID=N    leave out thread group N (procnetmon itself, --exclude-self)
  *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
  *   COUNT_CLASSES     bit mask of the protocol classes counted (PC_*, --protocol);
  *                     every class when not given
@@ -158,6 +161,10 @@ BPF_HASH(target_ifaces, struct iface_key, u8, 256);
  * tracing programs before Linux 5.14. */
 BPF_HASH(target_cgroups, u64, u8, MAX_CGROUPS);
 #endif
+#ifdef EXCLUDE_CGROUPS
+/* Every cgroup at or below an --exclude-cgroup path, by id, kept as target_cgroups is. */
+BPF_HASH(excluded_cgroups, u64, u8, MAX_CGROUPS);
+#endif
 /* Thread groups with counters: only their exits are worth noting. */
 BPF_TABLE("lru_hash", u32, u8, counted, MAX_EXITED);
 /* Name of each counted process that exited, since /proc forgets it. User
@@ -260,13 +267,23 @@ static __always_inline void note_lost(void)
 
 static __always_inline int is_target(u32 tgid)
 {
+#ifdef EXCLUDE_TGID
+    if (tgid == EXCLUDE_TGID)
+        return 0;
+#endif
 #ifdef FILTER_PIDS
     if (!target_pids.lookup(&tgid))
         return 0;
 #endif
-#ifdef FILTER_CGROUPS
+#if defined(FILTER_CGROUPS) || defined(EXCLUDE_CGROUPS)
     u64 cgroup_id = bpf_get_current_cgroup_id();
+#endif
+#ifdef FILTER_CGROUPS
     if (!target_cgroups.lookup(&cgroup_id))
+        return 0;
+#endif
+#ifdef EXCLUDE_CGROUPS
+    if (excluded_cgroups.lookup(&cgroup_id))
         return 0;
 #endif
     return 1;
@@ -397,10 +414,10 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 }
 #endif
 
-#ifdef FILTER_CGROUPS
+#if defined(FILTER_CGROUPS) || defined(EXCLUDE_CGROUPS)
 /* args: struct cgroup *cgrp, const char *path. A cgroup made below a target
- * is a target from its first moment, before any task can be moved into it
- * (user space also rescans the targets every interval). */
+ * (or an excluded one) is one from its first moment, before any task can be
+ * moved into it (user space also rescans both every interval). */
 RAW_TRACEPOINT_PROBE(cgroup_mkdir)
 {
     const void *cgrp = (const void *)ctx->args[0];
@@ -409,13 +426,20 @@ RAW_TRACEPOINT_PROBE(cgroup_mkdir)
         return 0; /* a cgroup v1 hierarchy: its ids are another numbering */
     void *kn = read_ptr(cgrp, OFF_CGROUP_KN);
     void *parent = read_ptr(kn, OFF_KERNFS_NODE_PARENT);
+    if (!parent)
+        return 0;
     u64 parent_id = 0, id = 0;
     bpf_probe_read_kernel(&parent_id, sizeof(parent_id), (const char *)parent + OFF_KERNFS_NODE_ID);
-    if (!parent || !target_cgroups.lookup(&parent_id))
-        return 0;
     bpf_probe_read_kernel(&id, sizeof(id), (const char *)kn + OFF_KERNFS_NODE_ID);
     u8 one = 1;
-    target_cgroups.update(&id, &one);
+#ifdef FILTER_CGROUPS
+    if (target_cgroups.lookup(&parent_id))
+        target_cgroups.update(&id, &one);
+#endif
+#ifdef EXCLUDE_CGROUPS
+    if (excluded_cgroups.lookup(&parent_id))
+        excluded_cgroups.update(&id, &one);
+#endif
     return 0;
 }
 #endif

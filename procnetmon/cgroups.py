@@ -153,6 +153,32 @@ def walk_ids(mount: str, top: str = "/") -> Iterator[tuple[int, str]]:
             yield ino, "/" + os.path.relpath(full, mount)
 
 
+def container_matches(given: str, container: Optional[str]) -> bool:
+    """Whether ``given`` (an --exclude-cgroup argument) names ``container``
+    (as parse_path names it): the same, or for RUNTIME://ID at least the
+    first 12 digits of the ID, as the table and docker ps show it."""
+    if container is None or not given:
+        return False
+    if given == container:
+        return True
+    runtime, sep, ident = given.partition("://")
+    full_runtime, full_sep, full_ident = container.partition("://")
+    return bool(sep and full_sep and runtime == full_runtime and len(ident) >= 12
+                and re.fullmatch(r"[0-9a-f]+", ident) and full_ident.startswith(ident))
+
+
+def find_container(mount: str, given: str) -> list[str]:
+    """Paths of the outermost cgroups whose path names the container (or
+    systemd unit) ``given``: a container's processes may sit in cgroups
+    below its own, which the kernel filter covers through the top one."""
+    found: list[str] = []
+    for _ino, path in walk_ids(mount):
+        if container_matches(given, parse_path(path).container) and \
+                not any(path.startswith(top.rstrip("/") + "/") for top in found):
+            found.append(path)
+    return found
+
+
 class CgroupNames:
     """cgroup id -> path, remembered when first seen (a removed directory cannot be asked)."""
 

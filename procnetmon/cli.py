@@ -16,10 +16,11 @@ import re
 from typing import Optional
 
 try:
-    from procnetmon import __version__
+    from procnetmon import __version__, thresholds
     from procnetmon.probes import PROTOCOL_CLASSES
 except ImportError:  # loaded as a lone file by argparse-manpage, package not importable
     __version__ = "unknown"
+    thresholds = None  # type: ignore[assignment]  # only the help texts are read then
     # As probes.PROTOCOL_CLASSES (tests/unit/test_cli.py holds them equal).
     PROTOCOL_CLASSES = ("tcp", "udp", "udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp", "packet", "other")
 
@@ -40,6 +41,10 @@ MAX_PIDS = 4096
 MAX_DURATION = 365 * 24 * 3600.0
 # The largest -n and --top.
 MAX_COUNT = 1_000_000_000
+# --exclude-name: a glob matches a name (comm, or the executable's file
+# name), never a path; at most NAME_MAX characters, and at most this many.
+GLOB_MAX = 255
+MAX_EXCLUDES = 1024
 # Label sets of the metrics (output/prometheus.py): past the cap, further sets
 # fold into name="other", so a user who starts processes under many names
 # cannot grow the scrape without bound.
@@ -82,6 +87,8 @@ examples:
   procnetmon -- make -j4                          # make and all it starts; table on stderr at the end
   procnetmon --json -o run.json -- ./ci-step.sh   # exits with the step's status
   procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
+  procnetmon --exit-over 'out>0' -- ./test.sh     # CI: status 4 if the test talked
+  procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -258,6 +265,31 @@ def _netns_problem(namespace: str) -> Optional[str]:
     return None
 
 
+def parse_name_glob(text: str) -> str:
+    """An --exclude-name glob (fnmatch: *, ?, [...]) that can match a
+    process name or an executable's file name."""
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "invalid name pattern '': give a name or a glob, e.g. --exclude-name 'backup*'")
+    if "/" in text:
+        raise argparse.ArgumentTypeError(
+            f"invalid name pattern {_shown(text)}: it matches a process name or the file name of its "
+            "executable, never a path (no '/'), e.g. --exclude-name rsync")
+    if len(text) > GLOB_MAX:
+        raise argparse.ArgumentTypeError(f"invalid name pattern {_shown(text)}: at most {GLOB_MAX} characters")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"invalid name pattern {_shown(text)}: it contains a NUL")
+    return text
+
+
+def parse_exit_over(text: str):
+    """An --exit-over SPEC (procnetmon/thresholds.py has the grammar)."""
+    try:
+        return thresholds.parse(text)
+    except thresholds.BadThreshold as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``[ADDR:]PORT`` for --serve: "9101", ":9101", "127.0.0.1:9101", "[::1]:9101".
     Without an address, loopback only: listening on every address is asked
@@ -406,6 +438,26 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "on an inet socket; local IPC (AF_UNIX, netlink) is never network traffic",
     )
     group.add_argument(
+        "--exclude-name", metavar="GLOB", action="append", dest="exclude_names", default=None,
+        type=parse_name_glob,
+        help="leave out processes whose name (comm) or executable's file name matches GLOB "
+        "(fnmatch: *, ?, [...]; case matters), with all their bytes; repeat for several. "
+        "Decided in user space when a process is first identified (and again after it execs; "
+        "once left out it stays out): the kernel knows only the first 15 bytes of a name, "
+        "and a name changes at exec",
+    )
+    group.add_argument(
+        "--exclude-cgroup", metavar="PATH", action="append", dest="exclude_cgroups", default=None,
+        help="leave out processes in the cgroup v2 PATH or any cgroup below it (also those made "
+        "while sampling), decided in the kernel; PATH as for --cgroup, or a container or unit as "
+        "the container field names it (docker://ID, lxc://NAME, nginx.service); repeat for several",
+    )
+    group.add_argument(
+        "--exclude-self", action="store_true", dest="exclude_self",
+        help="leave out procnetmon's own traffic (every thread of it: the metrics of --serve), "
+        "decided in the kernel, and any process procnetmon started other than -- COMMAND",
+    )
+    group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
         "wire: bytes of its sockets' IP packets on the interface, IP and transport headers, "
@@ -434,6 +486,17 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "-n", "--count", metavar="N", type=positive_int, default=None,
         help="print N interval records, then the summary (N from 1 to 1000000000)",
+    )
+    group.add_argument(
+        "--exit-over", metavar="SPEC", action="append", dest="exit_over", default=None,
+        type=parse_exit_over,
+        help="stop as soon as SPEC is crossed: write the record that crossed it (and the summary), "
+        "then exit with status 4; with -- COMMAND, COMMAND and the processes below it get SIGTERM "
+        "(SIGKILL 10 s later) and are waited for. SPEC is [proc:]WHAT>AMOUNT: WHAT is in, out, in+out or total, AMOUNT "
+        "bytes (B, kB, MB, GB, TB; KiB, MiB, GiB, TiB) since the start, or with /s the rate of "
+        "one --interval; proc: each process on its own, else all together "
+        f"({thresholds.EXAMPLES if thresholds else 'e.g. out>10MB'}); checked every interval; "
+        "repeat for several (the first crossed ends the run)",
     )
     group.add_argument(
         "--interval", metavar="DURATION", type=parse_interval,
@@ -585,7 +648,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     for action in parser._actions:
         # argparse drops a lone "--" given as a value (--top=--) and stores
         # an empty list, never calling the option's type.
-        if action.type is not None and action.nargs is None and getattr(args, action.dest, None) == []:
+        value = getattr(args, action.dest, None)
+        # A repeatable option collects it as one more item: [[]].
+        repeated = isinstance(action, argparse._AppendAction) and isinstance(value, list) and [] in value
+        if (action.type is not None and action.nargs is None and value == []) or repeated:
             parser.error(f"argument {'/'.join(action.option_strings)}: expected a value, e.g. "
                          f"{action.option_strings[-1]}={action.metavar or 'VALUE'}")
     if args.time is not None and not args.interval_given and args.interval > args.time:
@@ -616,6 +682,10 @@ def _violations(args: argparse.Namespace):
         yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
     if args.web_config is not None and args.serve is None:
         yield "--web-config sets up --serve's TLS and basic auth: add --serve [ADDR:]PORT, or drop --web-config"
+    for option, given in (("--exclude-name", args.exclude_names), ("--exclude-cgroup", args.exclude_cgroups),
+                          ("--exit-over", args.exit_over)):
+        if given is not None and len(given) > MAX_EXCLUDES:
+            yield f"too many {option} options: at most {MAX_EXCLUDES}"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 

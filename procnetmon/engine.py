@@ -12,17 +12,19 @@ everything counted up to that moment.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping, Optional, Protocol, runtime_checkable
 
-from procnetmon import cgroups, procinfo, records
+from procnetmon import cgroups, procinfo, records, thresholds
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
 from procnetmon.probes import SampledProbe
 from procnetmon.records import Tracked
-from procnetmon.tally import Archive, Counted, Tally, Usage, usage_by_pid
+from procnetmon.tally import NO_WHO, Archive, Counted, Tally, Usage, usage_by_pid
 
 
 @runtime_checkable
@@ -66,6 +68,15 @@ class Options:
     # /proc; a process's cgroup is read when it is first seen; sockets are
     # counted every DAEMON_SOCKETS_EVERY intervals.
     forget_exited: bool = False
+    # --exit-over: the run stops at the first sample that crosses one.
+    exit_over: tuple[thresholds.Threshold, ...] = ()
+    # --exclude-name: processes whose name or executable's file name matches
+    # a glob are left out here, in user space (the kernel sees only a
+    # 15-byte comm, and a name changes at exec).
+    exclude_names: tuple[str, ...] = ()
+    # --exclude-self: procnetmon's PID, whose children (other than COMMAND)
+    # are left out here; procnetmon's own bytes are left out in the kernel.
+    exclude_children_of: Optional[int] = None
 
 
 class Sampler:
@@ -97,6 +108,10 @@ class Sampler:
         self.given = frozenset(options.pids or ())
         self.group_carried: dict[str, Usage] = {}  # --group-by: totals of retired members
         self.lost_updates = 0
+        # --exit-over: bytes in and out of every counted process since the
+        # start, and the crossing that stopped the run, if one did.
+        self.moved = (0, 0)
+        self.crossing: Optional[thresholds.Crossing] = None
         # cgroup ids (noted by the kernel at exit) back to paths.
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
@@ -177,6 +192,8 @@ class Sampler:
             stopped = self.stop.wait(max(0.0, tick - self.monotonic()))
             now = self.monotonic()
             self._sample(now - last)
+            if opts.exit_over:
+                self.crossing = self.crossing or self._crossing(now - last)
             if opts.emit_intervals:
                 record = records.record(self, RECORD_INTERVAL, last, now)
                 if not on_interval(record):
@@ -184,7 +201,7 @@ class Sampler:
                 if opts.forget_exited:
                     self._forget_exited(record)
             last = now
-            if stopped or self.stop.is_set():
+            if stopped or self.stop.is_set() or self.crossing is not None:
                 break
             if deadline is not None and now >= deadline:
                 break
@@ -207,6 +224,7 @@ class Sampler:
             if pid in cumulative:
                 t = self.track(pid)
                 t.kernel_name = name
+                t.screened = t.screened and t.identity is not None  # a name to match at last
                 if pid in exited_ids:
                     t.exited_cgroup_id = exited_ids[pid]
                 self.exiting.append(pid)
@@ -214,18 +232,86 @@ class Sampler:
         # map) are final too; their last bytes were in the previous record.
         for pid in [pid for pid, t in self.tracked.items() if t.total is not None and pid not in cumulative]:
             self._retire(pid)
-        self.tally.advance(cumulative, seconds)
         self._forget_execed()
         for pid in self.options.pids or []:
             self._identify(pid)
         for pid in cumulative:
             self._identify(pid)
+        if self.options.exclude_names or self.options.exclude_children_of is not None:
+            cumulative = self._without_excluded(cumulative)
+        self.tally.advance(cumulative, seconds)
         if self.options.group_by != "pid":
             folded: dict[str, Usage] = {key: Usage().plus(u) for key, u in self.group_carried.items()}
             for pid, u in cumulative.items():
                 key = self.group_key(pid)
                 folded[key] = folded.get(key, Usage()).plus(u)
             self.group_tally.advance(folded, seconds)
+
+    def _without_excluded(self, cumulative: dict[int, Usage]) -> dict[int, Usage]:
+        """The counters of the processes not left out by --exclude-name or
+        --exclude-self. A process left out is never counted; once its exit
+        is collected nothing of it is kept."""
+        kept = {}
+        gone = []
+        for pid, usage in cumulative.items():
+            if not self.excluded(pid):
+                kept[pid] = usage
+            elif pid in self.exiting:
+                gone.append(pid)
+        if gone:
+            self.exiting = [pid for pid in self.exiting if pid not in gone]
+        # Gone from the kernel's counters without an exit note (a full exit
+        # map) is gone too; a given PID stays, so it is not asked about again.
+        gone += [pid for pid, t in self.tracked.items()
+                 if t.excluded and pid not in cumulative and pid not in self.given]
+        if gone:
+            for pid in gone:
+                del self.tracked[pid]
+            self.probe.forget(gone)
+        return kept
+
+    def excluded(self, pid: int) -> bool:
+        """Whether --exclude-name or --exclude-self leaves ``pid`` out: decided
+        when it is identified (again after an exec), and for good once it is."""
+        t = self.tracked.get(pid)
+        if t is None:
+            return False
+        if t.excluded or t.screened:
+            return t.excluded
+        t.screened = True
+        identity = t.identity
+        if identity is not None:
+            names = [identity.name] + ([os.path.basename(identity.exe)] if identity.exe else [])
+        else:
+            names = [n for n in (t.kernel_name or self.exit_note(pid)[0],) if n]
+        opts = self.options
+        t.excluded = any(fnmatch.fnmatchcase(name, glob) for name in names for glob in opts.exclude_names)
+        if opts.exclude_children_of is not None and identity is not None and \
+                identity.ppid == opts.exclude_children_of and not (opts.command and pid in (opts.pids or ())):
+            t.excluded = True  # started by procnetmon, and not the COMMAND it measures
+        if t.excluded and t.total is not None:
+            t.uncount()  # exec'd into an excluded program: its bytes so far go with it
+        return t.excluded
+
+    def _crossing(self, seconds: float) -> Optional[thresholds.Crossing]:
+        """The first --exit-over threshold the last sample crossed, if any."""
+        counted = [(pid, t) for pid, t in self.tracked.items() if t.total is not None]
+        window_in = sum(t.window.bytes_in for _, t in counted)
+        window_out = sum(t.window.bytes_out for _, t in counted)
+        self.moved = (self.moved[0] + window_in, self.moved[1] + window_out)
+
+        def processes():
+            for pid, t in counted:
+                total = t.total if t.total is not None else Usage()
+                if pid in self.carried:
+                    total = total.plus(self.carried[pid])
+                yield pid, (total.bytes_in, total.bytes_out), (t.window.bytes_in, t.window.bytes_out)
+
+        # A stretch too short for a peak is too short for a rate.
+        rates_count = seconds >= self.options.interval / 2 or self.tally.intervals <= 1
+        return thresholds.first_crossing(self.options.exit_over, moved=self.moved,
+                                         window=(window_in, window_out), seconds=seconds,
+                                         processes=processes(), rates_count=rates_count)
 
     def group_key(self, pid: int) -> str:
         """The group of a process, fixed when first seen so that folded
@@ -246,6 +332,7 @@ class Sampler:
             t = self.tracked.get(pid)
             if t is not None and t.identified:
                 t.identity = self.processes.identify(pid)
+                t.screened = False
 
     def _retire(self, pid: int) -> None:
         """Move an exited process's final totals out of the per-process state."""
@@ -267,7 +354,8 @@ class Sampler:
             name, cmdline = t.identity.name, t.identity.cmdline
         else:
             name, cmdline = t.kernel_name if t.kernel_name is not None else "?", ""
-        self.archive.add(pid, total, t.peaks, name, cmdline, cgroup, t.group if t.group is not None else "")
+        self.archive.add(pid, total, t.peaks, name, cmdline, cgroup, t.group if t.group is not None else "",
+                         t.identity.who if t.identity is not None else NO_WHO)
 
     def live_sockets(self, alive: set[int]) -> Mapping[int, Optional[list[procinfo.Socket]]]:
         """The sockets of the ``alive`` PIDs, by PID; a daemon's are counted
@@ -302,6 +390,8 @@ class Sampler:
         """The given PIDs, always; and every other process that moved bytes in
         the record's window, when there are none or their children are followed."""
         given = list(self.options.pids) if self.options.pids is not None else []
+        if self.options.exclude_names or self.options.exclude_children_of is not None:
+            given = [pid for pid in given if not self.excluded(pid)]
         if self.options.pids is not None and not self.options.follow_children:
             return given
         if kind == RECORD_SUMMARY:

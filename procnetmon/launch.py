@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from typing import Callable, Optional
 
 from procnetmon.invoker import Credentials, become, invoking_user  # noqa: F401 (invoking_user: launch's API)
@@ -173,6 +174,20 @@ class Command:
                     os.kill(self.pid, signum)
                 except ProcessLookupError:
                     pass
+
+    def stop(self, grace: float) -> bool:
+        """End COMMAND: SIGTERM, then SIGKILL if it still runs ``grace``
+        seconds later; wait for it. Returns whether it was still running."""
+        running = self.status is None
+        self.forward(signal.SIGTERM)
+        if self._waiter is not None:
+            deadline = time.monotonic() + grace
+            while not self._ended.wait(0.5):  # short waits: signal handlers run in between
+                if time.monotonic() >= deadline:
+                    self.forward(signal.SIGKILL)
+                    break
+        self.wait()
+        return running
 
     def wait(self) -> int:
         """Block until COMMAND has ended; return its exit status."""

@@ -93,6 +93,14 @@ class ProcessStats:
     # Bytes of each protocol class (probes.PROTOCOL_CLASSES) that moved any in
     # the window, TCP and UDP included; their sum is bytes_in/bytes_out.
     protocols: dict[str, Bytes] = field(default_factory=dict)
+    # Who the process is, read when it was first identified and kept after it
+    # exits; None when unknown (exited before a look at /proc, unreadable,
+    # a folded row).
+    ppid: Optional[int] = None
+    user: Optional[str] = None  # name of the effective user
+    uid: Optional[int] = None  # effective user ID
+    exe: Optional[str] = None  # path of the program (/proc/PID/exe)
+    start_time: Optional[datetime] = None  # when the process started (timezone-aware)
 
 
 @dataclass
@@ -113,6 +121,18 @@ class Aggregate:
     protocols: dict[str, Bytes] = field(default_factory=dict)  # summed over the processes
 
 
+@dataclass(frozen=True)
+class ExitOver:
+    """The --exit-over threshold a run's numbers crossed, on the records that show it."""
+
+    threshold: str  # the SPEC, as written (spaces dropped)
+    value: float  # bytes, or bytes per second for a rate
+    pid: Optional[int] = None  # the process, for a proc: threshold
+
+    def to_dict(self) -> dict:
+        return {"threshold": clean_text(self.threshold), "value": round(self.value, 3), "pid": self.pid}
+
+
 @dataclass
 class Record:
     """One output record: an interval, or the summary of the whole run."""
@@ -127,6 +147,7 @@ class Record:
     aggregated: Aggregate
     include_loopback: bool = False
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
+    exit_over: Optional[ExitOver] = None  # the threshold crossed: this record, or the run's summary
 
 
 def clean_text(text: str) -> str:
@@ -179,6 +200,11 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     if p.connections is not None:
         d["connections"] = [c.to_dict() for c in p.connections]
     d["protocols"] = {name: b.to_dict() for name, b in p.protocols.items()}
+    d["ppid"] = p.ppid
+    d["user"] = None if p.user is None else clean_text(p.user)
+    d["uid"] = p.uid
+    d["exe"] = None if p.exe is None else clean_text(p.exe)
+    d["start_time"] = None if p.start_time is None else timestamp(p.start_time)
     return d
 
 
@@ -217,4 +243,6 @@ def record_to_dict(r: Record) -> dict:
     }
     if r.lost_updates:
         d["lost_updates"] = r.lost_updates
+    if r.exit_over is not None:
+        d["exit_over"] = r.exit_over.to_dict()
     return d

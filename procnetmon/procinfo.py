@@ -6,9 +6,11 @@ AccessDenied and zombies as ordinary answers, never as errors.
 
 from __future__ import annotations
 
+import functools
 import os
+import pwd
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import psutil
 
@@ -17,12 +19,35 @@ from procnetmon import cgroups, sockettable
 
 @dataclass(frozen=True)
 class Identity:
-    """Who a PID was when procnetmon first saw it (create_time tells reuse apart)."""
+    """Who a PID was when procnetmon first saw it (create_time tells reuse apart).
+
+    ``create_time`` is seconds since the epoch, 0.0 when unknown. The rest
+    (parent, owner, executable) is None when it could not be read: a kernel
+    thread has no executable, and /proc/PID/exe of a process in another
+    mount namespace or of another user may not be readable."""
 
     pid: int
     name: str
     cmdline: str
     create_time: float
+    ppid: Optional[int] = None
+    uid: Optional[int] = None  # the effective user ID, whose rights the process uses
+    user: Optional[str] = None  # that user's name; None when the user database has none
+    exe: Optional[str] = None  # the path /proc/PID/exe links to
+
+    @property
+    def who(self) -> "Who":
+        return Who(self.ppid, self.uid, self.user, self.exe, self.create_time or None)
+
+
+class Who(NamedTuple):
+    """What the records say of who a process is, beyond its name (tally.WhoFields)."""
+
+    ppid: Optional[int]
+    uid: Optional[int]
+    user: Optional[str]
+    exe: Optional[str]
+    create_time: Optional[float]  # seconds since the epoch
 
 
 def identify(pid: int) -> Optional[Identity]:
@@ -38,11 +63,43 @@ def identify(pid: int) -> Optional[Identity]:
                 cmdline = ""
             if p.status() == psutil.STATUS_ZOMBIE:
                 return None
-        return Identity(pid, name, cmdline, create_time)
+            ppid = _or_none(p.ppid)
+            uids = _or_none(p.uids)
+        uid = uids.effective if uids is not None else None
+        return Identity(pid, name, cmdline, create_time, ppid=ppid, uid=uid,
+                        user=user_name(uid) if uid is not None else None, exe=exe_of(pid))
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
         return Identity(pid, "?", "", 0.0)
+
+
+def _or_none(getter):
+    """What a psutil getter returns, or None when the process keeps it from us."""
+    try:
+        return getter()
+    except (psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+@functools.lru_cache(maxsize=1024)  # a machine has few users; lookups can be slow (NSS, LDAP)
+def user_name(uid: int) -> Optional[str]:
+    """The name of user ``uid``, None when the user database has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def exe_of(pid: int, proc: str = "/proc") -> Optional[str]:
+    """The path of the program ``pid`` runs (the /proc/PID/exe link, as the
+    kernel writes it, " (deleted)" included when the file was removed), or
+    None: a kernel thread has none, and the link of another mount namespace's
+    or another user's process may not be readable."""
+    try:
+        return os.readlink(f"{proc}/{pid}/exe") or None
+    except (OSError, ValueError):
+        return None
 
 
 def pid_exists(pid: int) -> bool:
@@ -81,3 +138,31 @@ def descendants(pids: list[int]) -> list[int]:
             continue
     found.discard(os.getpid())
     return sorted(found)
+
+
+def processes_below(pid: int) -> list[psutil.Process]:
+    """The processes now below ``pid`` in the process tree, as psutil
+    handles (which refuse to signal a later process that reuses a PID)."""
+    try:
+        return [p for p in psutil.Process(pid).children(recursive=True) if p.pid != os.getpid()]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return []
+
+
+def terminate(processes: list[psutil.Process]) -> None:
+    """SIGTERM to each of ``processes`` still running."""
+    for p in processes:
+        try:
+            p.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+
+
+def reap(processes: list[psutil.Process], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``processes`` to end; SIGKILL the rest."""
+    _gone, alive = psutil.wait_procs(processes, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
 from procnetmon import cgroups, grouping, procinfo, sockettable
-from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ProcessStats, Record
+from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ExitOver, ProcessStats, Record
 from procnetmon.probes import SocketBytes
-from procnetmon.tally import Counted, Usage, rate
+from procnetmon.tally import NO_WHO, Counted, Usage, WhoFields, rate
 
 if TYPE_CHECKING:  # the engine calls in here; only its type is needed
     from procnetmon.engine import Sampler
@@ -37,6 +38,17 @@ class Tracked(Counted):
     # --serve: the sockets last counted (None: unreadable), when sockets_counted.
     sockets: Optional[list[procinfo.Socket]] = None
     sockets_counted: bool = False
+    # --exclude-name, --exclude-self: looked at since it was last identified;
+    # left out (for good: its bytes are never shown, whatever it execs next).
+    screened: bool = False
+    excluded: bool = False
+
+
+def set_who(row: ProcessStats, who: WhoFields) -> None:
+    """Put who a process is (procinfo.Who) on its row."""
+    ppid, uid, user, exe, create_time = who
+    row.ppid, row.uid, row.user, row.exe = ppid, uid, user, exe
+    row.start_time = datetime.fromtimestamp(create_time, timezone.utc) if create_time else None
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -117,7 +129,14 @@ def record(s: Sampler, kind: str, begin: float, end: float) -> Record:
     return Record(type=kind, mode=s.probe.mode, start=s.wall(begin), end=s.wall(end),
                   duration_s=seconds, interfaces=opts.interfaces, processes=rows,
                   aggregated=agg, include_loopback=opts.include_loopback,
-                  lost_updates=s.lost_updates)
+                  lost_updates=s.lost_updates, exit_over=_exit_over(s))
+
+
+def _exit_over(s: Sampler) -> Optional[ExitOver]:
+    crossing = s.crossing
+    if crossing is None:
+        return None
+    return ExitOver(crossing.threshold.text, crossing.value, crossing.pid)
 
 
 def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
@@ -128,13 +147,14 @@ def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
     named after the first)."""
     by_pid = {row.pid: row for row in rows}
     added = []
-    for pid, usage, peaks, name, cmdline, cgroup, group in s.archive.rows():
+    for pid, usage, peaks, name, cmdline, cgroup, group, who in s.archive.rows():
         row = by_pid.get(pid)
         if row is None:
             workload = cgroups.parse_path(cgroup)
             row = ProcessStats(pid=pid, name=name, cmdline=cmdline, alive=False, tcp_connections=0,
                                udp_connections=0, tcp_listening=0, cgroup=cgroup,
                                container=workload.container, pod=workload.pod)
+            set_who(row, who)
             if s.options.details:
                 row.connections = connections(RECORD_SUMMARY, pid, [], kernel_sockets.get(pid, []), {})
             by_pid[pid] = row
@@ -142,6 +162,7 @@ def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
             added.append(row)
         elif (t := s.tracked.get(pid)) is None or t.total is None or t.identity is None:
             row.name, row.cmdline = name, cmdline
+            set_who(row, who)
         both = usage_of(row).plus(usage)
         row.tcp, row.udp, row.protocols = _protocol_bytes(both)
         row.bytes_in, row.bytes_out = both.bytes_in, both.bytes_out
@@ -200,6 +221,7 @@ def _process_row(s: Sampler, kind: str, pid: int, seconds: float, alive: bool,
         udp_connections=_count(live_sockets, "udp"),
         total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
         tcp_listening=_count(live_sockets, "tcp", state="LISTEN"))
+    set_who(row, identity.who if identity is not None else NO_WHO)
     if s.options.details:
         if t.socket_totals is None:
             t.socket_totals = {}

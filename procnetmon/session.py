@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from procnetmon.output.sink import Sink
 
 
+# --exit-over with -- COMMAND: COMMAND gets SIGTERM, and SIGKILL this many
+# seconds later if it has not ended by then.
+COMMAND_STOP_GRACE = 10.0
+
+
 class Failure(Exception):
     """Why the run cannot go on, in one line (``error: `` is put before it)."""
 
@@ -203,6 +208,27 @@ def _resolve_cgroups(paths: Optional[list[str]]) -> tuple[Optional[list[str]], O
     return resolved, mount
 
 
+def _resolve_exclusions(given: Optional[list[str]], mount: Optional[str]) -> Optional[list[str]]:
+    """--exclude-cgroup arguments as paths below the cgroup2 mount: each a
+    cgroup directory, or a container or unit that cgroup paths name."""
+    if given is None:
+        return None
+    if mount is None:
+        raise Unavailable("--exclude-cgroup needs the cgroup v2 hierarchy mounted "
+                          "(mount -t cgroup2 none /sys/fs/cgroup)")
+    resolved: list[str] = []
+    for item in given:
+        below = cgroups.relative_path(item, mount)
+        if below is not None and os.path.isdir(os.path.normpath(mount + "/" + below)):
+            paths = [below]
+        else:
+            paths = cgroups.find_container(mount, item)
+        if not paths:
+            raise BadRequest(f"no cgroup or container {item} under the cgroup v2 mount {mount}")
+        resolved.extend(p for p in paths if p not in resolved)
+    return resolved
+
+
 def _resolve_interfaces(names: Optional[list[str]]) -> Optional[list[interfaces.InterfaceKey]]:
     if names is None:
         return None
@@ -221,6 +247,9 @@ def _probe_spec(args) -> ProbeSpec:
     include_loopback = args.include_loopback or (args.interfaces is not None
                                                  and interfaces.names_include_loopback(args.interfaces))
     targets, mount = _resolve_cgroups(args.cgroups)
+    if args.exclude_cgroups is not None and mount is None:
+        mount = cgroups.cgroup2_mount()
+    excluded = _resolve_exclusions(args.exclude_cgroups, mount)
     follow = _follows_children(args)
     pids = () if args.command else None if args.pids is None else tuple(args.pids)
     return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
@@ -228,6 +257,8 @@ def _probe_spec(args) -> ProbeSpec:
                      cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
                      follow_children=follow, verbose=args.verbose,
                      protocols=None if args.protocols is None else tuple(args.protocols),
+                     exclude_cgroups=None if excluded is None else tuple(excluded),
+                     exclude_pid=os.getpid() if args.exclude_self else None,
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
@@ -243,14 +274,15 @@ def _follows_children(args) -> bool:
 def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int],
         stdout_closed: bool = False) -> int:
     """Measure as planned and return the exit status: OK, or with COMMAND,
-    COMMAND's. ``failed`` reports a failure and names its status; it is
+    COMMAND's; OVER when an --exit-over threshold was crossed (COMMAND is
+    then stopped). ``failed`` reports a failure and names its status; it is
     called here only for one that comes once COMMAND runs, which is then
     waited for. Any other failure is raised."""
     if not plan.args.command:
         return _measure(plan, out, err, None, stdout_closed)
     command = _start_command(plan.args)
     try:
-        _measure(plan, out, err, command, stdout_closed)
+        measured = _measure(plan, out, err, command, stdout_closed)
     except Failure as e:
         if not command.released:
             raise
@@ -261,6 +293,18 @@ def run(plan: Plan, out: TextIO, err: TextIO, *, failed: Callable[[Failure], int
         return status
     finally:
         command.abort()  # COMMAND never ran if procnetmon failed before releasing it
+    if measured == ExitStatus.OVER:
+        # The run is over the threshold: COMMAND and what it started are not
+        # left running unmeasured (those still below it: a daemon that left
+        # the tree is not found).
+        below = procinfo.processes_below(command.pid)
+        procinfo.terminate(below)
+        running = command.stop(COMMAND_STOP_GRACE)
+        procinfo.reap(below, COMMAND_STOP_GRACE)
+        if running and not plan.args.quiet:
+            more = f" and {len(below)} process{'es' if len(below) != 1 else ''} it started" if below else ""
+            say(err, f"stopped {os.path.basename(plan.args.command[0])} (PID {command.pid}){more}")
+        return measured
     return command.wait()
 
 
@@ -277,7 +321,10 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
                              include_loopback=spec.include_loopback, interval=args.interval, duration=args.time,
                              count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
                              group_by=args.group_by, follow_children=spec.follow_children,
-                             command=args.command, forget_exited=args.serve is not None)
+                             command=args.command, forget_exited=args.serve is not None,
+                             exit_over=tuple(args.exit_over or ()),
+                             exclude_names=tuple(args.exclude_names or ()),
+                             exclude_children_of=os.getpid() if args.exclude_self else None)
     if command is not None:
         # COMMAND keeps standard output; the records go where time(1) puts its own.
         to_stdout = False
@@ -347,6 +394,10 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
         raise OutputFailed(f"cannot write to {where}: {e.strerror}") from None
     finally:
         writer.close(quiet=True)
+    if sampler.crossing is not None:
+        if not args.quiet:
+            say(err, sampler.crossing.message())
+        return ExitStatus.OVER
     if command is not None and command.status is None and not args.quiet:
         say(err, f"sampling ended; waiting for {os.path.basename(args.command[0])} (PID {command.pid}) to end")
     return ExitStatus.OK
@@ -382,6 +433,10 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         who = "every process"
     if args.cgroups:
         who += f" in {', '.join(args.cgroups)}"
+    left_out = [*(args.exclude_names or []), *(args.exclude_cgroups or []),
+                *(["procnetmon itself"] if args.exclude_self else [])]
+    if left_out:
+        who += f" but {', '.join(left_out)}"
     if args.interfaces:
         where = ", ".join(args.interfaces)
     else:

@@ -12,6 +12,7 @@ class ExitStatus(enum.IntEnum):
     ERROR = 1  # measurement failed at run time, or the output could not be written
     USAGE = 2  # bad options, nonexistent PID, unknown interface
     UNAVAILABLE = 3  # missing privileges or a kernel feature
+    OVER = 4  # an --exit-over threshold was crossed (after the records that show it were written)
     INTERRUPTED = 128  # + the signal number: stopped before sampling began
 
 

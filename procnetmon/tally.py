@@ -154,31 +154,42 @@ class Tally(Generic[C]):
         self.aggregate_peaks.see(rate(agg_in, seconds), rate(agg_out, seconds))
 
 
+# Who a process was (procinfo.Who): ppid, uid, user, exe, create_time, each None when unknown.
+WhoFields = tuple[Optional[int], Optional[int], Optional[str], Optional[str], Optional[float]]
+NO_WHO: WhoFields = (None, None, None, None, None)
+
+
 class Archive:
     """Final totals of processes that are gone, for the summary only.
 
     A long ``-c`` run sees tens of thousands of processes come and go; what
     the summary needs of each (PID, bytes by protocol and direction, peaks,
-    name, command line, cgroup, group) is packed here in flat arrays, about
-    70 bytes a process, each text stored once however often it recurs.
+    name, command line, cgroup, group, and who it was: parent, user,
+    executable, start) is packed here in flat arrays, about 100 bytes a
+    process, each text stored once however often it recurs.
     Nothing here is looked at again until the summary.
     """
 
-    TEXTS = 4  # name, cmdline, cgroup ("" for none), group key
+    TEXTS = 6  # name, cmdline, cgroup ("" for none), group key, user, exe
+    _NONE = -1  # an unknown ppid or uid, or text
 
     def __init__(self) -> None:
         self.pids = array("q")
         self.usage = array("Q")  # tcp_in, tcp_out, udp_in, udp_out per process
         self.more: dict[int, tuple[int, ...]] = {}  # by process index: its other classes' slots, if any
         self.peaks = array("d")  # rate_in, rate_out per process
-        self.text = array("L")  # TEXTS indexes into _texts per process
+        self.text = array("i")  # TEXTS indexes into _texts per process (_NONE: none)
+        self.ids = array("q")  # ppid, uid per process (_NONE: unknown)
+        self.starts = array("d")  # create_time per process (0.0: unknown)
         self._texts: list[str] = []
         self._text_index: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.pids)
 
-    def _intern(self, text: str) -> int:
+    def _intern(self, text: Optional[str]) -> int:
+        if text is None:
+            return self._NONE
         index = self._text_index.get(text)
         if index is None:
             index = self._text_index[text] = len(self._texts)
@@ -186,18 +197,26 @@ class Archive:
         return index
 
     def add(self, pid: int, usage: Usage, peaks: Peaks, name: str, cmdline: str,
-            cgroup: Optional[str] = None, group: str = "") -> None:
+            cgroup: Optional[str] = None, group: str = "", who: WhoFields = NO_WHO) -> None:
+        ppid, uid, user, exe, create_time = who
         if any(usage.slots[4:]):
             self.more[len(self.pids)] = usage.slots[4:]
         self.pids.append(pid)
         self.usage.extend(usage.slots[:4])
         self.peaks.extend((peaks.rate_in, peaks.rate_out))
-        self.text.extend(self._intern(t) for t in (name, cmdline, cgroup or "", group))
+        self.text.extend(self._intern(t) for t in (name, cmdline, cgroup or "", group, user, exe))
+        self.ids.extend(self._NONE if v is None else v for v in (ppid, uid))
+        self.starts.append(create_time or 0.0)
+
+    def _text(self, index: int) -> Optional[str]:
+        return None if index == self._NONE else self._texts[index]
 
     def rows(self):
-        """(pid, Usage, Peaks, name, cmdline, cgroup, group) of each process, oldest first."""
+        """(pid, Usage, Peaks, name, cmdline, cgroup, group, who) of each process, oldest first."""
         n = self.TEXTS
         for i, pid in enumerate(self.pids):
-            name, cmdline, cgroup, group = (self._texts[j] for j in self.text[n * i:n * i + n])
-            yield (pid, Usage(*self.usage[4 * i:4 * i + 4], *self.more.get(i, ())), Peaks(*self.peaks[2 * i:2 * i + 2]),
-                   name, cmdline, cgroup or None, group)
+            name, cmdline, cgroup, group, user, exe = (self._text(j) for j in self.text[n * i:n * i + n])
+            ppid, uid = (None if v == self._NONE else v for v in self.ids[2 * i:2 * i + 2])
+            who: WhoFields = (ppid, uid, user, exe, self.starts[i] or None)
+            usage = Usage(*self.usage[4 * i:4 * i + 4], *self.more.get(i, ()))
+            yield (pid, usage, Peaks(*self.peaks[2 * i:2 * i + 2]), name, cmdline, cgroup or None, group, who)

@@ -50,6 +50,11 @@ CSV_COLUMNS = (
     "container",  # container or systemd unit the path names; empty for none
     "pod",  # Kubernetes pod UID; empty for none
     "pids",  # a row folded by --group-by: its PIDs joined by ";"; else empty
+    "ppid",  # parent PID when first identified; empty when unknown (also user ... start_time)
+    "user",  # name of the effective user
+    "uid",  # effective user ID
+    "exe",  # path of the program (/proc/PID/exe)
+    "start_time",  # when the process started, ISO 8601 in UTC to the millisecond
 ) + OTHER_PROTOCOL_COLUMNS  # <class>_bytes_in, <class>_bytes_out of each class but TCP and UDP
 
 TOTAL_NAME = "TOTAL"
@@ -108,6 +113,7 @@ def _process_fields(process, record_type: str) -> dict:
         "container": d["container"] or "",
         "pod": d["pod"] or "",
         "pids": ";".join(str(p) for p in d.get("pids", [])),
+        **{key: "" if d[key] is None else d[key] for key in ("ppid", "user", "uid", "exe", "start_time")},
         **_other_protocol_fields(d["protocols"]),
     }
 

@@ -115,6 +115,11 @@ def format_text(
         lines = _interval_lines(record, rows, units, aggregate, details, header)
     else:
         lines = _summary_lines(record, rows, units, aggregate, details, header)
+    if record.exit_over is not None:
+        over = record.exit_over
+        who = f"PID {over.pid}" if over.pid is not None else "all processes"
+        amount = human_rate(over.value, units) if over.threshold.endswith("/s") else human_bytes(over.value)
+        lines.append(f"exit-over {printable(over.threshold)} crossed: {amount} ({who})")
     if record.lost_updates:
         lines.append(
             f"warning: {record.lost_updates} counter updates were lost "
@@ -161,6 +166,7 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
         lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
         if details:
             lines.extend(_protocol_lines(process, PID_WIDTH + 2))
+            lines.extend(_who_lines(process, PID_WIDTH + 2))
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
         cells = _summary_cells(record.aggregated, TOTAL_NAME, units, pid="")
@@ -261,6 +267,7 @@ def _interval_lines(record, rows, units, aggregate, details, header) -> list[str
         lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
         if details:
             lines.extend(_protocol_lines(process, TIME_WIDTH + PID_WIDTH + 4))
+            lines.extend(_who_lines(process, TIME_WIDTH + PID_WIDTH + 4))
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
     if aggregate:
         cells = _interval_cells(record.aggregated, TOTAL_NAME, units, pid="")
@@ -325,6 +332,27 @@ def _fit(name: str, exited: bool, width: int) -> str:
 
 def _row(columns, cells: Sequence[str]) -> str:
     return "  ".join(f"{cell:{align}{width}}" for (_, width, align), cell in zip(columns, cells))
+
+
+def who_text(process: ProcessStats) -> str:
+    """Who a process is, on one line: parent, user, start (local time, as the
+    title's), executable; "" when none of it is known."""
+    parts = []
+    if process.ppid is not None:
+        parts.append(f"ppid {process.ppid}")
+    if process.user is not None or process.uid is not None:
+        uid = "" if process.uid is None else f" ({process.uid})"
+        parts.append(f"user {printable(process.user) if process.user is not None else UNKNOWN}{uid}")
+    if process.start_time is not None:
+        parts.append(f"started {process.start_time.astimezone():%Y-%m-%d %H:%M:%S}")
+    if process.exe is not None:
+        parts.append(f"exe {printable(process.exe)}")
+    return "  ".join(parts)
+
+
+def _who_lines(process: ProcessStats, indent: int) -> list[str]:
+    text = who_text(process)
+    return [" " * indent + text] if text else []
 
 
 def _connection_lines(

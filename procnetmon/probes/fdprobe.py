@@ -130,12 +130,14 @@ class FdProbe(MapReader):
         lib = libbpf.load("reading the maps")
         u32, u64, u8 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint8
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
-                 "target_pids": (u32, u8), "target_cgroups": (u64, u8), "execed": (u32, u8),
+                 "target_pids": (u32, u8), "target_cgroups": (u64, u8), "excluded_cgroups": (u64, u8),
+                 "execed": (u32, u8),
                  "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
         for name, index in header["maps"].items():
             if name in types:
                 self._maps[name] = Map(lib, self._fds[index], *types[name], name=name)
         self._cgroup_ids = set(header.get("cgroup_ids", []))
+        self._excluded_cgroup_ids = set(header.get("excluded_cgroup_ids", []))
 
     def _table(self, name: str) -> Map:
         return self._maps[name]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 KEPT_KINDS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
               "anon_inode:[perf_event]", "anon_inode:bpf-link")
 MAP_NAMES = ("counters", "counted", "exited", "execed", "lost", "target_pids", "target_ifaces", "target_cgroups",
-             "owners", "early_owners", "pending", "sockets")
+             "owners", "early_owners", "pending", "sockets", "excluded_cgroups")
 MAX_FDS_PER_MESSAGE = 250  # the kernel takes at most SCM_MAX_FD (253) per message
 
 
@@ -73,7 +73,8 @@ def child_main(sock_fd: int) -> None:
         except (KeyError, ValueError):
             pass
     _send(sock, {"backend": probe.planned.name, "label": probe.planned.label, "maps": maps,
-                 "cgroup_ids": sorted(probe._cgroup_ids)}, fds)
+                 "cgroup_ids": sorted(probe._cgroup_ids),
+                 "excluded_cgroup_ids": sorted(probe._excluded_cgroup_ids)}, fds)
     sock.close()
     # Not probe.close() nor BCC's exit handlers: they would detach what the
     # parent now holds. The kernel drops this process's references only.

@@ -70,6 +70,10 @@ def build_cflags(offsets: dict, spec: ProbeSpec) -> list[str]:
     mask = spec.class_mask()
     if mask is not None:
         flags.append(f"-DCOUNT_CLASSES={mask}")
+    if spec.exclude_cgroups is not None:
+        flags.append("-DEXCLUDE_CGROUPS")
+    if spec.exclude_pid is not None:
+        flags.append(f"-DEXCLUDE_TGID={int(spec.exclude_pid)}")
     return flags
 
 
@@ -134,7 +138,7 @@ class BccProbe(MapReader):
             self.backend = dataclasses.replace(self.backend, typed=False,
                                                refused=self._typed_refused)
         flags = build_cflags(offsets, self.spec)
-        if self.spec.cgroups is not None:
+        if self.spec.cgroups is not None or self.spec.exclude_cgroups is not None:
             try:
                 flags += layout.offset_cflags(cgroup_layout.cgroup_offsets())
             except BTFError as e:
@@ -265,6 +269,7 @@ class BccProbe(MapReader):
         # Those cgroups were in the map just freed: a later attach (the
         # fallback from typed programs) must put them in its own again.
         self._cgroup_ids = set()
+        self._excluded_cgroup_ids = set()
 
     def __enter__(self) -> "BccProbe":
         self.attach()

@@ -44,7 +44,8 @@ class MapReader:
     def __init__(self, spec: ProbeSpec):
         self.spec = spec
         self._wanted_ifaces = {(int(k[0]), int(k[1])) for k in spec.interfaces} if spec.interfaces else None
-        self._cgroup_ids: set[int] = set()
+        self._cgroup_ids: set[int] = set()  # in target_cgroups
+        self._excluded_cgroup_ids: set[int] = set()  # in excluded_cgroups
         self._claimed: dict[CounterKey, int] = {}  # wire mode: bytes whose owner was learnt late
         self._exited_names: dict[int, str] = {}
         self._exited_cgroups: dict[int, int] = {}
@@ -109,18 +110,27 @@ class MapReader:
             counters[key] = counters.get(key, 0) + value
 
     def _refresh_cgroups(self) -> None:
-        """Put every cgroup now at or below a --cgroup path in target_cgroups,
-        and take out those that were removed (the kernel adds new ones itself)."""
-        mount = self.spec.cgroup_mount  # resolved with the spec whenever --cgroup is given
-        if self.spec.cgroups is None or mount is None or not self._has_table("target_cgroups"):
+        """Put every cgroup now at or below a --cgroup path in target_cgroups
+        (and at or below an --exclude-cgroup path in excluded_cgroups), and
+        take out those that were removed (the kernel adds new ones itself)."""
+        mount = self.spec.cgroup_mount  # resolved with the spec whenever either is given
+        if mount is None:
             return
-        table = self._table("target_cgroups")
-        now = {cid for top in self.spec.cgroups for cid, _ in cgroupfs.walk_ids(mount, top)}
-        for cid in now - self._cgroup_ids:
+        self._cgroup_ids = self._refresh_cgroup_map("target_cgroups", self.spec.cgroups, self._cgroup_ids, mount)
+        self._excluded_cgroup_ids = self._refresh_cgroup_map(
+            "excluded_cgroups", self.spec.exclude_cgroups, self._excluded_cgroup_ids, mount)
+
+    def _refresh_cgroup_map(self, name: str, tops, known: set[int], mount: str) -> set[int]:
+        """The ids now in map ``name``: every cgroup at or below ``tops``."""
+        if tops is None or not self._has_table(name):
+            return known
+        table = self._table(name)
+        now = {cid for top in tops for cid, _ in cgroupfs.walk_ids(mount, top)}
+        for cid in now - known:
             table[table.Key(cid)] = table.Leaf(1)
-        for cid in self._cgroup_ids - now:
+        for cid in known - now:
             _delete(table, table.Key(cid))
-        self._cgroup_ids = now
+        return now
 
     def _collect_exits(self) -> set[int]:
         table = self._table("exited")

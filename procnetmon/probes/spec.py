@@ -44,6 +44,11 @@ class ProbeSpec:
     # (probes/handoff.py): a daemon then holds no compiler.
     handoff: bool = False
     verbose: bool = False  # the compiler's output on stderr instead of a log file
+    # Left out in the kernel: the cgroups at or below these paths (below
+    # cgroup_mount, --exclude-cgroup), and one thread group (--exclude-self:
+    # procnetmon's own PID, also when a loader child compiles the probes).
+    exclude_cgroups: Optional[tuple[str, ...]] = None
+    exclude_pid: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -57,6 +62,13 @@ class ProbeSpec:
             object.__setattr__(self, "interfaces", tuple(InterfaceKey(*k) for k in self.interfaces))
         if self.cgroups is not None:
             object.__setattr__(self, "cgroups", tuple(self.cgroups))
+        if self.exclude_cgroups is not None:
+            object.__setattr__(self, "exclude_cgroups", tuple(self.exclude_cgroups))
+        if self.exclude_pid is not None:
+            pid = int(self.exclude_pid)
+            if pid <= 0:
+                raise ValueError(f"not a PID to leave out: {self.exclude_pid!r}")
+            object.__setattr__(self, "exclude_pid", pid)
         if self.protocols is not None:
             from procnetmon.probes import PROTOCOL_CLASSES
 

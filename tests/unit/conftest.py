@@ -22,6 +22,7 @@ from procnetmon.model import (
 
 START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
 END = datetime(2026, 11, 22, 10, 1, 0, tzinfo=timezone.utc)
+STARTED = datetime(2026, 11, 22, 9, 30, 0, 250000, tzinfo=timezone.utc)  # nginx's start_time
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,7 @@ def nginx(**overrides) -> ProcessStats:
         peak_rate_in=1_000_000.0, peak_rate_out=125.0,
         tcp=Bytes(1000, 200), udp=Bytes(500, 0),
         tcp_connections=2, udp_connections=1, tcp_listening=1,
+        ppid=1, user="www-data", uid=33, exe="/usr/sbin/nginx", start_time=STARTED,
     )
     values.update(overrides)
     return _with_protocols(ProcessStats(**values), overrides)

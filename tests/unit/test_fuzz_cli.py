@@ -23,6 +23,7 @@ VALUES = [
     ",".join(str(p) for p in range(1, 4200)), "abc", "\x1b[31m", "a\nb", "\udcff", "lo", "eth0", "lo,eth0",
     "a" * 16, "..", "x/y", "-", "/dev/null", "/nonexistent/dir/f.csv", "json", "csv", "text", "wire",
     "payload", "bits", "bytes", "pid", "name", "total", "auto", "tracepoint", "--", "-t", "--json",
+    "out>10MB", "proc:in+out>1MiB/s", "out>0", "out>=1", "in>1Mb", "*", "backup*", "[", "a/b",
 ]
 
 

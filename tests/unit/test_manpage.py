@@ -79,6 +79,6 @@ def test_manpage_sections_and_examples():
     examples = [line.strip() for line in cli.EXAMPLES.splitlines()[1:]]
     for example in examples:
         assert example in plain, example
-    for status in ("0", "1", "2", "3"):
+    for status in ("0", "1", "2", "3", "4"):
         assert f".B {status}\n" in page
     assert "/var/cache/procnetmon" in page

@@ -10,6 +10,7 @@ HEADER = (
     "rate_in,rate_out,peak_rate_in,peak_rate_out,tcp_bytes_in,tcp_bytes_out,"
     "udp_bytes_in,udp_bytes_out,tcp_connections,udp_connections,"
     "total_bytes_in,total_bytes_out,interfaces,tcp_listening,cgroup,container,pod,pids,"
+    "ppid,user,uid,exe,start_time,"
     "udplite_bytes_in,udplite_bytes_out,icmp_bytes_in,icmp_bytes_out,icmpv6_bytes_in,icmpv6_bytes_out,"
     "raw_bytes_in,raw_bytes_out,sctp_bytes_in,sctp_bytes_out,mptcp_bytes_in,mptcp_bytes_out,"
     "packet_bytes_in,packet_bytes_out,other_bytes_in,other_bytes_out\n"
@@ -18,21 +19,23 @@ OTHERS = ",0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0"  # the other protocol classes' bytes
 
 SUMMARY_ROWS = (
     "2026-11-22T10:01:00.000+00:00,summary,1234,nginx,nginx: worker process,true,payload,60.0,"
-    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,," + OTHERS + "\n"
+    "1500,200,25.0,3.333,1000000.0,125.0,1000,200,500,0,2,1,1500,200,all,1,,,,,"
+    "1,www-data,33,/usr/sbin/nginx,2026-11-22T09:30:00.250+00:00" + OTHERS + "\n"
     "2026-11-22T10:01:00.000+00:00,summary,99,curl,curl -O http://x/big,false,payload,60.0,"
-    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,," + OTHERS + "\n"
+    "5000000,10,83333.333,0.167,2500000.0,10.0,5000000,10,0,0,0,0,5000000,10,all,0,,,,,,,,," + OTHERS + "\n"
 )
 
 SUMMARY_TOTAL = (
     "2026-11-22T10:01:00.000+00:00,summary,,TOTAL,,,payload,60.0,"
-    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,," + OTHERS + "\n"
+    "5001500,210,83358.333,3.5,2500000.0,125.0,5001000,210,500,0,2,1,5001500,210,all,1,,,,,,,,," + OTHERS + "\n"
 )
 
 
 def test_columns_added_after_the_first_release_come_after_interfaces():
     # Appended, so older column positions stay.
-    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):CSV_COLUMNS.index("pids") + 2] == (
-        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids", "udplite_bytes_in")
+    assert CSV_COLUMNS[CSV_COLUMNS.index("interfaces"):CSV_COLUMNS.index("start_time") + 2] == (
+        "interfaces", "tcp_listening", "cgroup", "container", "pod", "pids",
+        "ppid", "user", "uid", "exe", "start_time", "udplite_bytes_in")
 
 
 def test_columns_start_as_documented():
@@ -60,7 +63,7 @@ def test_interval_rows_carry_running_totals_and_interfaces(records):
 
 def test_several_interfaces_are_joined_with_semicolons(records):
     text = format_csv(records.summary([records.nginx()], interfaces=["eth0", "wlan0"]), False, False)
-    assert text.rstrip("\n").endswith(",eth0;wlan0,1,,,," + OTHERS)
+    assert ",eth0;wlan0,1,,,,," in text
 
 
 def test_quoting_of_commas_quotes_and_escaping_of_newlines(records):
@@ -126,3 +129,16 @@ def test_other_protocol_classes_have_their_columns_at_the_end(records):
                                                                  "packet", "other") for d in ("in", "out"))
     assert (row["icmp_bytes_in"], row["icmp_bytes_out"], row["packet_bytes_out"], row["raw_bytes_in"]) == (
         "84", "84", "60", "0")
+
+
+def test_who_columns_come_after_pids(records):
+    """ppid, user, uid, exe, start_time were appended after pids: each row has them,
+    empty when unknown and in the TOTAL row; hostile executables stay on one line."""
+    i = CSV_COLUMNS.index("ppid")
+    assert CSV_COLUMNS[i - 1:i + 5] == ("pids", "ppid", "user", "uid", "exe", "start_time")
+    proc = records.nginx(exe="/tmp/x\ny,z", user="ev\x1bil")
+    rows = list(csv.DictReader(io.StringIO(format_csv(records.summary([proc, records.curl()]), True, True))))
+    assert (rows[0]["ppid"], rows[0]["user"], rows[0]["uid"], rows[0]["exe"], rows[0]["start_time"]) == \
+        ("1", "ev\\x1bil", "33", "/tmp/x\\x0ay,z", "2026-11-22T09:30:00.250+00:00")
+    for row in rows[1:]:  # curl exited unknown, and TOTAL
+        assert [row[k] for k in ("ppid", "user", "uid", "exe", "start_time")] == [""] * 5

@@ -148,12 +148,24 @@ def test_details_lists_connections_under_their_process(records):
     nginx = records.nginx(connections=records.connections())
     lines = format_text(records.summary([nginx]), details=True).splitlines()
     assert lines[2].split()[:2] == ["1234", "nginx"]
-    assert lines[3].split() == [
+    assert lines[3] == " " * 9 + "ppid 1  user www-data (33)  started 2026-11-22 09:30:00  exe /usr/sbin/nginx"
+    assert lines[4].split() == [
         "tcp", "10.0.0.1:443", "->", "10.0.0.2:55555", "ESTABLISHED", "in", "1.0", "KB", "out", "200", "B",
     ]
-    assert lines[4].split() == ["udp6", "[::1]:53", "->", "*", "NONE", "in", "500", "B", "out", "0", "B"]
-    assert lines[3].index("->") == lines[4].index("->")
-    assert lines[3].startswith(" " * 9)
+    assert lines[5].split() == ["udp6", "[::1]:53", "->", "*", "NONE", "in", "500", "B", "out", "0", "B"]
+    assert lines[4].index("->") == lines[5].index("->")
+    assert lines[4].startswith(" " * 9)
+
+
+def test_details_who_line_is_left_out_when_nothing_is_known_and_escapes_hostile_text(records):
+    curl = records.curl()  # exited before procnetmon could look
+    lines = format_text(records.summary([curl]), details=True).splitlines()
+    assert len(lines) == 3
+    hostile = records.nginx(exe="/tmp/\x1b[2Jx\nrm", user=None, uid=1001, ppid=None, start_time=None)
+    (who,) = format_text(records.summary([hostile]), details=True).splitlines()[3:]
+    assert who.split() == ["user", "?", "(1001)", "exe", "/tmp/\\x1b[2Jx\\x0arm"]
+    interval = format_text(records.interval([records.nginx()]), details=True).splitlines()
+    assert interval[2].strip().startswith("ppid 1  user www-data (33)")
 
 
 def test_other_protocols_get_a_column_and_their_own_line_with_details(records):
@@ -173,6 +185,7 @@ def test_other_protocols_get_a_column_and_their_own_line_with_details(records):
 def test_details_off_hides_connections(records):
     nginx = records.nginx(connections=records.connections())
     assert "ESTABLISHED" not in format_text(records.summary([nginx]))
+    assert "ppid" not in format_text(records.summary([nginx]))
 
 
 def test_lost_updates_warn(records):

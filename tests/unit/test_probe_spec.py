@@ -34,6 +34,8 @@ NON_DEFAULT = {
     "handoff": True,
     "verbose": True,
     "protocols": ("udp", "icmp"),
+    "exclude_cgroups": ("/system.slice/backup.service",),
+    "exclude_pid": 4242,
 }
 
 
@@ -127,7 +129,7 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
     def attach_in_child(spec):
         sent.append(spec)
         return {"backend": "tracepoint", "label": "tracepoint backend, BTF-typed", "maps": {},
-                "cgroup_ids": [3]}, []
+                "cgroup_ids": [3], "excluded_cgroup_ids": [9]}, []
 
     monkeypatch.setattr(handoff, "attach_in_child", attach_in_child)
     monkeypatch.setattr(libbpf, "load", lambda purpose: None)
@@ -139,7 +141,7 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
     assert sent == [dataclasses.replace(spec, handoff=False, verbose=False)]
     assert ProbeSpec.from_json(sent[0].to_json()) == sent[0]
     assert probe.backend == LoadedBackend("tracepoint", "tracepoint backend, BTF-typed")
-    assert probe._cgroup_ids == {3}
+    assert probe._cgroup_ids == {3} and probe._excluded_cgroup_ids == {9}
     probe.close()
 
 
@@ -154,6 +156,8 @@ def test_fd_probe_sends_the_child_its_spec_and_names_the_backend_it_answers(monk
     ({"follow_children": True}, ["-DEXCLUDE_LOOPBACK"]),  # nothing to follow from without -p
     ({"interfaces": ((1, 2),)}, ["-DFILTER_IFACES"]),
     ({"details": True, "cgroups": ()}, ["-DEXCLUDE_LOOPBACK", "-DDETAILS", "-DFILTER_CGROUPS"]),
+    ({"exclude_cgroups": ("/a",), "exclude_pid": 77}, ["-DEXCLUDE_LOOPBACK", "-DEXCLUDE_CGROUPS",
+                                                        "-DEXCLUDE_TGID=77"]),
 ])
 def test_build_cflags(settings, flags):
     assert build_cflags({"sk_buff__len": 112}, ProbeSpec(**settings)) == ["-DOFF_sk_buff__len=112"] + flags
@@ -188,3 +192,61 @@ def test_a_daemon_loads_in_a_child_unless_it_needs_the_bcc_probes(resolve):
 def test_command_starts_with_no_pid_and_follows_its_children(resolve):
     spec = resolve("--", "true")
     assert (spec.pids, spec.follow_children) == ((), True)
+
+
+@pytest.mark.parametrize("bad", [0, -5, "12; system(x)", 1.5j])
+def test_the_pid_to_leave_out_is_a_positive_integer(bad):
+    # It reaches the C as -DEXCLUDE_TGID=N: nothing but an integer may.
+    with pytest.raises((ValueError, TypeError)):
+        ProbeSpec(exclude_pid=bad)
+
+
+def test_exclusions_are_resolved_into_the_spec(resolve, tmp_path, monkeypatch):
+    import os
+
+    from procnetmon import cgroups
+
+    (tmp_path / "system.slice" / "backup.service").mkdir(parents=True)
+    (tmp_path / "docker-" f"{'ab' * 32}.scope" / "inner").mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "cgroup2_mount", lambda *a: str(tmp_path))
+    spec = resolve("--exclude-cgroup", "system.slice", "--exclude-cgroup", "docker://" + "ab" * 6,
+                   "--exclude-cgroup", "backup.service", "--exclude-self", "-t", "1s")
+    assert spec.exclude_cgroups == ("/system.slice", f"/docker-{'ab' * 32}.scope", "/system.slice/backup.service")
+    assert spec.exclude_pid == os.getpid()
+    assert spec.cgroups is None and spec.cgroup_mount == str(tmp_path)
+    assert resolve("-t", "1s").exclude_cgroups is None and resolve("-t", "1s").exclude_pid is None
+    with pytest.raises(session.BadRequest, match="no cgroup or container nope.service"):
+        resolve("--exclude-cgroup", "nope.service", "-t", "1s")
+    with pytest.raises(session.BadRequest):
+        resolve("--exclude-cgroup", "docker://abc", "-t", "1s")  # too short a prefix to name one
+
+
+class _Table(dict):
+    """The part of a BCC table MapReader uses for the cgroup maps."""
+
+    Key = Leaf = staticmethod(lambda v: v)
+
+
+def test_the_reader_keeps_both_cgroup_maps_in_step_with_the_tree(tmp_path):
+    from procnetmon.probes.reader import MapReader
+
+    for d in ("keep/a", "skip/b"):
+        (tmp_path / d).mkdir(parents=True)
+    tables = {"target_cgroups": _Table(), "excluded_cgroups": _Table()}
+
+    class Reader(MapReader):
+        def _table(self, name):
+            return tables[name]
+
+    reader = Reader(ProbeSpec(cgroups=("/keep",), exclude_cgroups=("/skip",), cgroup_mount=str(tmp_path)))
+    reader._refresh_cgroups()
+    ino = {d: (tmp_path / d).stat().st_ino for d in ("keep", "keep/a", "skip", "skip/b")}
+    assert set(tables["target_cgroups"]) == {ino["keep"], ino["keep/a"]}
+    assert set(tables["excluded_cgroups"]) == {ino["skip"], ino["skip/b"]}
+    (tmp_path / "skip/b").rmdir()
+    (tmp_path / "skip/c").mkdir()
+    reader._refresh_cgroups()
+    assert set(tables["excluded_cgroups"]) == {ino["skip"], (tmp_path / "skip/c").stat().st_ino}
+    # Without --cgroup, only the exclusions' map is there and kept.
+    del tables["target_cgroups"]
+    Reader(ProbeSpec(exclude_cgroups=("/skip",), cgroup_mount=str(tmp_path)))._refresh_cgroups()

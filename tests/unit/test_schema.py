@@ -8,7 +8,7 @@ from importlib import resources
 import jsonschema
 import pytest
 
-from procnetmon.model import record_to_dict
+from procnetmon.model import ExitOver, record_to_dict
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,12 @@ def with_details(record, connections):
         lambda r: r.summary(interfaces=["eth0", "lo"], include_loopback=True, mode="wire"),
         lambda r: r.summary(lost_updates=3),
         lambda r: with_details(r.summary(), list),  # --details, no sockets
+        lambda r: r.summary(exit_over=ExitOver("proc:out>1MB", 1e6 + 1, 1234)),
+        lambda r: r.interval(exit_over=ExitOver("in>0", 5)),
     ],
     ids=["summary", "interval", "summary-details", "interval-details", "exited",
-         "empty-summary", "empty-interval", "interfaces-wire", "lost-updates", "no-sockets"],
+         "empty-summary", "empty-interval", "interfaces-wire", "lost-updates", "no-sockets",
+         "exit-over-summary", "exit-over-interval"],
 )
 def test_records_validate(validator, records, build):
     document = json.loads(json.dumps(record_to_dict(build(records))))
@@ -87,6 +90,12 @@ def mutations():
             {"protocol": "quic", "family": "ipv4", "local": "", "remote": "", "state": "",
              "bytes_in": 0, "bytes_out": 0}])),
         ("zero lost_updates", set_(["lost_updates"], 0)),
+        ("exit_over without pid", set_(["exit_over"], {"threshold": "out>0", "value": 1})),
+        ("exit_over value a string", set_(["exit_over"], {"threshold": "out>0", "value": "1", "pid": None})),
+        ("start_time not a date", set_(["processes", 0, "start_time"], "at boot")),
+        ("negative uid", set_(["processes", 0, "uid"], -1)),
+        ("ppid as string", set_(["processes", 0, "ppid"], "1")),
+        ("exe a list", set_(["processes", 0, "exe"], ["/bin/sh"])),
     ]
 
 
