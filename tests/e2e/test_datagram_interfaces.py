@@ -81,10 +81,12 @@ def test_with_loopback_included_it_counts_both(peer):
 
 def test_wire_mode_counts_the_veths_packets_of_that_socket(peer):
     row, _truth, veth = _mixed(peer, "--mode", "wire", "-i", peer.host_if)
-    # IP and UDP headers on every datagram; the veth may also carry the
-    # peer kernel's ICMP errors, which no process owns.
+    # IP and UDP headers on every datagram.
     assert (row["bytes_in"], row["bytes_out"]) == (VETH_COUNT * (VETH_SIZE + 28), VETH_COUNT * (REPLY + 28))
-    assert veth["out"] == row["bytes_out"] and veth["in"] >= row["bytes_in"]
+    # The veth also carries packets of a kernel's own (an MLD report; the
+    # peer's ICMP errors for replies that reach its closed client): no process's.
+    assert row["bytes_out"] <= veth["out"] <= row["bytes_out"] + 300, (row, veth)
+    assert row["bytes_in"] <= veth["in"], (row, veth)
 
 
 @pytest.mark.parametrize("include", [False, True])
