@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
-from bench.floor import hook_of
+from bench.floor import CALL_HOOKS, hook_of
 from bench.procstat import TICK
 from bench.runner import BASELINE, Run
 
@@ -177,10 +177,11 @@ class FloorMultiple:
 def floor_multiples(bpf_runs: list[Run]) -> list[FloorMultiple]:
     """Every monitor of the BPF pass as a multiple of the floor measured in
     the same repetition: per hook, and per socket call (a send or receive
-    call; a hook that runs per packet, sk_data_ready, is charged to them).
-    The floor of a call is what the empty programs would cost for the same
-    runs on the same hooks, so the multiple is what procnetmon adds to the
-    bare act of running a program."""
+    call; the hooks that run per packet or per datagram, sk_data_ready,
+    net_dev_queue, skb_copy_datagram_iovec, are charged to them). The floor
+    of a call is one empty program on the socket-call hook it ran on: the
+    least any monitor that counts per call could cost, so the multiple is
+    everything procnetmon runs for a call against that."""
     floors = {(r.workload, r.rep): hook_times(r) for r in bpf_runs if r.monitor == "floor"}
     out: dict[tuple[str, str], FloorMultiple] = {}
     for run in bpf_runs:
@@ -189,7 +190,7 @@ def floor_multiples(bpf_runs: list[Run]) -> list[FloorMultiple]:
         if run.monitor == "floor" or not floor or not mine:
             continue
         m = out.setdefault((run.workload, run.monitor), FloorMultiple(run.workload, run.monitor))
-        calls = sum(mine.get(h, (0, 0))[1] for h in ("sock_send_length", "sock_recv_length"))
+        calls = sum(mine.get(h, (0, 0))[1] for h in CALL_HOOKS)
         floor_ns = 0.0
         for hook, (ns, cnt) in mine.items():
             f_ns, f_cnt = floor.get(hook, (0, 0))
@@ -197,7 +198,8 @@ def floor_multiples(bpf_runs: list[Run]) -> list[FloorMultiple]:
                 continue
             m.per_hook.setdefault(hook, []).append((ns / cnt, f_ns / f_cnt))
             m.rates.setdefault(hook, []).append(cnt / run.window_s)
-            floor_ns += cnt * f_ns / f_cnt
+            if hook in CALL_HOOKS:  # the floor: one empty program per socket call, nothing per packet
+                floor_ns += cnt * f_ns / f_cnt
         if calls:
             m.per_call_ns.append(sum(ns for ns, _ in mine.values()) / calls)
             m.floor_per_call_ns.append(floor_ns / calls)

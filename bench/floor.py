@@ -26,9 +26,15 @@ BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 EMPTY = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 
-# procnetmon's payload hooks on the tracepoint backend (bpf/hooks.h); the
-# last one only with an interface filter or without loopback, as by default.
-HOOKS = ("sock_send_length", "sock_recv_length", "sk_data_ready")
+# procnetmon's payload hooks on the tracepoint backend (bpf/hooks.h): the
+# socket calls' two, then those that note each datagram's interface, only
+# with an interface filter or without loopback, as by default: a datagram
+# sent (net_dev_queue: every packet queued to a device), one copied out
+# (skb_copy_datagram_iovec), one arrived, where no program can run inside
+# a UDP recvmsg (sk_data_ready).
+CALL_HOOKS = ("sock_send_length", "sock_recv_length")
+DATAGRAM_HOOKS = ("net_dev_queue", "skb_copy_datagram_iovec")
+HOOKS = CALL_HOOKS + ("sk_data_ready",) + DATAGRAM_HOOKS
 # Where trampolines attach, an fentry program on this function replaces
 # sk_data_ready: its time counts per call, with no empty program beside it.
 KFUNC_HOOKS = ("skb_consume_udp",)
@@ -55,7 +61,8 @@ def hooks_here() -> list[str]:
     facts = backends.btf_facts()
     if facts is None:
         return []
-    return [h for h in HOOKS if facts.tracepoints.get(h)]
+    # The datagram hooks are in every kernel procnetmon runs on (Linux 3.x on).
+    return [h for h in HOOKS if facts.tracepoints.get(h) or h in DATAGRAM_HOOKS]
 
 
 class EmptyPrograms:
