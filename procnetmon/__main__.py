@@ -78,7 +78,7 @@ def run(args, out: TextIO, err: TextIO, *, stdout_closed: bool = False) -> int:
         return session.run_check(out, args.backend)
     if args.ebpf:
         return session.print_ebpf(args, out, err)
-    return session.run(session.plan(args, err), out, err, failed=lambda e: _failed(err, e),
+    return session.run(session.plan(args, err, out), out, err, failed=lambda e: _failed(err, e),
                        stdout_closed=stdout_closed)
 
 

@@ -89,6 +89,7 @@ examples:
   procnetmon -p 1234 --children -t 60s            # 1234 and its descendants, new ones too
   procnetmon --exit-over 'out>0' -- ./test.sh     # CI: status 4 if the test talked
   procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
+  procnetmon --live                               # a full-screen view, every second, until q
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -470,7 +471,8 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
         "how long",
         "Give one of -t, -c or -n. -t alone prints one summary at the end;\n"
         "-c, -n, or -t with --interval also print a record every interval.\n"
-        "With -- COMMAND none is needed: sampling ends when COMMAND ends.",
+        "With -- COMMAND or --live none is needed: sampling ends when COMMAND\n"
+        "ends, or when q is pressed.",
     )
     group.add_argument(
         "-t", "--time", metavar="DURATION", type=parse_duration, default=None,
@@ -497,6 +499,16 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
         "one --interval; proc: each process on its own, else all together "
         f"({thresholds.EXAMPLES if thresholds else 'e.g. out>10MB'}); checked every interval; "
         "repeat for several (the first crossed ends the run)",
+    )
+    group.add_argument(
+        "-l", "--live", action="store_true",
+        help="a full-screen view for a terminal, redrawn every interval until q, Ctrl-C or SIGTERM "
+        "(or -t, -n): a row per process with its rate now, a sparkline of the last minute, its peak, "
+        "total and sockets; keys sort (r rate, t total, k peak, n name, i reverse), select "
+        "(Up, Down), open a process (Enter) or its sockets (d), filter by name (/), pause (p), "
+        "switch units (u: bits or bytes, SI or IEC); ? lists them. Then the summary table is "
+        "printed as -t prints it; -o FILE gets every record meanwhile, as -c writes them. "
+        "Standard input and output must be a terminal",
     )
     group.add_argument(
         "--interval", metavar="DURATION", type=parse_interval,
@@ -677,6 +689,7 @@ def _violations(args: argparse.Namespace):
     if args.check or args.ebpf:
         return  # they print and exit: nothing else matters
     yield from _command_violations(args)
+    yield from _live_violations(args)
     yield from _duration_violations(args)
     if args.serve is not None and (args.format_options or args.output not in (None, "-")):
         yield "--serve exposes the metrics over HTTP and prints no records; drop --json/--csv/--format/-o"
@@ -706,6 +719,24 @@ def _command_violations(args: argparse.Namespace):
                "(without -p every process is measured already)")
 
 
+def _live_violations(args: argparse.Namespace):
+    if not getattr(args, "live", False):
+        return
+    if args.format == "prometheus":
+        yield "--live shows the records and --format prometheus makes metrics of them: use one of them"
+    elif args.output == "-":
+        yield "--live draws on standard output: -o - would write records into the view; give -o FILE"
+    elif args.output is None and args.format != "text":
+        chosen = " ".join(opt for opt, _ in args.format_options)
+        yield (f"--live draws on standard output and prints the summary table there: "
+               f"{chosen} needs -o FILE with --live (the records go there while the view runs)")
+    if args.serve is not None:
+        yield "--serve runs as a daemon and --live at a terminal: use one of them"
+    if getattr(args, "command", None):
+        yield ("-- COMMAND keeps the terminal for COMMAND and --live takes it for the view: "
+               "use one of them (-p PIDS --children --live follows running processes)")
+
+
 def _duration_violations(args: argparse.Namespace):
     if args.continuous and args.count is not None:
         yield "-c runs until stopped and -n stops after N intervals; use one of them"
@@ -714,7 +745,7 @@ def _duration_violations(args: argparse.Namespace):
     if args.count is not None and args.time is not None:
         yield "-n already sets the duration (N intervals); drop -t, or use -t alone"
     if (args.time is None and not args.continuous and args.count is None and args.serve is None
-            and not getattr(args, "command", None)):
+            and not getattr(args, "command", None) and not getattr(args, "live", False)):
         yield (
             "say how long to sample: -t 10s (one summary), -c (until Ctrl-C) "
             "or -n 5 (five intervals)"
@@ -732,9 +763,11 @@ def _seconds(value: float) -> str:
 
 def is_streaming(args: argparse.Namespace) -> bool:
     """Whether a record is printed every interval (before the final summary):
-    with -c, with -n, or with -t or -- COMMAND and an explicit --interval."""
+    with -c, with -n, or with -t or -- COMMAND and an explicit --interval;
+    with --live, for the view (and -o FILE)."""
     return bool(
         getattr(args, "serve", None) is not None
+        or getattr(args, "live", False)
         or args.continuous
         or args.count is not None
         or ((args.time is not None or getattr(args, "command", None)) and args.interval_given)

@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from procnetmon.probes.spec import ProbeSpec, bcc_probe_for, probe_for
 from procnetmon.status import READY, ExitStatus
 
 if TYPE_CHECKING:
+    from procnetmon.live.sink import LiveSink
     from procnetmon.output.endpoint import Endpoint
     from procnetmon.output.sink import Sink
 
@@ -124,10 +126,12 @@ def print_ebpf(args, out: TextIO, err: TextIO) -> ExitStatus:
 # -- the plan ------------------------------------------------------------------------------
 
 
-def plan(args, err: TextIO) -> Plan:
+def plan(args, err: TextIO, out: Optional[TextIO] = None) -> Plan:
     """The run the arguments ask for, checked in the order the errors are
-    reported in: the request, the privileges, the kernel's interfaces (mounted
-    if missing), then the probes' settings."""
+    reported in: the request (``out``: where --live would draw), the privileges,
+    the kernel's interfaces (mounted if missing), then the probes' settings."""
+    if getattr(args, "live", False):
+        _check_terminal(out)
     web = _check_request(args)
     if not check.has_bpf_privileges():
         raise Unavailable("loading BPF programs needs root "
@@ -150,6 +154,23 @@ def plan(args, err: TextIO) -> Plan:
     # Resolved once, before COMMAND is forked: a request that cannot be
     # measured fails first.
     return Plan(args, _probe_spec(args), web)
+
+
+def _check_terminal(out: Optional[TextIO]) -> None:
+    """--live needs a terminal to draw on and to read keys from."""
+    if not _is_terminal(out):
+        raise BadRequest("--live draws a full-screen view, and standard output is not a terminal: "
+                         "run it in one, or use -c for a line per process per interval")
+    if not _is_terminal(sys.stdin):
+        raise BadRequest("--live reads its keys from standard input, which is not a terminal: "
+                         "run it in one, or use -c for a line per process per interval")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _check_request(args):
@@ -253,7 +274,7 @@ def _probe_spec(args) -> ProbeSpec:
     follow = _follows_children(args)
     pids = () if args.command else None if args.pids is None else tuple(args.pids)
     return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
-                     include_loopback=include_loopback, details=args.details, backend=args.backend,
+                     include_loopback=include_loopback, details=_wants_details(args), backend=args.backend,
                      cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
                      follow_children=follow, verbose=args.verbose,
                      protocols=None if args.protocols is None else tuple(args.protocols),
@@ -262,6 +283,11 @@ def _probe_spec(args) -> ProbeSpec:
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
+
+
+def _wants_details(args) -> bool:
+    """-d; and --live, whose d key shows a process's sockets."""
+    return bool(args.details or getattr(args, "live", False))
 
 
 def _follows_children(args) -> bool:
@@ -319,7 +345,7 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
     probe = probe_for(spec)
     options = engine.Options(pids=[command.pid] if command else args.pids, interfaces=args.interfaces,
                              include_loopback=spec.include_loopback, interval=args.interval, duration=args.time,
-                             count=args.count, emit_intervals=cli.is_streaming(args), details=args.details,
+                             count=args.count, emit_intervals=cli.is_streaming(args), details=_wants_details(args),
                              group_by=args.group_by, follow_children=spec.follow_children,
                              command=args.command, forget_exited=args.serve is not None,
                              exit_over=tuple(args.exit_over or ()),
@@ -340,7 +366,10 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
     endpoint: Optional[Endpoint] = None
     stop = threading.Event()
     writer: Sink
-    if args.serve is not None or args.format == "prometheus":
+    live: Optional[LiveSink] = None
+    if args.live:
+        writer = live = _live_sink(plan, out, err)
+    elif args.serve is not None or args.format == "prometheus":
         writer, endpoint, serving = _metrics_writer(plan, target)
     else:
         try:
@@ -351,7 +380,7 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
         except OSError as e:
             raise BadRequest(f"cannot append to {args.output}: {_why(e, args.output)}") from None
     if command is None:
-        _install_stop_handlers(stop)
+        _install_stop_handlers(stop, hangup=args.live)
     # A reader that leaves (| head) ends the run within an interval, even
     # when nothing is being written.
     writer.watch(stop.set)
@@ -381,7 +410,10 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
             elif _follows_children(args):
                 # Forked between the look above and the attach: the kernel missed them.
                 probe.add_pids(procinfo.descendants(args.pids))
-            emit = _warn_on_unknown_counts(writer.write, err)
+            if live is not None:
+                _start_live(live)
+            # While the view owns the terminal, warnings wait for it to end.
+            emit = _warn_on_unknown_counts(writer.write, err if live is None else live.messages)
             summary = sampler.run(emit)
             if summary.lost_updates:
                 say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
@@ -394,6 +426,8 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
         raise OutputFailed(f"cannot write to {where}: {e.strerror}") from None
     finally:
         writer.close(quiet=True)
+    if live is not None and live.failure:
+        raise OutputFailed(f"the live view failed ({live.failure}); the summary above is complete")
     if sampler.crossing is not None:
         if not args.quiet:
             say(err, sampler.crossing.message())
@@ -447,6 +481,8 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         how_long = f"for {args.count} interval{'s' if args.count > 1 else ''}"
     elif args.time is not None:
         how_long = f"for {args.time:g} s"
+    elif args.live:
+        how_long = "until q"
     else:
         how_long = "until it ends" if command is not None else "until Ctrl-C"
     if command is not None and (args.count is not None or args.time is not None):
@@ -472,6 +508,48 @@ def _warn_on_unknown_counts(write, err: TextIO):
         return write(record)
 
     return emit
+
+
+def _live_sink(plan: Plan, out: TextIO, err: TextIO) -> LiveSink:
+    """--live: the view, the summary table on ``out`` once the view has
+    ended, and -o FILE written as a streaming run writes it."""
+    from procnetmon.live.model import ViewModel
+    from procnetmon.live.sink import LiveSink
+
+    args = plan.args
+    files = None
+    if args.output is not None:
+        try:
+            files = Writer(args.format, args.output, streaming=True, aggregate=args.aggregate,
+                           details=args.details, units=args.units, sort=args.sort, no_header=args.no_header)
+        except OSError as e:
+            raise BadRequest(f"cannot append to {args.output}: {_why(e, args.output)}") from None
+    summary = Writer("text", out, aggregate=args.aggregate, details=args.details, units=args.units,
+                     sort=args.sort, top=args.top, no_header=args.no_header)
+    model = ViewModel(interval=args.interval, mode=args.mode, scope=_interfaces_shown(args),
+                      rate_units=args.units, group_by=args.group_by)
+    return LiveSink(model, _open_screen, summary, files=files, keep_connections=args.details, err=err)
+
+
+def _open_screen():
+    from procnetmon.live.screen import CursesScreen
+
+    return CursesScreen()
+
+
+def _start_live(live: LiveSink) -> None:
+    from procnetmon.live.screen import TerminalError
+
+    try:
+        live.start()
+    except TerminalError as e:
+        raise BadRequest(f"--live: {e}") from None
+
+
+def _interfaces_shown(args) -> str:
+    if args.interfaces:
+        return ",".join(args.interfaces) + (" +lo" if args.include_loopback else "")
+    return "all interfaces" if args.include_loopback else "all but lo"
 
 
 def _metrics_writer(plan: Plan, target) -> tuple[Sink, Optional[Endpoint], str]:
@@ -510,8 +588,9 @@ def _why(e: OSError, output: str) -> str:
 # -- signals while sampling, and COMMAND -----------------------------------------------------
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM end the sampling through ``stop``.
+def _install_stop_handlers(stop: threading.Event, hangup: bool = False) -> None:
+    """SIGINT and SIGTERM (and with ``hangup``, SIGHUP: --live's terminal
+    closed) end the sampling through ``stop``.
 
     The handlers only write a byte to a pipe, and a thread sets the event:
     Event.set() takes a lock that is not reentrant, and a second Ctrl-C
@@ -533,6 +612,8 @@ def _install_stop_handlers(stop: threading.Event) -> None:
     threading.Thread(target=relay, name="stop-signals", daemon=True).start()
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    if hangup:
+        signal.signal(signal.SIGHUP, handler)
 
 
 def _install_command_handlers(command: launch.Command) -> None:

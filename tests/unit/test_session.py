@@ -385,7 +385,7 @@ def test_each_kind_of_failure_has_its_status(failure, status):
 def test_main_reports_a_failure_raised_by_the_session(monkeypatch):
     entry._load_modules()
 
-    def refuse(args, err):
+    def refuse(args, err, out=None):
         raise session.Unavailable("loading BPF programs needs root")
 
     monkeypatch.setattr(session, "plan", refuse)
