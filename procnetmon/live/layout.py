@@ -60,7 +60,7 @@ COLUMNS = {c.name: c for c in (
 )}
 COLUMN_ORDER = ("pid", "name", "in", "out", "spark", "peak", "total", "tcp", "udp", "container")
 # Where the room left over goes: (column, up to this width), in turn.
-GROWTH = (("name", 24), ("spark", 30), ("container", 40), ("name", 40), ("spark", 60))
+GROWTH = (("name", 24), ("container", 24), ("spark", 30), ("container", 40), ("name", 40), ("spark", 60))
 SORTED_COLUMNS = {"rate": ("in", "out"), "total": ("total",), "peak": ("peak",), "name": ("name",)}
 
 
@@ -88,6 +88,9 @@ def fit(text: str, width: int, align: str = "<") -> str:
     if width <= 0:
         return ""
     used = cell_width(text)
+    if used > width and cell_width(text.rstrip()) <= width:
+        text = text.rstrip()  # only blanks were cut: nothing is missing
+        used = cell_width(text)
     if used > width:
         out, used = [], 0
         for c in text:
@@ -213,12 +216,13 @@ def frame(model: ViewModel, width: int, height: int, unicode: bool = True) -> li
         lines += [_line(width, (f"at least {MIN_WIDTH}x{MIN_HEIGHT}; q quits", NORMAL))]
         return (lines + [_line(width)] * height)[:height]
     body_height = height - 3
+    row = model.selected_row()
     if model.help:
         body = _help(width)
-    elif model.page == PAGE_DETAIL and model.selected_row() is not None:
-        body = _scrolled(model, _detail(model, model.selected_row(), width, unicode), body_height + 1)
-    elif model.page == PAGE_CONNECTIONS and model.selected_row() is not None:
-        body = _connections(model, model.selected_row(), width, body_height + 1)
+    elif model.page == PAGE_DETAIL and row is not None:
+        body = _scrolled(model, _detail(model, row, width, unicode), body_height + 1)
+    elif model.page == PAGE_CONNECTIONS and row is not None:
+        body = _connections(model, row, width, body_height + 1)
     else:
         return [_title(model, width), _summary(model, width)] + _table(model, width, body_height, unicode) \
             + [_footer(model, width)]

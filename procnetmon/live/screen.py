@@ -62,7 +62,7 @@ class CursesScreen:
         self._saved: Optional[list] = None
         self._lines: list[Optional[tuple]] = []
         self._size = (0, 0)
-        self.window = None
+        self.window: Optional[curses.window] = None
         self._open(colour_wanted() if colour is None else colour)
 
     def _open(self, colour: bool) -> None:
@@ -127,7 +127,7 @@ class CursesScreen:
 
     def keys(self) -> list[str]:
         """Every key typed since the last call, by name ("resize" after a resize)."""
-        out = []
+        out: list[str] = []
         while self.window is not None:
             try:
                 key = self.window.get_wch()
@@ -141,6 +141,7 @@ class CursesScreen:
         return out
 
     def _resized(self) -> None:
+        assert self.window is not None
         curses.update_lines_cols()
         self._size = self.window.getmaxyx()
         self._lines = []
@@ -149,6 +150,8 @@ class CursesScreen:
     def draw(self, lines: Sequence[layout.Line]) -> None:
         """Write the lines whose text or style changed, then update the terminal once."""
         window = self.window
+        if window is None:
+            return
         height, width = self._size
         if len(self._lines) != height:
             self._lines = [None] * height
@@ -187,5 +190,8 @@ class CursesScreen:
 
 
 def _ascii(text: str) -> str:
-    """Text for a terminal whose locale is not UTF-8."""
-    return text if text.isascii() else text.encode("ascii", "backslashreplace").decode("ascii")
+    """Text for a terminal whose locale is not UTF-8: each cell of a character
+    it cannot show becomes "?", so that the columns stay where they are."""
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() else "?" * layout.cell_width(c) for c in text)
