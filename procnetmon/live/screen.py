@@ -74,6 +74,11 @@ class CursesScreen:
             self._saved = None
         # Esc is a key here, not the start of a sequence to wait a second for.
         os.environ.setdefault("ESCDELAY", "25")
+        # The size from the terminal itself, always: exported LINES and COLUMNS
+        # (pytest's, a script's) would pin it, and a resize would be drawn at
+        # the old size, over itself. (curses.use_env(False) takes terminfo's size.)
+        for name in ("LINES", "COLUMNS"):
+            os.environ.pop(name, None)
         try:
             window = curses.initscr()
         except curses.error as e:

@@ -77,7 +77,9 @@ def test_draws_follows_a_resize_and_restores_the_terminal(tmp_path, colour):
     before = termios.tcgetattr(follower)
     report = tmp_path / "sizes.json"
     code = CHILD.format(tests=os.path.dirname(__file__), report=str(report))
-    env = dict(os.environ, TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8", NO_COLOR=colour)
+    # Exported LINES and COLUMNS must not pin the size: the terminal's own is the one.
+    env = dict(os.environ, TERM="xterm-256color", LANG="C.UTF-8", LC_ALL="C.UTF-8", NO_COLOR=colour,
+               LINES="50", COLUMNS="132")
     child = subprocess.Popen([sys.executable, "-c", code], stdin=follower, stdout=follower, stderr=follower,
                              env=env, start_new_session=True,
                              preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
