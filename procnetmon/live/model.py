@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Union
 
 from procnetmon.live import units as unitsmod
@@ -26,7 +26,7 @@ MAX_HISTORY = 600  # samples per row at most (100 ms intervals)
 EXITED_KEEP_S = 30.0  # an exited process stays on screen, dimmed, this long
 CLOSED_KEEP_S = 30.0  # a socket gone from its process's records stays this long
 MAX_CONNECTIONS = 512  # sockets kept per row: a process with 100,000 does not grow the view without bound
-LIVENESS_CHECKS = 200  # idle rows asked about per record (round robin): the cost stays flat
+LIVENESS_CHECKS = 100  # idle rows asked about per record (round robin): the cost stays flat
 
 SORTS = ("rate", "total", "peak", "name")
 SORT_KEYS = {"r": "rate", "t": "total", "k": "peak", "n": "name"}
@@ -54,41 +54,124 @@ class Conn:
     gone: bool = False  # not in its process's last record
 
 
+_NO_STATS = ProcessStats(pid=None, name="")
+
+
 @dataclass
+class Clock:
+    records: int = 0  # how many records the model has taken: the latest one's number
+
+
+
+
 class Row:
-    """One process (or group) as the view shows it."""
+    """One process (or group) as the view shows it.
 
-    key: RowKey
-    pid: Optional[int]
-    name: str
-    history_len: int
-    cmdline: str = ""
-    cgroup: Optional[str] = None
-    container: Optional[str] = None
-    members: Optional[int] = None  # --group-by: how many processes
-    workload: str = ""  # the container or unit, as the summary table's column names it
-    alive: bool = True
-    exited_at: Optional[float] = None
-    rate_in: float = 0.0
-    rate_out: float = 0.0
-    total_in: int = 0
-    total_out: int = 0
-    tcp_in: int = 0  # per protocol since the view started
-    tcp_out: int = 0
-    udp_in: int = 0
-    udp_out: int = 0
-    peak_in: float = 0.0
-    peak_out: float = 0.0
-    tcp: Optional[int] = 0
-    udp: Optional[int] = 0
-    listening: Optional[int] = 0
-    history_in: deque = field(default_factory=deque)
-    history_out: deque = field(default_factory=deque)
-    connections: dict[tuple[str, str, str], Conn] = field(default_factory=dict)
+    What the last record that listed it said is kept as that record's own
+    ProcessStats (``last``), read through properties: a record of a thousand
+    processes costs a reference per row, not twenty copied fields. A row the
+    latest record did not list (``current`` False) moved nothing: its rates
+    read zero.
+    """
 
-    def __post_init__(self) -> None:
-        self.history_in = deque(self.history_in, maxlen=self.history_len)
-        self.history_out = deque(self.history_out, maxlen=self.history_len)
+    __slots__ = ("key", "history_len", "clock", "last", "seen", "first", "alive", "exited_at", "tcp_in", "tcp_out",
+                 "udp_in", "udp_out", "samples", "workload", "_workload_of", "sockets", "last_sockets",
+                 "sockets_seconds")
+
+    def __init__(self, key: RowKey, history_len: int, clock: Optional[Clock] = None):
+        self.key = key
+        self.history_len = history_len
+        self.clock = clock or Clock()  # the model's: which record is the latest
+        self.last = _NO_STATS
+        self.first = self.seen = 0  # the records that first and last listed it
+        self.alive = True
+        self.exited_at: Optional[float] = None
+        self.tcp_in = self.tcp_out = self.udp_in = self.udp_out = 0  # per protocol since the view started
+        # (record, rate in, rate out) of the records that listed it, the last minute's: an idle row costs nothing.
+        self.samples: deque = deque(maxlen=history_len)
+        self.workload = ""  # the container or unit, as the summary table's column names it
+        self._workload_of: tuple = (None, None)
+        # Per socket, (protocol, family, local, remote) -> [total in, total out, last seen, state];
+        # the Conn rows are made from it only when the d page is drawn.
+        self.sockets: dict[tuple[str, str, str, str], list] = {}
+        self.last_sockets: list[Connection] = []  # as the last record listed them
+        self.sockets_seconds = 0.0  # that record's window
+
+    def take(self, s: ProcessStats) -> None:
+        index = self.clock.records
+        if not self.first:
+            self.first = index
+        self.last, self.seen = s, index
+        self.tcp_in += s.tcp.bytes_in
+        self.tcp_out += s.tcp.bytes_out
+        self.udp_in += s.udp.bytes_in
+        self.udp_out += s.udp.bytes_out
+        self.samples.append((index, s.rate_in, s.rate_out))
+        if (s.container, s.cgroup) != self._workload_of:
+            self._workload_of = (s.container, s.cgroup)
+            self.workload = workload_label(s)
+
+    @property
+    def current(self) -> bool:
+        """Whether the latest record listed the row (else it moved nothing in that window)."""
+        return self.seen == self.clock.records
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.last.pid if self.key[0] != "pid" else self.key[1]  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return self.last.name
+
+    @property
+    def cmdline(self) -> str:
+        return self.last.cmdline
+
+    @property
+    def cgroup(self) -> Optional[str]:
+        return self.last.cgroup
+
+    @property
+    def members(self) -> Optional[int]:
+        """--group-by: how many processes the row folds."""
+        return len(self.last.pids) if self.last.pids is not None else None
+
+    @property
+    def rate_in(self) -> float:
+        return self.last.rate_in if self.current else 0.0
+
+    @property
+    def rate_out(self) -> float:
+        return self.last.rate_out if self.current else 0.0
+
+    @property
+    def total_in(self) -> int:
+        return self.last.total_bytes_in
+
+    @property
+    def total_out(self) -> int:
+        return self.last.total_bytes_out
+
+    @property
+    def peak_in(self) -> float:
+        return self.last.peak_rate_in
+
+    @property
+    def peak_out(self) -> float:
+        return self.last.peak_rate_out
+
+    @property
+    def tcp(self) -> Optional[int]:
+        return self.last.tcp_connections
+
+    @property
+    def udp(self) -> Optional[int]:
+        return self.last.udp_connections
+
+    @property
+    def listening(self) -> Optional[int]:
+        return self.last.tcp_listening
 
     @property
     def rate(self) -> float:
@@ -102,15 +185,58 @@ class Row:
     def peak(self) -> float:
         return max(self.peak_in, self.peak_out)
 
+    def _history(self, which: int) -> list[float]:
+        """One value per record of the last minute since the row appeared (0 where it was idle), oldest first."""
+        latest = self.clock.records
+        begin = max(self.first, latest - self.history_len + 1) if self.first else latest + 1
+        values = [0.0] * (latest + 1 - begin)
+        for sample in self.samples:
+            if sample[0] >= begin:
+                values[sample[0] - begin] = sample[1] + sample[2] if which == 0 else sample[which]
+        return values
+
+    @property
+    def history_in(self) -> list[float]:
+        return self._history(1)
+
+    @property
+    def history_out(self) -> list[float]:
+        return self._history(2)
+
     def history(self) -> list[float]:
-        return [a + b for a, b in zip(self.history_in, self.history_out)]
+        """In + out."""
+        return self._history(0)
+
+    @property
+    def connections(self) -> dict[tuple[str, str, str], Conn]:
+        """The sockets as the d page lists them: rates of the last window
+        (zero unless the latest record listed the row), totals since the start."""
+        out: dict[tuple[str, str, str], Conn] = {}
+        listed = {(c.protocol, c.family, c.local, c.remote) for c in self.last_sockets} if self.current else set()
+        for key, (total_in, total_out, seen, state) in self.sockets.items():
+            protocol = key[0] + ("6" if key[1] == "ipv6" else "")
+            shown = (protocol, key[2], key[3])
+            conn = out.get(shown)
+            if conn is None:
+                conn = out[shown] = Conn(protocol, key[2], key[3], state, seen=seen, gone=key not in listed)
+            conn.total_in += total_in
+            conn.total_out += total_out
+        if self.current and self.sockets_seconds > 0:
+            for c in self.last_sockets:
+                conn = out.get((c.protocol + ("6" if c.family == "ipv6" else ""), c.local, c.remote))
+                if conn is not None:
+                    conn.rate_in += c.bytes_in / self.sockets_seconds
+                    conn.rate_out += c.bytes_out / self.sockets_seconds
+        return out
 
     def frozen(self) -> "Row":
         """A copy that later records do not change (the p key)."""
-        row = copy.copy(self)
-        row.history_in = deque(self.history_in, maxlen=self.history_len)
-        row.history_out = deque(self.history_out, maxlen=self.history_len)
-        row.connections = {k: copy.copy(c) for k, c in self.connections.items()}
+        row = Row(self.key, self.history_len)
+        for name in self.__slots__:
+            setattr(row, name, getattr(self, name))
+        row.clock = Clock(self.clock.records)  # the paused screen's latest record stays the latest
+        row.samples = deque(self.samples, maxlen=self.history_len)
+        row.sockets = {k: list(v) for k, v in self.sockets.items()}
         return row
 
 
@@ -137,6 +263,7 @@ class ViewModel:
         self.group_by = group_by
         self.history_len = max(1, min(MAX_HISTORY, round(HISTORY_S / interval)))
         self.rows: dict[RowKey, Row] = {}
+        self._clock = Clock()
         self.totals = Totals()
         self.clock = 0.0  # seconds of records seen
         self.records = 0
@@ -165,6 +292,7 @@ class ViewModel:
         window; those of processes that ``still_running`` says have ended are
         marked exited; exited rows older than EXITED_KEEP_S are dropped."""
         self.records += 1
+        self._clock.records = self.records
         self.clock += record.duration_s
         now = self.clock
         agg = record.aggregated
@@ -173,27 +301,21 @@ class ViewModel:
         t.total_in += agg.bytes_in
         t.total_out += agg.bytes_out
         t.peak_in, t.peak_out = max(t.peak_in, agg.peak_rate_in), max(t.peak_out, agg.peak_rate_out)
-        seen: set[RowKey] = set()
+        seconds = record.duration_s
         for stats in record.processes:
             key = self._key(stats)
-            seen.add(key)
             row = self.rows.get(key)
             if row is None or (not row.alive and stats.alive and stats.pid is not None):
                 # New, or a PID used again by a new process.
-                row = self.rows[key] = Row(key, stats.pid, stats.name, self.history_len)
-            self._take(row, stats, record.duration_s, now)
-        idle: list[Row] = []
-        for key, row in self.rows.items():
-            if key in seen:
-                continue
-            row.rate_in = row.rate_out = 0.0
-            row.history_in.append(0.0)
-            row.history_out.append(0.0)
-            for conn in row.connections.values():
-                conn.rate_in = conn.rate_out = 0.0
-            if row.alive and row.pid is not None:
-                idle.append(row)
-        if still_running is not None and idle:
+                row = self.rows[key] = Row(key, self.history_len, self._clock)
+            row.take(stats)
+            if not stats.alive and row.alive:
+                row.alive, row.exited_at = False, now
+            if stats.connections is not None:
+                self._take_sockets(row, stats.connections, seconds, now)
+        latest = self.records
+        if still_running is not None:
+            idle = [r for r in self.rows.values() if r.seen != latest and r.alive and r.key[0] == "pid"]
             for row in self._round_robin(idle):
                 if not still_running(row.pid):  # type: ignore[arg-type]  # idle rows have PIDs
                     row.alive, row.exited_at = False, now
@@ -214,53 +336,25 @@ class ViewModel:
             return ("cgroup", stats.cgroup or "")
         return ("name", stats.name)
 
-    def _take(self, row: Row, s: ProcessStats, seconds: float, now: float) -> None:
-        row.name, row.cmdline = s.name, s.cmdline
-        row.cgroup, row.container, row.workload = s.cgroup, s.container, workload_label(s)
-        row.members = len(s.pids) if s.pids is not None else None
-        row.rate_in, row.rate_out = s.rate_in, s.rate_out
-        row.total_in, row.total_out = s.total_bytes_in, s.total_bytes_out
-        row.tcp_in += s.tcp.bytes_in
-        row.tcp_out += s.tcp.bytes_out
-        row.udp_in += s.udp.bytes_in
-        row.udp_out += s.udp.bytes_out
-        row.peak_in, row.peak_out = s.peak_rate_in, s.peak_rate_out
-        row.tcp, row.udp, row.listening = s.tcp_connections, s.udp_connections, s.tcp_listening
-        row.history_in.append(s.rate_in)
-        row.history_out.append(s.rate_out)
-        if not s.alive and row.alive:
-            row.alive, row.exited_at = False, now
-        if s.connections is not None:
-            self._take_connections(row, s.connections, seconds, now)
-
-    @staticmethod
-    def _take_connections(row: Row, connections: list[Connection], seconds: float, now: float) -> None:
-        listed: set[tuple[str, str, str]] = set()
+    def _take_sockets(self, row: Row, connections: list[Connection], seconds: float, now: float) -> None:
+        sockets = row.sockets
         for c in connections:
-            protocol = c.protocol + ("6" if c.family == "ipv6" else "")
-            key = (protocol, c.local, c.remote)
-            conn = row.connections.get(key)
-            if conn is None:
-                conn = row.connections[key] = Conn(protocol, c.local, c.remote, c.state)
-            if key not in listed:  # two sockets with one address pair add up
-                listed.add(key)
-                conn.rate_in = conn.rate_out = 0.0
-            conn.state, conn.seen, conn.gone = c.state, now, False
-            conn.total_in += c.bytes_in
-            conn.total_out += c.bytes_out
-            if seconds > 0:
-                conn.rate_in += c.bytes_in / seconds
-                conn.rate_out += c.bytes_out / seconds
-        for key, conn in list(row.connections.items()):
-            if key in listed:
-                continue
-            conn.gone, conn.rate_in, conn.rate_out = True, 0.0, 0.0
-            if now - conn.seen > CLOSED_KEEP_S:
-                del row.connections[key]
-        if len(row.connections) > MAX_CONNECTIONS:
-            oldest = sorted(row.connections, key=lambda k: (not row.connections[k].gone, row.connections[k].seen))
-            for key in oldest[: len(row.connections) - MAX_CONNECTIONS]:
-                del row.connections[key]
+            key = (c.protocol, c.family, c.local, c.remote)
+            kept = sockets.get(key)
+            if kept is None:
+                sockets[key] = [c.bytes_in, c.bytes_out, now, c.state]
+            else:
+                kept[0] += c.bytes_in
+                kept[1] += c.bytes_out
+                kept[2], kept[3] = now, c.state
+        row.last_sockets, row.sockets_seconds = connections, seconds
+        # Sockets gone from the records for CLOSED_KEEP_S go, looked for now and then: this is per row per record.
+        if self.records % 8 == 0 or len(sockets) > MAX_CONNECTIONS:
+            for key in [k for k, v in sockets.items() if now - v[2] > CLOSED_KEEP_S]:
+                del sockets[key]
+            if len(sockets) > MAX_CONNECTIONS:
+                for key in sorted(sockets, key=lambda k: sockets[k][2])[: len(sockets) - MAX_CONNECTIONS]:
+                    del sockets[key]
 
     # -- what is shown --------------------------------------------------------------
 
@@ -277,13 +371,11 @@ class ViewModel:
         wanted = self.filter.casefold()
         if wanted:
             rows = [r for r in rows if wanted in r.name.casefold()]
-        ordered = sorted(rows, key=lambda r: (r.name.casefold(), r.pid or 0))
+        ordered = sorted(rows, key=_tie_order)
         if self.sort == "name":
-            ordered.sort(reverse=self.reverse, key=lambda r: r.name.casefold())
+            ordered.sort(reverse=self.reverse, key=lambda r: r.last.name.casefold())
         else:
-            value: Callable[[Row], float] = {"rate": lambda r: r.rate, "total": lambda r: float(r.total),
-                                             "peak": lambda r: r.peak}[self.sort]
-            ordered.sort(key=value, reverse=not self.reverse)  # largest first unless reversed
+            ordered.sort(key=_SORT_VALUES[self.sort], reverse=not self.reverse)  # largest first unless reversed
         return ordered
 
     def selection(self, rows: list[Row]) -> Optional[Row]:
@@ -415,3 +507,20 @@ class ViewModel:
             self._frozen_totals = copy.copy(self.totals)
         else:
             self._frozen = None
+
+
+def _tie_order(row: Row) -> tuple[int, str]:
+    key = row.key
+    return (key[1], "") if key[0] == "pid" else (0, str(key[1]))  # type: ignore[return-value]
+
+
+def _rate(row: Row) -> float:
+    last = row.last
+    return last.rate_in + last.rate_out if row.seen == row.clock.records else 0.0
+
+
+_SORT_VALUES: dict[str, Callable[[Row], float]] = {
+    "rate": _rate,
+    "total": lambda r: r.last.total_bytes_in + r.last.total_bytes_out,
+    "peak": lambda r: max(r.last.peak_rate_in, r.last.peak_rate_out),
+}

@@ -210,7 +210,7 @@ def test_connections_add_their_windows_and_closed_ones_linger():
     assert udp.gone and udp.total_in == 7 and udp.rate_in == 0.0
     for _ in range(int(live.CLOSED_KEEP_S) + 1):
         m.update(interval(proc(1, "srv", 1, connections=[a])))
-    assert ("udp6", "[::1]:53", "") not in conns
+    assert ("udp6", "[::1]:53", "") not in m.rows[("pid", 1)].connections
 
 
 def test_connections_per_row_are_bounded():
