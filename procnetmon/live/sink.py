@@ -13,6 +13,7 @@ stop Event, so the last interval and the summary are never lost.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import select
@@ -23,6 +24,7 @@ from typing import Callable, Optional, Protocol, Sequence, TextIO
 from procnetmon.live import layout
 from procnetmon.live.model import ViewModel
 from procnetmon.model import RECORD_SUMMARY, Record
+from procnetmon.output.writer import OutputError
 
 WAKE_S = 0.25  # the longest the view sleeps: a resize is drawn within this
 FINISH_WAIT_S = 5.0  # how long the summary waits for the view to let go of the terminal
@@ -113,6 +115,7 @@ class LiveSink:
         self.model = model
         self.closed = False
         self.failure: Optional[str] = None  # why the view ended on its own, in a line
+        self.terminal_gone = False  # the summary found the terminal hung up
         self.messages = HeldMessages()
         self._open_screen = open_screen
         self._summary = summary
@@ -154,7 +157,15 @@ class LiveSink:
             going = self._files.write(record if self._keep_connections else without_connections(record))
         if record.type == RECORD_SUMMARY:
             self._let_go()
-            return self._summary.write(record) and going
+            try:
+                return self._summary.write(record) and going
+            except OutputError as e:
+                if e.errno != errno.EIO:
+                    raise
+                # The terminal is gone (SIGHUP: its window closed, ssh dropped): nobody is
+                # there to read the table, as after | head; -o FILE has the summary.
+                self.terminal_gone = True
+                return going
         self._inbox.append(record)
         self._wake()
         return going
@@ -167,7 +178,7 @@ class LiveSink:
                 self._files.close(quiet)
         finally:
             self.closed = True
-            self._summary.close(quiet)
+            self._summary.close(quiet or self.terminal_gone)
 
     # -- the view's thread ------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 
 import psutil
 import pytest
-from harness import TrafficProcess, procnetmon_cmd, wait_for
+from harness import TrafficProcess, json_lines_of, procnetmon_cmd, wait_for
 
 from procnetmon.live import units
 from procnetmon.status import is_ready
@@ -32,12 +32,12 @@ SIZE = units.Units()  # the view's default units: SI
 class Pane:
     """One tmux session running one command, with its own server."""
 
-    def __init__(self, tmp_path, command: list[str], width: int = 100, height: int = 30):
+    def __init__(self, tmp_path, command: list[str], width: int = 100, height: int = 30, shell_setup: str = ""):
         self.socket = f"pnmlive{os.getpid()}"
         self.tmp = tmp_path
         self.err = tmp_path / "stderr.txt"
         before, after, status = tmp_path / "stty-before", tmp_path / "stty-after", tmp_path / "status"
-        script = (f"cd {shlex.quote(os.getcwd())}; stty -a > {before}; "
+        script = (f"{shell_setup}cd {shlex.quote(os.getcwd())}; stty -a > {before}; "
                   f"{shlex.join(command)} 2> {self.err}; echo $? > {status}; echo EXIT=$(cat {status}); "
                   f"stty -a > {after}; exec sleep 600")
         self.before, self.after, self.status = before, after, status
@@ -83,13 +83,14 @@ class Pane:
         """``stty -a`` as taken in the pane, without the size (a test resizes the pane)."""
         return re.sub(r"rows \d+; columns \d+;", "", which.read_text())
 
-    def sane(self) -> bool:
-        return self.terminal_settings(self.before) == self.terminal_settings(self.after)
-
     def exit_status(self) -> int:
         wait_for(lambda: self.status.exists() and self.status.read_text().strip(), 20, "procnetmon to end")
-        wait_for(lambda: self.after.exists() and self.after.read_text(), 10, "stty -a after")
         return int(self.status.read_text())
+
+    def sane(self) -> bool:
+        """The terminal's settings after as before (its size aside: a test resizes the pane)."""
+        wait_for(lambda: self.after.exists() and self.after.read_text(), 10, "stty -a after")
+        return self.terminal_settings(self.before) == self.terminal_settings(self.after)
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
@@ -99,8 +100,8 @@ class Pane:
 def pane_factory(tmp_path):
     panes = []
 
-    def make(*args: str, **size):
-        pane = Pane(tmp_path, procnetmon_cmd("--live", *args), **size)
+    def make(*args: str, **options):
+        pane = Pane(tmp_path, procnetmon_cmd("--live", *args), **options)
         panes.append(pane)
         return pane
 
@@ -265,3 +266,20 @@ def test_an_exited_process_then_sigterm(peer, pane_factory):
     finally:
         server.finish()
         quiet.finish()
+
+
+def test_sighup_ends_the_view_and_the_file_keeps_every_record(pane_factory, tmp_path):
+    records = tmp_path / "records.json"
+    # The shell outlives the hangup (it ignores SIGHUP) to note the status; so the
+    # SIGHUP that a dying shell's terminal sends its foreground job is sent here.
+    pane = pane_factory("--json", "-o", str(records), "--include-loopback", shell_setup="trap '' HUP; ")
+    pane.wait_ready()
+    wait_for(lambda: len(json_lines_of(records)) >= 2, 15, "two interval records in the file")
+    procnetmon = pane.procnetmon()
+    pane.close()  # the terminal goes away
+    procnetmon.send_signal(signal.SIGHUP)
+    assert pane.exit_status() == 0  # the table had nowhere to go: as after | head, not an error
+    lines = json_lines_of(records)
+    assert lines[-1]["type"] == "summary" and {r["type"] for r in lines[:-1]} == {"interval"}
+    assert all("connections" not in p for r in lines for p in r["processes"])  # no -d: no sockets
+    assert "error" not in pane.err.read_text()

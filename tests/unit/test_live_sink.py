@@ -198,3 +198,41 @@ def test_the_summary_is_the_table_a_sampling_run_prints():
 def test_still_running_reads_proc():
     assert livesink.still_running(os.getpid())
     assert not livesink.still_running(2 ** 22 + 1)  # above PID_MAX_LIMIT: never a process
+
+
+def test_a_terminal_gone_before_the_summary_ends_quietly():
+    import errno
+
+    from procnetmon.output.writer import OutputError
+
+    class HungUp(Recorder):
+        def write(self, record):
+            raise OutputError(errno.EIO, "Input/output error")
+
+        def close(self, quiet=False):
+            assert quiet  # nothing more to say to a terminal that is gone
+            super().close(quiet)
+
+    events: list = []
+    files = Recorder(events, "file")
+    live = livesink.LiveSink(ViewModel(), lambda: FakeScreen(events), HungUp(events, "summary"), files=files)
+    live.start()
+    assert live.write(summary(proc(1, "a", 1)))
+    live.close()
+    assert live.terminal_gone and [r.type for r in files.records] == ["summary"]
+
+
+def test_any_other_failure_of_the_summary_is_raised():
+    import errno
+
+    from procnetmon.output.writer import OutputError
+
+    class Full(Recorder):
+        def write(self, record):
+            raise OutputError(errno.ENOSPC, "No space left on device")
+
+    live = livesink.LiveSink(ViewModel(), lambda: FakeScreen([]), Full([], "summary"))
+    live.start()
+    with pytest.raises(OutputError):
+        live.write(summary(proc(1, "a", 1)))
+    live.close(quiet=True)
