@@ -67,8 +67,9 @@ eBPF probes (loaded through BCC) count, in the kernel and filtered there by
 PID and interface, the bytes of every socket call (payload mode) or of every
 IP packet of each process's sockets (wire mode), and procnetmon prints
 per-process totals, rates, peaks and TCP/UDP connection counts as a table,
-JSON or CSV. Connection counts are the sockets a process holds at the end of
-a record: tcp_connections counts TCP sockets in every state, listening ones
+JSON or CSV, or in a full-screen view redrawn every interval (--live).
+Connection counts are the sockets a process holds at the end of a record:
+tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
 Needs root (sudo where it is installed), or CAP_BPF, CAP_PERFMON and
 CAP_DAC_READ_SEARCH (to read tracefs; wire mode also CAP_NET_ADMIN;

@@ -368,7 +368,7 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
     writer: Sink
     live: Optional[LiveSink] = None
     if args.live:
-        writer = live = _live_sink(plan, out, err)
+        writer = live = _live_sink(plan, out, err, stop)
     elif args.serve is not None or args.format == "prometheus":
         writer, endpoint, serving = _metrics_writer(plan, target)
     else:
@@ -510,7 +510,7 @@ def _warn_on_unknown_counts(write, err: TextIO):
     return emit
 
 
-def _live_sink(plan: Plan, out: TextIO, err: TextIO) -> LiveSink:
+def _live_sink(plan: Plan, out: TextIO, err: TextIO, stop: threading.Event) -> LiveSink:
     """--live: the view, the summary table on ``out`` once the view has
     ended, and -o FILE written as a streaming run writes it."""
     from procnetmon.live.model import ViewModel
@@ -521,7 +521,8 @@ def _live_sink(plan: Plan, out: TextIO, err: TextIO) -> LiveSink:
     if args.output is not None:
         try:
             files = Writer(args.format, args.output, streaming=True, aggregate=args.aggregate,
-                           details=args.details, units=args.units, sort=args.sort, no_header=args.no_header)
+                           details=args.details, units=args.units, sort=args.sort, top=args.top,
+                           no_header=args.no_header, stop=stop)
         except OSError as e:
             raise BadRequest(f"cannot append to {args.output}: {_why(e, args.output)}") from None
     summary = Writer("text", out, aggregate=args.aggregate, details=args.details, units=args.units,

@@ -24,6 +24,7 @@ from typing import Callable, Optional, Protocol, Sequence, TextIO
 from procnetmon.live import layout
 from procnetmon.live.model import ViewModel
 from procnetmon.model import RECORD_SUMMARY, Record
+from procnetmon.output.sink import Sink
 from procnetmon.output.writer import OutputError
 
 WAKE_S = 0.25  # the longest the view sleeps: a resize is drawn within this
@@ -45,18 +46,6 @@ class Screen(Protocol):
     def draw(self, lines: Sequence[layout.Line]) -> None: ...
 
     def close(self) -> None: ...
-
-
-class Recipient(Protocol):
-    """A Sink that receives the records besides the view (``-o FILE``), and the summary's writer."""
-
-    closed: bool
-
-    def write(self, record: Record) -> bool: ...
-
-    def watch(self, on_gone: Callable[[], None]) -> None: ...
-
-    def close(self, quiet: bool = False) -> None: ...
 
 
 def still_running(pid: int) -> bool:
@@ -108,8 +97,8 @@ def without_connections(record: Record) -> Record:
 class LiveSink:
     """Records to the view, to ``files`` (-o), and the summary to ``summary``."""
 
-    def __init__(self, model: ViewModel, open_screen: Callable[[], Screen], summary: Recipient, *,
-                 files: Optional[Recipient] = None, keep_connections: bool = False,
+    def __init__(self, model: ViewModel, open_screen: Callable[[], Screen], summary: Sink, *,
+                 files: Optional[Sink] = None, keep_connections: bool = False,
                  err: Optional[TextIO] = None,
                  running: Optional[Callable[[int], bool]] = still_running):
         self.model = model
