@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from procnetmon.live import units as unitsmod
-from procnetmon.live.model import EXITED_KEEP_S, PAGE_CONNECTIONS, PAGE_DETAIL, Row, ViewModel
+from procnetmon.live.model import EXITED_KEEP_S, PAGE_CONNECTIONS, PAGE_DETAIL, PAGE_TABLE, Row, ViewModel
 from procnetmon.output.text import printable
 
 Segment = tuple[str, str]  # (text, style)
@@ -217,6 +217,8 @@ def frame(model: ViewModel, width: int, height: int, unicode: bool = True) -> li
         return (lines + [_line(width)] * height)[:height]
     body_height = height - 3
     row = model.selected_row()
+    if row is None and model.page != PAGE_TABLE:
+        model.page = PAGE_TABLE  # its process is gone (exited a while ago): back to the table
     if model.help:
         body = _help(width)
     elif model.page == PAGE_DETAIL and row is not None:

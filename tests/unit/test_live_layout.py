@@ -200,3 +200,14 @@ def test_sizes_si_and_iec():
     assert units.size(1_234_567, Units(iec=True)) == "1.18 MiB"
     assert units.size(999_999, Units()) == "1.00 MB"  # rounded up into the next prefix
     assert units.size(12, Units()) == "12 B"
+
+
+def test_a_page_whose_process_has_gone_turns_back_into_the_table():
+    m = fed(interval(proc(5, "brief", 10, alive=False)))
+    m.handle_key("enter")
+    assert "PID 5  brief  (exited)" in screen(m)[1]
+    for _ in range(40):
+        m.update(interval())
+    lines = screen(m)
+    assert lines[2].split()[:2] == ["PID", "NAME"] and m.page == "table"
+    assert lines[-1].startswith(" q quit")
