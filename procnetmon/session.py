@@ -164,6 +164,14 @@ def _check_terminal(out: Optional[TextIO]) -> None:
     if not _is_terminal(sys.stdin):
         raise BadRequest("--live reads its keys from standard input, which is not a terminal: "
                          "run it in one, or use -c for a line per process per interval")
+    from procnetmon.live.screen import TerminalError, check_terminal
+
+    try:
+        check_terminal(out.fileno())  # type: ignore[union-attr]  # a terminal has a descriptor
+    except TerminalError as e:
+        raise BadRequest(f"--live: {e}") from None
+    except (AttributeError, ValueError, OSError):
+        pass  # a stream that says it is a terminal but has no descriptor (a test's): curses will tell
 
 
 def _is_terminal(stream) -> bool:
@@ -416,7 +424,8 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
             emit = _warn_on_unknown_counts(writer.write, err if live is None else live.messages)
             summary = sampler.run(emit)
             if summary.lost_updates:
-                say(err, f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
+                say(err if live is None else live.messages,
+                    f"warning: {summary.lost_updates} counter updates were lost (kernel map full)")
             if not writer.closed:
                 emit(summary)
         finally:

@@ -54,6 +54,19 @@ class TerminalError(Exception):
     """The terminal cannot hold the view (an unknown $TERM, no terminal at all)."""
 
 
+def check_terminal(fd: int = 1) -> None:
+    """Raise TerminalError unless $TERM names a terminal that can address the
+    cursor: asked of terminfo alone, before anything is attached or drawn."""
+    term = os.environ.get("TERM", "")
+    try:
+        curses.setupterm(term or "unknown", fd)
+    except curses.error as e:
+        raise TerminalError(f"cannot use the terminal ({e}); TERM={term!r}") from None
+    if curses.tigetstr("cup") is None:
+        raise TerminalError(f"TERM={term!r} cannot move the cursor, which a full-screen view needs; "
+                            "set TERM to your terminal's (e.g. xterm-256color), or use -c")
+
+
 class CursesScreen:
     """The whole terminal as one curses window."""
 

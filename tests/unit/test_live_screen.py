@@ -121,3 +121,24 @@ def test_no_color_is_honoured_when_set_to_anything():
     assert screen.colour_wanted({})
     assert screen.colour_wanted({"NO_COLOR": ""})
     assert not screen.colour_wanted({"NO_COLOR": "1"})
+
+
+@pytest.mark.parametrize("term, ok", [("xterm-256color", True), ("vt100", True), ("dumb", False),
+                                      ("no-such-terminal", False)])
+def test_a_terminal_that_cannot_address_the_cursor_is_refused_up_front(monkeypatch, term, ok):
+    code = ("import sys; from procnetmon.live import screen\n"
+            "try:\n    screen.check_terminal(1)\nexcept screen.TerminalError as e:\n    print(e); sys.exit(3)\n")
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], stdout=follower, stderr=subprocess.PIPE,
+                              env=dict(os.environ, TERM=term), timeout=30)
+    finally:
+        os.close(follower)
+        try:
+            output = os.read(leader, 4096).decode() if select.select([leader], [], [], 0.5)[0] else ""
+        except OSError:
+            output = ""  # nothing was written: the follower's end is closed
+        os.close(leader)
+    assert done.returncode == (0 if ok else 3), (output, done.stderr)
+    if not ok:
+        assert f"TERM='{term}'" in output
