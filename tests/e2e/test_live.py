@@ -283,3 +283,12 @@ def test_sighup_ends_the_view_and_the_file_keeps_every_record(pane_factory, tmp_
     assert lines[-1]["type"] == "summary" and {r["type"] for r in lines[:-1]} == {"interval"}
     assert all("connections" not in p for r in lines for p in r["processes"])  # no -d: no sockets
     assert "error" not in pane.err.read_text()
+
+
+def test_an_error_while_live_gives_the_terminal_back_first(pane_factory):
+    pane = pane_factory("-o", "/dev/full", "--include-loopback")  # the first record cannot be written
+    assert pane.exit_status() == 1
+    assert pane.sane()
+    errors = [line for line in pane.err.read_text().splitlines() if "error" in line]
+    assert errors == ["procnetmon: error: cannot write to /dev/full: No space left on device"]
+    assert "Traceback" not in "\n".join(pane.lines(history=True))
