@@ -320,22 +320,22 @@ def _footer(model: ViewModel, width: int) -> Line:
 HELP = (
     ("Up Down PgUp PgDn Home End", "select a process"),
     ("Enter", "the selected process in detail"),
-    ("d", "its connections, one row per socket (as -d shows them)"),
+    ("d", "its sockets, one row each, as -d lists them"),
     ("r t k n", "sort by rate now, total, peak or name"),
     ("i", "reverse the order"),
-    ("/", "filter by name as you type; Enter keeps it, Esc drops it"),
+    ("/", "filter by name; Enter keeps it, Esc drops it"),
     ("Esc", "back to the table; there, clear the filter"),
-    ("p", "pause the screen (sampling goes on, nothing is lost)"),
-    ("u", "units: bits SI, bytes SI, bits IEC, bytes IEC"),
+    ("p", "pause the screen; sampling goes on"),
+    ("u", "units: bits or bytes, SI or IEC"),
     ("?", "this help; any key closes it"),
-    ("q", "quit, then print the summary as a sampling run does"),
+    ("q", "quit; the summary table follows"),
 )
 
 HELP_COLUMNS = (
-    "IN, OUT: the rates of the last interval. LAST MINUTE: in + out, one cell per few intervals,",
-    "scaled to the row's own highest. PEAK: the highest one-interval rate either way.",
-    "TOTAL: bytes in + out since the start. TCP, UDP: sockets the process holds.",
-    f"A process that exited shows 'exited' and stays, dimmed, for {EXITED_KEEP_S:g} s.",
+    "IN, OUT: the rates of the last interval. PEAK: the highest one-interval",
+    "rate either way. TOTAL: bytes in + out since the start. LAST MIN: in + out,",
+    "each row scaled to its own highest. TCP, UDP: the sockets it holds.",
+    f"An exited process shows 'exited' and stays, dimmed, for {EXITED_KEEP_S:g} s.",
     "Ctrl-C, SIGTERM and SIGHUP end the view as q does; -o FILE gets every record.",
 )
 
