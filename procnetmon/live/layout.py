@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 from procnetmon.live import units as unitsmod
 from procnetmon.live.model import EXITED_KEEP_S, PAGE_CONNECTIONS, PAGE_DETAIL, PAGE_TABLE, Row, ViewModel
 from procnetmon.output.text import printable
+from procnetmon.probes import PROTOCOL_CLASSES
 
 Segment = tuple[str, str]  # (text, style)
 Line = tuple[Segment, ...]
@@ -32,6 +33,8 @@ NORMAL, TITLE, HEADING, SORTED, SELECTED, EXITED, EXITED_SELECTED, SPARK, STATUS
     "paused", "prompt")
 
 MIN_WIDTH, MIN_HEIGHT = 30, 6
+PROTOCOL_LABELS = {"udplite": "UDP-Lite", "icmpv6": "ICMPv6", "mptcp": "MPTCP", "packet": "AF_PACKET",
+                   "raw": "raw IP", "other": "other"}
 EXITED_CELL = "exited"
 SPARK_UNICODE = " \u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588"  # blank, then 1/8 to 8/8
 SPARK_ASCII = " .:-=+*#@"
@@ -376,8 +379,11 @@ def _detail(model: ViewModel, row: Row, width: int, unicode: bool) -> list[Line]
     out.append(pair("peak", unitsmod.rate(row.peak_in, u), unitsmod.rate(row.peak_out, u)))
     out.append(pair("total", f"{row.total_in} B", f"{row.total_out} B"))
     out.append(pair("", unitsmod.size(row.total_in, u), unitsmod.size(row.total_out, u)))
-    out.append(pair("TCP", f"{row.tcp_in} B", f"{row.tcp_out} B"))
-    out.append(pair("UDP", f"{row.udp_in} B", f"{row.udp_out} B"))
+    # Each protocol class that moved bytes (TCP and UDP always), in the probes' order.
+    for name in PROTOCOL_CLASSES:
+        if name in ("tcp", "udp") or name in row.protocols:
+            b_in, b_out = row.protocol_bytes(name)
+            out.append(pair(PROTOCOL_LABELS.get(name, name.upper()), f"{b_in} B", f"{b_out} B"))
     listening = f" ({_count(row.listening, 9)} listening)" if row.listening else ""
     out.append(_line(width, (f" sockets     TCP {_count(row.tcp, 9)}{listening}, UDP {_count(row.udp, 9)}",
                              NORMAL)))

@@ -74,9 +74,8 @@ class Row:
     read zero.
     """
 
-    __slots__ = ("key", "history_len", "clock", "last", "seen", "first", "alive", "exited_at", "tcp_in", "tcp_out",
-                 "udp_in", "udp_out", "samples", "workload", "_workload_of", "sockets", "last_sockets",
-                 "sockets_seconds")
+    __slots__ = ("key", "history_len", "clock", "last", "seen", "first", "alive", "exited_at", "protocols",
+                 "samples", "workload", "_workload_of", "sockets", "last_sockets", "sockets_seconds")
 
     def __init__(self, key: RowKey, history_len: int, clock: Optional[Clock] = None):
         self.key = key
@@ -86,7 +85,8 @@ class Row:
         self.first = self.seen = 0  # the records that first and last listed it
         self.alive = True
         self.exited_at: Optional[float] = None
-        self.tcp_in = self.tcp_out = self.udp_in = self.udp_out = 0  # per protocol since the view started
+        # Bytes [in, out] of each protocol class since the view started (tcp, udp, icmp, ...).
+        self.protocols: dict[str, list[int]] = {}
         # (record, rate in, rate out) of the records that listed it, the last minute's: an idle row costs nothing.
         self.samples: deque = deque(maxlen=history_len)
         self.workload = ""  # the container or unit, as the summary table's column names it
@@ -102,14 +102,38 @@ class Row:
         if not self.first:
             self.first = index
         self.last, self.seen = s, index
-        self.tcp_in += s.tcp.bytes_in
-        self.tcp_out += s.tcp.bytes_out
-        self.udp_in += s.udp.bytes_in
-        self.udp_out += s.udp.bytes_out
+        protocols = self.protocols
+        for name, b in (s.protocols or {"tcp": s.tcp, "udp": s.udp}).items():
+            kept = protocols.get(name)
+            if kept is None:
+                protocols[name] = [b.bytes_in, b.bytes_out]
+            else:
+                kept[0] += b.bytes_in
+                kept[1] += b.bytes_out
         self.samples.append((index, s.rate_in, s.rate_out))
         if (s.container, s.cgroup) != self._workload_of:
             self._workload_of = (s.container, s.cgroup)
             self.workload = workload_label(s)
+
+    def protocol_bytes(self, name: str) -> tuple[int, int]:
+        kept = self.protocols.get(name)
+        return (kept[0], kept[1]) if kept is not None else (0, 0)
+
+    @property
+    def tcp_in(self) -> int:
+        return self.protocol_bytes("tcp")[0]
+
+    @property
+    def tcp_out(self) -> int:
+        return self.protocol_bytes("tcp")[1]
+
+    @property
+    def udp_in(self) -> int:
+        return self.protocol_bytes("udp")[0]
+
+    @property
+    def udp_out(self) -> int:
+        return self.protocol_bytes("udp")[1]
 
     @property
     def current(self) -> bool:
@@ -237,6 +261,7 @@ class Row:
         row.clock = Clock(self.clock.records)  # the paused screen's latest record stays the latest
         row.samples = deque(self.samples, maxlen=self.history_len)
         row.sockets = {k: list(v) for k, v in self.sockets.items()}
+        row.protocols = {k: list(v) for k, v in self.protocols.items()}
         return row
 
 

@@ -211,3 +211,16 @@ def test_a_page_whose_process_has_gone_turns_back_into_the_table():
     lines = screen(m)
     assert lines[2].split()[:2] == ["PID", "NAME"] and m.page == "table"
     assert lines[-1].startswith(" q quit")
+
+
+def test_the_detail_page_has_every_protocol_class_that_moved_bytes():
+    from procnetmon.model import Bytes
+
+    row = proc(5, "pinger", 84, 84, protocols={"icmp": Bytes(84, 84), "udp": Bytes(0, 0)})
+    m = fed(interval(row), interval(proc(5, "pinger", 16, 16, total_in=100, total_out=100,
+                                         protocols={"icmp": Bytes(16, 16)})))
+    m.handle_key("enter")
+    lines = screen(m)
+    assert any(line.split()[:5] == ["ICMP", "100", "B", "100", "B"] for line in lines)
+    assert any(line.split()[:5] == ["TCP", "0", "B", "0", "B"] for line in lines)
+    assert not any(line.split()[:1] == ["MPTCP"] for line in lines)
