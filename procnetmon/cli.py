@@ -65,9 +65,11 @@ DESCRIPTION = """\
 Measure how many bytes each process sends and receives over the network.
 eBPF probes (loaded through BCC) count, in the kernel and filtered there by
 PID and interface, the bytes of every socket call (payload mode) or of every
-IP packet of each process's sockets (wire mode), and procnetmon prints
-per-process totals, rates, peaks and TCP/UDP connection counts as a table,
-JSON or CSV, or in a full-screen view redrawn every interval (--live).
+IP packet of each process's sockets (wire mode), whatever the protocol (TCP,
+UDP, UDP-Lite, ICMP, raw IP, SCTP, MPTCP, AF_PACKET; never local IPC), and
+procnetmon prints per-process totals (also by protocol), rates, peaks and
+TCP/UDP connection counts as a table, JSON or CSV, or in a full-screen view
+redrawn every interval (--live).
 Connection counts are the sockets a process holds at the end of a record:
 tcp_connections counts TCP sockets in every state, listening ones
 included (as ss -a does); tcp_listening counts the listening ones alone.
