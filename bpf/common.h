@@ -444,4 +444,9 @@ RAW_TRACEPOINT_PROBE(cgroup_mkdir)
 }
 #endif
 
+/* TCP health (--tcp-health): its own maps and programs, none without the flag. */
+#ifdef TCP_HEALTH
+#include "health.h"
+#endif
+
 #endif /* PROCNETMON_COMMON_H */

@@ -93,6 +93,7 @@ examples:
   procnetmon --exit-over 'out>0' -- ./test.sh     # CI: status 4 if the test talked
   procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
   procnetmon --live                               # a full-screen view, every second, until q
+  procnetmon -t 30s --tcp-health -d               # retransmits, drops, connects and RTT too
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -466,6 +467,16 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="payload: bytes the process's socket calls sent and received; "
         "wire: bytes of its sockets' IP packets on the interface, IP and transport headers, "
         "retransmissions and ACKs included (default: %(default)s)",
+    )
+    group.add_argument(
+        "--tcp-health", action="store_true", dest="tcp_health",
+        help="also report each process's TCP health, credited to the socket's owner: "
+        "retransmitted segments and bytes, drops by the kernel's reason (5.17+; before, "
+        "tcp_drop() where kprobes reach it), connect attempts, successes, failures (refused, "
+        "timed out, unreachable) and latency, resets sent and received, and the smoothed RTT "
+        "of its connections; per connection too with -d. Follows -p, --children and --cgroup, "
+        "on every interface (-i does not narrow it). Its hooks fire on retransmits, drops, "
+        "resets and TCP state changes, never per packet; without this flag none is attached",
     )
 
 

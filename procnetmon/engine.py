@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Mapping, Optional, Protocol, runtime_checkable
 
-from procnetmon import cgroups, procinfo, records, thresholds
+from procnetmon import cgroups, healthtally, procinfo, records, thresholds
 from procnetmon.model import RECORD_INTERVAL, RECORD_SUMMARY, Record
 from procnetmon.probes import SampledProbe
 from procnetmon.records import Tracked
@@ -77,6 +77,7 @@ class Options:
     # --exclude-self: procnetmon's PID, whose children (other than COMMAND)
     # are left out here; procnetmon's own bytes are left out in the kernel.
     exclude_children_of: Optional[int] = None
+    tcp_health: bool = False  # the probe's snapshots carry TCP health (--tcp-health)
 
 
 class Sampler:
@@ -85,7 +86,8 @@ class Sampler:
     def __init__(self, probe: SampledProbe, options: Options, *, stop: Optional[threading.Event] = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wallclock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 processes: ProcessTable = procinfo):
+                 processes: ProcessTable = procinfo,
+                 socket_owners: healthtally.FindOwners = procinfo.socket_owners):
         self.probe = probe
         self.options = options
         self.stop = stop or threading.Event()
@@ -102,6 +104,7 @@ class Sampler:
         self.group_tally: Tally[Counted] = Tally(options.interval, Counted)
         self.archive = Archive()
         self.exiting: list[int] = []  # exits the last read collected
+        self.health_exiting: list[int] = []
         # A PID given with -p (at most a few thousand) keeps its row in every
         # record after it exits: its totals are carried here, not archived.
         self.carried: dict[int, Usage] = {}
@@ -116,6 +119,11 @@ class Sampler:
         self.cgroup_names = cgroups.CgroupNames(cgroups.cgroup2_mount())
         self._remembered: set[str] = set()
         self._records_since_sockets = 0
+        # --tcp-health: its own tally; drops kept under a socket's inode go
+        # to the process holding it, looked for among the -p processes only.
+        self.health: Optional[healthtally.HealthTally] = (
+            healthtally.HealthTally(socket_owners, list(options.pids) if options.pids and not options.follow_children
+                                    else None) if options.tcp_health else None)
         if options.command is None:
             for pid in options.pids or []:
                 self._identify(pid)
@@ -212,22 +220,34 @@ class Sampler:
             # archive, the rest of them is dropped.
             for pid in self.exiting:
                 self._retire(pid)
+            for pid in self.health_exiting:
+                self._retire_health(pid)
         return records.record(self, RECORD_SUMMARY, self.start, last)
 
     def _sample(self, seconds: float) -> None:
         snap = self.probe.read()
         self.lost_updates = snap.lost_updates
+        if self.health is not None and snap.health is not None:
+            # CLOCK_MONOTONIC, the kernel's bpf_ktime_get_ns(): which RTT readings are this window's.
+            self.health.take(snap.health, time.monotonic_ns())
+            for pid in self.health.windows:
+                self._identify(pid)
         cumulative = usage_by_pid(snap.counters)
         self.exiting = []
+        # Exits of processes with health figures and no bytes (their connects failed).
+        self.health_exiting = [pid for pid in self.probe.exited()
+                               if pid not in cumulative and pid in self.health.windows] \
+            if self.health is not None else []
         exited_ids = self.probe.exited_cgroups()
         for pid, name in self.probe.exited().items():
-            if pid in cumulative:
+            if pid in cumulative or pid in self.health_exiting:
                 t = self.track(pid)
                 t.kernel_name = name
                 t.screened = t.screened and t.identity is not None  # a name to match at last
                 if pid in exited_ids:
                     t.exited_cgroup_id = exited_ids[pid]
-                self.exiting.append(pid)
+                if pid in cumulative:
+                    self.exiting.append(pid)
         # Counters the probe no longer reports without an exit (a full exit
         # map) are final too; their last bytes were in the previous record.
         for pid in [pid for pid, t in self.tracked.items() if t.total is not None and pid not in cumulative]:
@@ -334,6 +354,18 @@ class Sampler:
                 t.identity = self.processes.identify(pid)
                 t.screened = False
 
+    def _retire_health(self, pid: int) -> None:
+        """A process with health figures but no bytes exited: its figures go
+        to the summary's archive (a daemon forgets it)."""
+        assert self.health is not None
+        if self.options.forget_exited:
+            self.health.forget(pid)
+            t = self.tracked.get(pid)
+            if t is not None and t.total is None and pid not in self.given:
+                del self.tracked[pid]
+        else:
+            self.health.retire(pid)
+
     def _retire(self, pid: int) -> None:
         """Move an exited process's final totals out of the per-process state."""
         t = self.tracked[pid]
@@ -348,6 +380,11 @@ class Sampler:
             return
         del self.tracked[pid]
         cgroup = self.cgroup_of(pid, False, t)
+        if self.health is not None:
+            if self.options.forget_exited:
+                self.health.forget(pid)
+            else:
+                self.health.retire(pid)
         if self.options.forget_exited:
             return  # a daemon keeps no history: its metrics already carry the bytes
         if t.identity is not None:
@@ -399,4 +436,7 @@ class Sampler:
                            if t.total is not None and (t.total.bytes_in or t.total.bytes_out))
         else:
             moved = sorted(pid for pid, t in self.tracked.items() if t.window.bytes_in or t.window.bytes_out)
+        if self.health is not None:
+            # A process whose connects all fail moves no byte, and is the one to show.
+            moved = sorted(set(moved) | set(self.health.active(kind == RECORD_SUMMARY)))
         return given + [pid for pid in moved if pid not in given]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from procnetmon import cgroups
+from procnetmon import cgroups, healthtally
 from procnetmon.model import Bytes, ProcessStats
 from procnetmon.probes import PROTOCOL_CLASSES
 
@@ -79,4 +79,5 @@ def _folded(key: str, members: list[ProcessStats], by: str, seconds: float, peak
         row.peak_rate_in, row.peak_rate_out = peak.rate_in, peak.rate_out
     if any(m.connections is not None for m in members):
         row.connections = [c for m in members for c in (m.connections or [])]
+    row.tcp_health = healthtally.folded([m.tcp_health for m in members if m.tcp_health is not None])
     return row

@@ -33,6 +33,80 @@ class Bytes:
 
 
 @dataclass
+class TcpHealth:
+    """A process's TCP health in one record's window (--tcp-health), each
+    event credited to the socket's owner. Times are microseconds."""
+
+    retrans_segs: int = 0  # segments sent again (as TcpRetransSegs counts them)
+    retrans_bytes: int = 0  # their payload bytes
+    drops: dict = field(default_factory=dict)  # the kernel's drop reason -> packets dropped
+    connect_attempts: int = 0  # connect()s that sent a SYN
+    connect_ok: int = 0
+    connect_refused: int = 0  # answered by a reset
+    connect_timed_out: int = 0  # no answer to the SYN and its retries
+    connect_unreachable: int = 0  # an ICMP host or network unreachable
+    connect_other: int = 0  # given up otherwise (closed while connecting)
+    latency_count: int = 0  # successful connects whose latency was measured
+    latency_mean_us: Optional[float] = None
+    latency_max_us: Optional[float] = None
+    latency_log2_us: list = field(default_factory=list)  # [i]: connects of 2^i to 2^(i+1) us
+    resets_in: int = 0
+    resets_out: int = 0
+    rtt_connections: int = 0  # connections whose RTT was read in the window
+    srtt_min_us: Optional[int] = None
+    srtt_mean_us: Optional[float] = None
+    srtt_max_us: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return {
+            "retrans_segs": self.retrans_segs,
+            "retrans_bytes": self.retrans_bytes,
+            "drops": sum(self.drops.values()),
+            "drop_reasons": dict(sorted(self.drops.items())),
+            "connects": {"attempts": self.connect_attempts, "ok": self.connect_ok,
+                         "refused": self.connect_refused, "timed_out": self.connect_timed_out,
+                         "unreachable": self.connect_unreachable, "other": self.connect_other},
+            "connect_latency": {"count": self.latency_count, "mean_us": _round_us(self.latency_mean_us),
+                                "max_us": _round_us(self.latency_max_us), "log2_us": list(self.latency_log2_us)},
+            "resets_in": self.resets_in,
+            "resets_out": self.resets_out,
+            "rtt": {"connections": self.rtt_connections, "srtt_min_us": self.srtt_min_us,
+                    "srtt_mean_us": _round_us(self.srtt_mean_us), "srtt_max_us": self.srtt_max_us},
+        }
+
+
+@dataclass
+class ConnectionHealth:
+    """One TCP connection's health since it was first seen (--tcp-health -d)."""
+
+    retrans_segs: int = 0
+    retrans_bytes: int = 0
+    drops: int = 0
+    resets_in: int = 0
+    resets_out: int = 0
+    srtt_us: Optional[int] = None  # at the connection's last event; None: no RTT sample
+    rttvar_us: Optional[int] = None
+    connect_latency_us: Optional[float] = None  # None: not connected by this process, or not measured
+
+    def to_dict(self) -> dict:
+        return {"retrans_segs": self.retrans_segs, "retrans_bytes": self.retrans_bytes, "drops": self.drops,
+                "resets_in": self.resets_in, "resets_out": self.resets_out, "srtt_us": self.srtt_us,
+                "rttvar_us": self.rttvar_us, "connect_latency_us": _round_us(self.connect_latency_us)}
+
+
+@dataclass
+class UnownedDrops:
+    """Drops no process is credited with (--tcp-health), by the kernel's reason."""
+
+    no_socket: dict = field(default_factory=dict)  # packets of no socket (a netfilter drop before demux)
+    unknown_owner: dict = field(default_factory=dict)  # a socket whose owner is not known
+
+    def to_dict(self) -> dict:
+        return {"drops_no_socket": dict(sorted(self.no_socket.items())),
+                "drops_unknown_owner": dict(sorted(self.unknown_owner.items()))}
+
+
+@dataclass
 class Connection:
     """One socket of a process at the time of the record (``--details``)."""
 
@@ -43,9 +117,10 @@ class Connection:
     state: str  # psutil's state name, "NONE" for UDP
     bytes_in: int = 0  # bytes attributed to this socket during the window
     bytes_out: int = 0
+    tcp_health: Optional[ConnectionHealth] = None  # --tcp-health, TCP connections only
 
     def to_dict(self) -> dict:
-        return {
+        d: dict[str, Any] = {
             "protocol": self.protocol,
             "family": self.family,
             "local": self.local,
@@ -54,6 +129,9 @@ class Connection:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
         }
+        if self.tcp_health is not None:
+            d["tcp_health"] = self.tcp_health.to_dict()
+        return d
 
 
 @dataclass
@@ -101,6 +179,7 @@ class ProcessStats:
     uid: Optional[int] = None  # effective user ID
     exe: Optional[str] = None  # path of the program (/proc/PID/exe)
     start_time: Optional[datetime] = None  # when the process started (timezone-aware)
+    tcp_health: Optional[TcpHealth] = None  # only with --tcp-health
 
 
 @dataclass
@@ -148,6 +227,7 @@ class Record:
     include_loopback: bool = False
     lost_updates: int = 0  # counter updates the kernel could not store (map full)
     exit_over: Optional[ExitOver] = None  # the threshold crossed: this record, or the run's summary
+    tcp_health: Optional[UnownedDrops] = None  # only with --tcp-health
 
 
 def clean_text(text: str) -> str:
@@ -169,6 +249,10 @@ def timestamp(moment: datetime) -> str:
 
 def _round_rate(value: float) -> float:
     return round(value, 3)
+
+
+def _round_us(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
 
 
 def process_to_dict(p: ProcessStats, record_type: str) -> dict:
@@ -205,6 +289,8 @@ def process_to_dict(p: ProcessStats, record_type: str) -> dict:
     d["uid"] = p.uid
     d["exe"] = None if p.exe is None else clean_text(p.exe)
     d["start_time"] = None if p.start_time is None else timestamp(p.start_time)
+    if p.tcp_health is not None:
+        d["tcp_health"] = p.tcp_health.to_dict()
     return d
 
 
@@ -245,4 +331,6 @@ def record_to_dict(r: Record) -> dict:
         d["lost_updates"] = r.lost_updates
     if r.exit_over is not None:
         d["exit_over"] = r.exit_over.to_dict()
+    if r.tcp_health is not None:
+        d["tcp_health"] = r.tcp_health.to_dict()
     return d

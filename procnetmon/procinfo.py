@@ -121,6 +121,32 @@ def sockets_of(pids: list[int]) -> dict[int, list[Socket]]:
     return sockettable.sockets_by_pid(pids)
 
 
+def socket_owners(inodes: set, pids: Optional[list] = None) -> dict[int, int]:
+    """The process holding each socket inode (as /proc/PID/fd shows socket:[N]),
+    among ``pids`` (None: every process); inodes nobody holds are left out."""
+    found: dict[int, int] = {}
+    if not inodes:
+        return found
+    candidates = pids if pids is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    for pid in candidates:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in names:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in inodes and inode not in found:
+                    found[inode] = pid
+        if len(found) == len(inodes):
+            break
+    return found
+
+
 def cgroup_of(pid: int) -> Optional[str]:
     """The cgroup v2 path of a live process (None once it is gone)."""
     return cgroups.process_cgroup(pid)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
-from procnetmon import cgroups, grouping, procinfo, sockettable
+from procnetmon import cgroups, grouping, healthtally, procinfo, sockettable
 from procnetmon.model import RECORD_SUMMARY, Aggregate, Bytes, Connection, ExitOver, ProcessStats, Record
 from procnetmon.probes import SocketBytes
 from procnetmon.tally import NO_WHO, Counted, Usage, WhoFields, rate
@@ -126,10 +126,13 @@ def record(s: Sampler, kind: str, begin: float, end: float) -> Record:
     agg.rate_out = rate(agg.bytes_out, seconds)
     agg.peak_rate_in = s.tally.aggregate_peaks.rate_in
     agg.peak_rate_out = s.tally.aggregate_peaks.rate_out
+    unowned = None
+    if s.health is not None:
+        unowned = s.health.unowned_total if kind == RECORD_SUMMARY else s.health.unowned_window
     return Record(type=kind, mode=s.probe.mode, start=s.wall(begin), end=s.wall(end),
                   duration_s=seconds, interfaces=opts.interfaces, processes=rows,
                   aggregated=agg, include_loopback=opts.include_loopback,
-                  lost_updates=s.lost_updates, exit_over=_exit_over(s))
+                  lost_updates=s.lost_updates, exit_over=_exit_over(s), tcp_health=unowned)
 
 
 def _exit_over(s: Sampler) -> Optional[ExitOver]:
@@ -156,7 +159,10 @@ def _with_archive(s: Sampler, rows: list[ProcessStats], seconds: float,
                                container=workload.container, pod=workload.pod)
             set_who(row, who)
             if s.options.details:
-                row.connections = connections(RECORD_SUMMARY, pid, [], kernel_sockets.get(pid, []), {})
+                row.connections = connections(RECORD_SUMMARY, pid, [], kernel_sockets.get(pid, []), {},
+                                              _health_sockets(s, pid))
+            if s.health is not None:
+                row.tcp_health = healthtally.row_health(s.health.counts(pid, True), s.health.rtt_sockets(pid, True))
             by_pid[pid] = row
             group_of[pid] = group
             added.append(row)
@@ -222,21 +228,35 @@ def _process_row(s: Sampler, kind: str, pid: int, seconds: float, alive: bool,
         total_bytes_in=total.bytes_in, total_bytes_out=total.bytes_out,
         tcp_listening=_count(live_sockets, "tcp", state="LISTEN"))
     set_who(row, identity.who if identity is not None else NO_WHO)
+    summary = kind == RECORD_SUMMARY
+    if s.health is not None:
+        row.tcp_health = healthtally.row_health(s.health.counts(pid, summary), s.health.rtt_sockets(pid, summary))
     if s.options.details:
         if t.socket_totals is None:
             t.socket_totals = {}
-        row.connections = connections(kind, pid, live_sockets or [], kernel_sockets, t.socket_totals)
+        row.connections = connections(kind, pid, live_sockets or [], kernel_sockets, t.socket_totals,
+                                      _health_sockets(s, pid))
     return row
 
 
+def _health_sockets(s: Sampler, pid: int) -> Optional[dict]:
+    """--tcp-health -d: the process's TCP sockets' health, by inode (None without the flag)."""
+    if s.health is None:
+        return None
+    return {h.inode: h for h in s.health.sockets if h.pid == pid and h.inode}
+
+
 def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[SocketBytes],
-                socket_totals: dict[int, tuple[int, int]]) -> list[Connection]:
+                socket_totals: dict[int, tuple[int, int]], health: Optional[dict] = None) -> list[Connection]:
     """The process's live sockets with the bytes the kernel attributed to each, plus closed ones.
 
     Sockets are told apart by identity, never by their addresses: one
     local port may serve two sockets in a record, and each keeps its row.
     A live socket is the kernel's socket with the same inode number.
     ``socket_totals`` is what the process's sockets had at the last record.
+    ``health`` (--tcp-health) has the TCP sockets' health by inode: each
+    joins its connection's row, and a socket closed without moving a byte
+    (a connect that failed) has a row of its own when it has figures.
     """
     mine = [s for s in kernel if s.pid == pid]
     by_inode = {s.inode: s for s in mine if s.inode}
@@ -248,7 +268,10 @@ def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[S
             shown.add(found.sock_id)
         b_in, b_out = socket_window(kind, found, socket_totals)
         out.append(Connection(s.protocol, s.family, _endpoint(s.local_addr, s.local_port),
-                              _endpoint(s.remote_addr, s.remote_port), s.state, b_in, b_out))
+                              _endpoint(s.remote_addr, s.remote_port), s.state, b_in, b_out,
+                              _connection_health(health, s.inode, s.protocol)))
+    by_live_inode = {s.inode for s in live if s.inode}
+    shown_inodes: set[int] = set()
     closed = sorted((s for s in mine if s.sock_id not in shown),
                     key=lambda s: (s.protocol, s.family, s.local_addr, s.local_port,
                                    s.remote_addr, s.remote_port, s.sock_id))
@@ -260,7 +283,17 @@ def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[S
         if b_in or b_out:
             remote = "" if _unspecified(gone.remote_addr) else _endpoint(gone.remote_addr, gone.remote_port)
             state = "OPEN" if gone.inode and gone.inode in held else "CLOSED"
-            out.append(Connection(gone.protocol, gone.family, _local_of(gone), remote, state, b_in, b_out))
+            out.append(Connection(gone.protocol, gone.family, _local_of(gone), remote, state, b_in, b_out,
+                                  _connection_health(health, gone.inode, gone.protocol)))
+            shown_inodes.add(gone.inode)
+    if kind == RECORD_SUMMARY:
+        # Connections that ended without a byte (a refused connect): the summary's only.
+        for h in sorted((health or {}).values(), key=lambda h: h.inode):
+            if h.inode in shown_inodes or h.inode in by_live_inode or h.state != "CLOSE":
+                continue
+            remote = "" if _unspecified(h.remote_addr) else _endpoint(h.remote_addr, h.remote_port)
+            out.append(Connection("tcp", h.family, _endpoint(h.local_addr, h.local_port), remote, "CLOSED",
+                                  0, 0, healthtally.connection_health(h)))
     return out
 
 
@@ -269,6 +302,13 @@ def _local_of(s: SocketBytes) -> str:
     if s.family == "packet":
         return f"ifindex:{s.local_port}" if s.local_port else "*"
     return _endpoint(s.local_addr, s.local_port)
+
+
+def _connection_health(health: Optional[dict], inode: int, protocol: str):
+    if health is None or protocol != "tcp":
+        return None
+    found = health.get(inode)
+    return healthtally.connection_health(found) if found is not None else None
 
 
 def socket_window(kind: str, s: Optional[SocketBytes], socket_totals: dict[int, tuple[int, int]]) -> tuple[int, int]:

@@ -284,7 +284,7 @@ def _probe_spec(args) -> ProbeSpec:
     return ProbeSpec(mode=args.mode, pids=pids, interfaces=None if keys is None else tuple(keys),
                      include_loopback=include_loopback, details=_wants_details(args), backend=args.backend,
                      cgroups=None if targets is None else tuple(targets), cgroup_mount=mount,
-                     follow_children=follow, verbose=args.verbose,
+                     follow_children=follow, verbose=args.verbose, tcp_health=args.tcp_health,
                      protocols=None if args.protocols is None else tuple(args.protocols),
                      exclude_cgroups=None if excluded is None else tuple(excluded),
                      exclude_pid=os.getpid() if args.exclude_self else None,
@@ -358,7 +358,8 @@ def _measure(plan: Plan, out: TextIO, err: TextIO, command: Optional[launch.Comm
                              command=args.command, forget_exited=args.serve is not None,
                              exit_over=tuple(args.exit_over or ()),
                              exclude_names=tuple(args.exclude_names or ()),
-                             exclude_children_of=os.getpid() if args.exclude_self else None)
+                             exclude_children_of=os.getpid() if args.exclude_self else None,
+                             tcp_health=args.tcp_health)
     if command is not None:
         # COMMAND keeps standard output; the records go where time(1) puts its own.
         to_stdout = False

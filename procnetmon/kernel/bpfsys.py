@@ -70,6 +70,14 @@ def attach_tracing(prog_fd: int) -> int:
     return bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", 0, prog_fd) + bytes(4))
 
 
+def attach_raw_tracepoint(name: str, prog_fd: int) -> int:
+    """Attach a loaded raw tracepoint program to tracepoint ``name``; the
+    link's descriptor (closing it detaches). BCC attaches one program per
+    tracepoint of a BPF object; this attaches any number."""
+    tp = ctypes.create_string_buffer(name.encode())
+    return bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI", ctypes.addressof(tp), prog_fd) + bytes(4))
+
+
 def try_attach(attach_type: int, btf_id: int) -> tuple[bool, str]:
     """Load and attach the empty program for an instant: (True, "") if the
     kernel allows it, else (False, why)."""

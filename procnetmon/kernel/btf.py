@@ -82,7 +82,7 @@ _FIXED_EXTRA = tuple(_extra_size(k, 0) for k in range(32))
 _PER_VLEN_EXTRA = tuple(_extra_size(k, 1) - _extra_size(k, 0) for k in range(32))
 
 # Kinds looked up by name; every other type keeps an empty name.
-_NAMED = frozenset({KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_INT})
+_NAMED = frozenset({KIND_STRUCT, KIND_UNION, KIND_TYPEDEF, KIND_INT, KIND_ENUM})
 
 
 class BTF:
@@ -250,6 +250,23 @@ class BTF:
             if target.kind == KIND_FUNC_PROTO:
                 return len(target.members)
         return None
+
+    def enum_values(self, name: str) -> dict[str, int]:
+        """The names and values of ``enum name`` (empty when the kernel has none)."""
+        for type_id in self._ids_named(name):
+            kind, _, _, pos, vlen, kind_flag = self._raw[type_id]
+            if kind != KIND_ENUM or not vlen:
+                continue
+            out = {}
+            signed = "i" if kind_flag else "I"
+            try:
+                for i in range(vlen):
+                    name_off, value = struct.unpack_from(self._endian + "I" + signed, self._data, pos + 8 * i)
+                    out[self._str(name_off)] = value
+            except struct.error as err:
+                raise BTFError(f"BTF data is truncated or corrupt: {err}") from None
+            return out
+        return {}
 
     def _find_member(self, type_id: int, name: str) -> Optional[tuple[int, Member]]:
         """Bit offset and member ``name`` in a struct, searching anonymous members."""

@@ -281,7 +281,23 @@ def run_checks() -> list[Finding]:
         check_cgroup2(),
         check_cgroup_bpf(config),
         check_kernel_config(),
+        *check_tcp_health(btf),
     ]
+
+
+def check_tcp_health(btf: Optional[BTF]) -> list[Finding]:
+    """Which --tcp-health figures the kernel offers, one finding each (none required)."""
+    if btf is None:
+        return [Finding("tcp-health", False, "needs the kernel's BTF", required=False)]
+    from procnetmon.probes import health
+
+    facts = health.health_facts(btf)
+    problems = facts.problems()
+    found = [Finding("tcp-health", not problems,
+                     "available" if not problems else "UNAVAILABLE: " + "; ".join(problems), required=False)]
+    for figure, ok, detail in health.describe(facts):
+        found.append(Finding(f"tcp-health {figure}", ok, detail, required=False))
+    return found
 
 
 def payload_backend(findings: list[Finding], wanted: str = "auto") -> tuple[bool, str]:

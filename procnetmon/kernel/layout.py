@@ -89,6 +89,17 @@ OPTIONAL = {
     "TCP_SOCK_IS_MPTCP": ("tcp_sock", "is_mptcp"),
 }
 
+# --tcp-health only (bpf/health.h): read where the kernel has them, and
+# asked for only when the flag is on (procnetmon/probes/health.py).
+HEALTH_FIELDS = {
+    "TP_SRTT_US": ("tcp_sock", "srtt_us"),  # smoothed RTT << 3, in microseconds
+    "TP_MDEV_US": ("tcp_sock", "mdev_us"),  # its mean deviation << 2
+    "SK_ERR": ("sock", "sk_err"),  # why a connect failed (ECONNREFUSED, ETIMEDOUT...)
+    "SK_STATE": ("sock", "__sk_common.skc_state"),
+    "SKB_CB": ("sk_buff", "cb"),  # TCP_SKB_CB(skb)
+    "TCP_SKB_CB_GSO_SEGS": ("tcp_skb_cb", "tcp_gso_segs"),  # tcp_skb_pcount()
+}
+
 CACHE_FILE = "offsets-v3.json"
 
 
@@ -143,4 +154,5 @@ def offset_cflags(offsets: dict[str, int]) -> list[str]:
     return [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]
 
 
-__all__ = ["FIELDS", "FALLBACKS", "OPTIONAL", "kernel_offsets", "offset_cflags", "offsets_from_btf", "BTFError"]
+__all__ = ["FIELDS", "HEALTH_FIELDS", "FALLBACKS", "OPTIONAL", "kernel_offsets", "offset_cflags", "offsets_from_btf",
+           "BTFError"]

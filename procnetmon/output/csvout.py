@@ -57,19 +57,49 @@ CSV_COLUMNS = (
     "start_time",  # when the process started, ISO 8601 in UTC to the millisecond
 ) + OTHER_PROTOCOL_COLUMNS  # <class>_bytes_in, <class>_bytes_out of each class but TCP and UDP
 
+# After those, only with --tcp-health (a record with tcp_health): the
+# process's TCP health in the record's window (see model.TcpHealth).
+HEALTH_COLUMNS = (
+    "tcp_retrans_segs",
+    "tcp_retrans_bytes",
+    "tcp_drops",
+    "tcp_drop_reasons",  # REASON=count joined by ";", reasons sorted
+    "tcp_connect_attempts",
+    "tcp_connect_ok",
+    "tcp_connect_refused",
+    "tcp_connect_timed_out",
+    "tcp_connect_unreachable",
+    "tcp_connect_other",
+    "tcp_connect_latency_mean_us",  # empty when no connect was timed
+    "tcp_connect_latency_max_us",
+    "tcp_resets_in",
+    "tcp_resets_out",
+    "tcp_srtt_min_us",  # over the connections whose RTT was read in the window; empty for none
+    "tcp_srtt_mean_us",
+    "tcp_srtt_max_us",
+)
+
 TOTAL_NAME = "TOTAL"
+
+
+def columns_of(record: Record) -> tuple:
+    """The columns of a record's rows: HEALTH_COLUMNS follow with --tcp-health."""
+    return CSV_COLUMNS + HEALTH_COLUMNS if record.tcp_health is not None else CSV_COLUMNS
 
 
 def format_csv(record: Record, header: bool, aggregate: bool) -> str:
     """The rows of one record (and the header row first if ``header``)."""
     buf = io.StringIO()
     # "\n" rather than the csv default "\r\n": the rows go to Unix tools and logs.
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns_of(record), lineterminator="\n")
     if header:
         writer.writeheader()
     common = _record_fields(record)
     for process in record.processes:
-        writer.writerow(_escaped({**common, **_process_fields(process, record.type)}))
+        row = {**common, **_process_fields(process, record.type)}
+        if record.tcp_health is not None:
+            row.update(_health_fields(process.tcp_health.to_dict() if process.tcp_health is not None else None))
+        writer.writerow(_escaped(row))
     if aggregate or not record.processes:
         # A record with no process still leaves a row: a cron job's idle
         # minute must not look like a minute it did not run.
@@ -145,6 +175,34 @@ def _other_protocol_fields(protocols: dict) -> dict:
         pair = protocols.get(p, {"bytes_in": 0, "bytes_out": 0})
         out[f"{p}_bytes_in"], out[f"{p}_bytes_out"] = pair["bytes_in"], pair["bytes_out"]
     return out
+
+
+def _health_fields(h) -> dict:
+    if h is None:
+        return {}
+    def blank(v):
+        return "" if v is None else v
+
+    connects, latency, rtt = h["connects"], h["connect_latency"], h["rtt"]
+    return {
+        "tcp_retrans_segs": h["retrans_segs"],
+        "tcp_retrans_bytes": h["retrans_bytes"],
+        "tcp_drops": h["drops"],
+        "tcp_drop_reasons": ";".join(f"{r}={n}" for r, n in h["drop_reasons"].items()),
+        "tcp_connect_attempts": connects["attempts"],
+        "tcp_connect_ok": connects["ok"],
+        "tcp_connect_refused": connects["refused"],
+        "tcp_connect_timed_out": connects["timed_out"],
+        "tcp_connect_unreachable": connects["unreachable"],
+        "tcp_connect_other": connects["other"],
+        "tcp_connect_latency_mean_us": blank(latency["mean_us"]),
+        "tcp_connect_latency_max_us": blank(latency["max_us"]),
+        "tcp_resets_in": h["resets_in"],
+        "tcp_resets_out": h["resets_out"],
+        "tcp_srtt_min_us": blank(rtt["srtt_min_us"]),
+        "tcp_srtt_mean_us": blank(rtt["srtt_mean_us"]),
+        "tcp_srtt_max_us": blank(rtt["srtt_max_us"]),
+    }
 
 
 def _rate_fields(d: dict) -> dict:

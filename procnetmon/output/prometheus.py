@@ -19,7 +19,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Callable, Optional
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from procnetmon import __version__, safeopen
 from procnetmon.cli import DEFAULT_MAX_SETS
@@ -42,7 +42,23 @@ HELP = {
     "lost_updates_total": "Counter updates the kernel could not store because a BPF map was full.",
     "last_sample_timestamp_seconds": "Unix time of the end of the last sampled interval.",
     "build_info": "procnetmon's version and counting mode; always 1.",
+    # --tcp-health only:
+    "tcp_retransmitted_segments_total": "TCP segments the processes' sockets sent again (as TcpRetransSegs).",
+    "tcp_retransmitted_bytes_total": "Payload bytes of the TCP segments the processes' sockets sent again.",
+    "tcp_drops_total": "Packets of the processes' sockets the kernel dropped, by the kernel's drop reason.",
+    "tcp_connect_attempts_total": "TCP connects the processes started (a SYN sent).",
+    "tcp_connects_total": "TCP connects that ended, by result: ok, refused, timed_out, unreachable, other.",
+    "tcp_connect_latency_seconds": "Time from a TCP connect's SYN to the connection being established.",
+    "tcp_resets_total": "TCP resets the processes' sockets received (direction=in) or sent (out).",
+    "tcp_srtt_seconds": "Smoothed RTT of the processes' TCP connections read in the last record: "
+                        "stat min, mean or max over them.",
+    "tcp_unowned_drops_total": "Dropped packets credited to no process: owner=no_socket (a packet of no "
+                               "socket) or unknown (a socket whose owner is not known), by reason.",
 }
+
+CONNECT_RESULTS = ("ok", "refused", "timed_out", "unreachable", "other")
+# The connect latency histogram's buckets: the kernel's log2 slots of microseconds.
+LATENCY_BOUNDS = tuple(2 ** (i + 1) / 1e6 for i in range(32))
 
 
 # What a user's processes can make of the label sets is bounded: a name is
@@ -60,8 +76,45 @@ DIRECTIONS = ("in", "out")
 PROTOCOLS = ("tcp", "udp")
 
 
+class _Health:
+    """One label set's TCP health counters (--tcp-health)."""
+
+    __slots__ = ("retrans_segs", "retrans_bytes", "drops", "attempts", "results", "latency_sum", "latency_buckets",
+                 "resets", "srtt")
+
+    def __init__(self) -> None:
+        self.retrans_segs = 0
+        self.retrans_bytes = 0
+        self.drops: dict[str, int] = {}
+        self.attempts = 0
+        self.results = dict.fromkeys(CONNECT_RESULTS, 0)
+        self.latency_sum = 0.0
+        self.latency_buckets = [0] * len(LATENCY_BOUNDS)
+        self.resets = {"in": 0, "out": 0}
+        self.srtt: Optional[tuple] = None  # (min, mean, max) seconds of the last record
+
+    def add(self, h) -> None:
+        self.retrans_segs += h.retrans_segs
+        self.retrans_bytes += h.retrans_bytes
+        for reason, n in h.drops.items():
+            self.drops[reason] = self.drops.get(reason, 0) + n
+        self.attempts += h.connect_attempts
+        for result, n in zip(CONNECT_RESULTS, (h.connect_ok, h.connect_refused, h.connect_timed_out,
+                                                h.connect_unreachable, h.connect_other)):
+            self.results[result] += n
+        if h.latency_mean_us is not None:
+            self.latency_sum += h.latency_mean_us * h.latency_count / 1e6
+        for i, n in enumerate(h.latency_log2_us[:len(LATENCY_BOUNDS)]):
+            self.latency_buckets[i] += n
+        self.resets["in"] += h.resets_in
+        self.resets["out"] += h.resets_out
+
+    def active(self, h) -> bool:
+        return bool(h.retrans_segs or h.drops or h.connect_attempts or h.resets_in or h.resets_out)
+
+
 class _LabelSet:
-    __slots__ = ("bytes", "connections", "idle")
+    __slots__ = ("bytes", "connections", "idle", "health")
 
     def __init__(self) -> None:
         self.bytes = {(d, p): 0.0 for d in DIRECTIONS for p in PROTOCOLS}
@@ -70,6 +123,7 @@ class _LabelSet:
         # a sum would undercount.
         self.connections: dict[str, Optional[int]] = {p: 0 for p in PROTOCOLS}
         self.idle = 0  # records in a row without bytes or sockets
+        self.health: Optional[_Health] = None  # --tcp-health
 
 
 class Metrics:
@@ -96,6 +150,8 @@ class Metrics:
         self._lost = 0
         self._last_end: Optional[float] = None
         self._intervals_seen = False
+        self._health = False  # records carry TCP health
+        self._unowned: dict[tuple, int] = {}  # (owner, reason) -> drops credited to no process
 
     def _label_values(self, row) -> tuple:
         values = (str(row.name)[:MAX_NAME_CHARS], (row.cgroup or "")[:MAX_PATH_CHARS],
@@ -141,6 +197,23 @@ class Metrics:
                     entry[1][protocol] = None if held is None or value is None else held + value
                     if value:
                         target.idle = -1
+                if row.tcp_health is not None:
+                    if target.health is None:
+                        target.health = _Health()
+                    if counts:
+                        target.health.add(row.tcp_health)
+                        if target.health.active(row.tcp_health):
+                            target.idle = -1
+                    h = row.tcp_health
+                    if h.srtt_mean_us is not None:
+                        target.health.srtt = (h.srtt_min_us / 1e6, h.srtt_mean_us / 1e6, h.srtt_max_us / 1e6)
+            if record.tcp_health is not None:
+                self._health = True
+                if counts:
+                    for owner, drops in (("no_socket", record.tcp_health.no_socket),
+                                         ("unknown", record.tcp_health.unknown_owner)):
+                        for reason, n in drops.items():
+                            self._unowned[(owner, reason)] = self._unowned.get((owner, reason), 0) + n
             if record.type == RECORD_INTERVAL:
                 self._intervals_seen = True
             for labels, label_set in list(self._sets.items()):
@@ -158,6 +231,46 @@ class Metrics:
         # not in the record holds none.
         label_set.connections = touched[id(label_set)][1] if id(label_set) in touched else dict.fromkeys(PROTOCOLS, 0)
         label_set.idle += 1
+
+    def _health_families(self, sets: list):
+        """--tcp-health's families, over the label sets that carry health."""
+        def counter(name: str, extra: tuple = ()) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_{name[:-len('_total')]}", HELP[name], labels=self.labels + extra)
+
+        segs, nbytes = counter("tcp_retransmitted_segments_total"), counter("tcp_retransmitted_bytes_total")
+        drops, attempts = counter("tcp_drops_total", ("reason",)), counter("tcp_connect_attempts_total")
+        results, resets = counter("tcp_connects_total", ("result",)), counter("tcp_resets_total", ("direction",))
+        latency = HistogramMetricFamily(f"{PREFIX}_tcp_connect_latency_seconds", HELP["tcp_connect_latency_seconds"],
+                                        labels=self.labels)
+        srtt = GaugeMetricFamily(f"{PREFIX}_tcp_srtt_seconds", HELP["tcp_srtt_seconds"], labels=self.labels + ("stat",))
+        for labels, label_set in sets:
+            h = label_set.health
+            if h is None:
+                continue
+            values = list(labels)
+            segs.add_metric(values, h.retrans_segs)
+            nbytes.add_metric(values, h.retrans_bytes)
+            for reason, n in sorted(h.drops.items()):
+                drops.add_metric(values + [reason], n)
+            attempts.add_metric(values, h.attempts)
+            for result, n in h.results.items():
+                results.add_metric(values + [result], n)
+            for direction, n in h.resets.items():
+                resets.add_metric(values + [direction], n)
+            cumulative, buckets = 0, []
+            for bound, n in zip(LATENCY_BOUNDS, h.latency_buckets):
+                cumulative += n
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", cumulative))
+            latency.add_metric(values, buckets, h.latency_sum)
+            if h.srtt is not None:
+                for stat, value in zip(("min", "mean", "max"), h.srtt):
+                    srtt.add_metric(values + [stat], value)
+        unowned = CounterMetricFamily(f"{PREFIX}_tcp_unowned_drops", HELP["tcp_unowned_drops_total"],
+                                      labels=("owner", "reason"))
+        for (owner, reason), n in sorted(self._unowned.items()):
+            unowned.add_metric([owner, reason], n)
+        yield from (segs, nbytes, drops, attempts, results, latency, resets, srtt, unowned)
 
     def series(self) -> int:
         """How many label sets are exposed (``other`` included)."""
@@ -182,6 +295,8 @@ class Metrics:
                         gauge.add_metric(list(labels) + [protocol], value)
             yield counter
             yield gauge
+            if self._health:
+                yield from self._health_families(sets)
             lost = CounterMetricFamily(f"{PREFIX}_lost_updates", HELP["lost_updates_total"])
             lost.add_metric([], self._lost)
             yield lost

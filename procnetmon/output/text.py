@@ -149,6 +149,9 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     labels = [_label(p) for p in rows]
     name_width = max([NAME_MIN_WIDTH] + [len(label) for label in labels])
     columns = _summary_columns(name_width)
+    health = record.tcp_health is not None
+    if health:
+        columns.append(RETRANS_COLUMN)
     # The workload column only when a row is in some cgroup other than the root.
     workloads = [workload_label(p) for p in rows] if any(workload_label(p) for p in rows) else None
     # The other protocols' column only when some row moved bytes of one.
@@ -160,7 +163,7 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
     if header:
         lines.append(_row(columns, [c[0] for c in columns]))
     for i, (process, label) in enumerate(zip(rows, labels)):
-        cells = _summary_cells(process, label, units)
+        cells = _summary_cells(process, label, units) + ([_retrans_cell([process])] if health else [])
         if others:
             cells.append(human_bytes(_other_bytes(process)))
         lines.append(_row(columns, cells + [workloads[i]] if workloads else cells))
@@ -170,10 +173,24 @@ def _summary_lines(record, rows, units, aggregate, details, header) -> list[str]
             lines.extend(_connection_lines(process.connections, PID_WIDTH + 2, units))
     if aggregate:
         cells = _summary_cells(record.aggregated, TOTAL_NAME, units, pid="")
+        if health:
+            cells.append(_retrans_cell(record.processes))
         if others:
             cells.append(human_bytes(_other_bytes(record.aggregated)))
         lines.append(_row(columns, cells))
     return lines
+
+
+# --tcp-health: retransmitted bytes as a share of the TCP bytes sent.
+RETRANS_COLUMN = ("RETRANS%", 8, ">")
+
+
+def _retrans_cell(processes: Sequence[ProcessStats]) -> str:
+    sent = sum(p.tcp.bytes_out for p in processes)
+    again = sum(p.tcp_health.retrans_bytes for p in processes if p.tcp_health is not None)
+    if sent <= 0:
+        return "-" if not again else "?"
+    return f"{100.0 * again / sent:.2f}"
 
 
 def _other_bytes(stats) -> int:
@@ -258,20 +275,24 @@ def _interval_columns() -> list[tuple[str, int, str]]:
 
 def _interval_lines(record, rows, units, aggregate, details, header) -> list[str]:
     columns = _interval_columns()
+    health = record.tcp_health is not None
+    if health:
+        columns.append(RETRANS_COLUMN)
     lines = [_row(columns, [c[0] for c in columns])] if header else []
     clock = f"{record.end.astimezone():%H:%M:%S}"
     if not record.processes:
         return lines + [f"{clock}  {NO_TRAFFIC}"]
     for process in rows:
         label = _fit(printable(process.name), not process.alive, STREAM_NAME_WIDTH)
-        lines.append(_row(columns, [clock] + _interval_cells(process, label, units)))
+        cells = _interval_cells(process, label, units) + ([_retrans_cell([process])] if health else [])
+        lines.append(_row(columns, [clock] + cells))
         if details:
             lines.extend(_protocol_lines(process, TIME_WIDTH + PID_WIDTH + 4))
             lines.extend(_who_lines(process, TIME_WIDTH + PID_WIDTH + 4))
             lines.extend(_connection_lines(process.connections, TIME_WIDTH + PID_WIDTH + 4, units))
     if aggregate:
         cells = _interval_cells(record.aggregated, TOTAL_NAME, units, pid="")
-        lines.append(_row(columns, [clock] + cells))
+        lines.append(_row(columns, [clock] + cells + ([_retrans_cell(record.processes)] if health else [])))
     return lines
 
 
@@ -355,6 +376,14 @@ def _who_lines(process: ProcessStats, indent: int) -> list[str]:
     return [" " * indent + text] if text else []
 
 
+def _connection_health_cells(c: Connection) -> list[str]:
+    """--tcp-health: the connection's retransmitted segments and smoothed RTT."""
+    h = c.tcp_health
+    if h is None:
+        return []
+    return ["retrans", str(h.retrans_segs), "srtt", "-" if h.srtt_us is None else f"{h.srtt_us / 1000:.2f}ms"]
+
+
 def _connection_lines(
     connections: Optional[list[Connection]], indent: int, units: str
 ) -> list[str]:
@@ -372,11 +401,13 @@ def _connection_lines(
             human_bytes(c.bytes_in),
             "out",
             human_bytes(c.bytes_out),
-        ]
+        ] + _connection_health_cells(c)
         for c in connections
     ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    aligns = "<<<<<<><>"
+    width = max(len(row) for row in cells)
+    cells = [row + [""] * (width - len(row)) for row in cells]
+    widths = [max(len(row[i]) for row in cells) for i in range(width)]
+    aligns = "<<<<<<><>" + "<>" * ((width - 9) // 2)
     pad = " " * indent
     return [
         pad + "  ".join(f"{cell:{align}{width}}" for cell, align, width in zip(row, aligns, widths))

@@ -22,7 +22,10 @@ engine reads); ``spec.ProbeSpec`` says what a probe is to count and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from procnetmon.probes.health import HealthSnapshot
 
 # The protocol classes the BPF programs count bytes by, in the order of
 # their PC_* numbers (bpf/common.h). "icmp" holds ping sockets and raw ICMP
@@ -68,6 +71,7 @@ class Snapshot:
 
     counters: dict  # CounterKey -> cumulative bytes
     lost_updates: int = 0
+    health: Optional["HealthSnapshot"] = None  # with --tcp-health (probes/health.py)
 
 
 @runtime_checkable

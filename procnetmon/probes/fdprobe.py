@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from procnetmon.kernel import bpfsys
-from procnetmon.probes import ProbeError, SocketBytes, libbpf
+from procnetmon.probes import ProbeError, SocketBytes, health, libbpf
 from procnetmon.probes.reader import COUNT_SLOTS, MapReader
 from procnetmon.probes.spec import ProbeSpec
 
@@ -132,7 +132,7 @@ class FdProbe(MapReader):
         types = {"counters": (u32, CountsC), "exited": (u32, ExitInfoC), "lost": (u32, u64),
                  "target_pids": (u32, u8), "target_cgroups": (u64, u8), "excluded_cgroups": (u64, u8),
                  "execed": (u32, u8),
-                 "owners": (u64, OwnerC), "pending": (PendingKeyC, u64)}
+                 "owners": (u64, OwnerC), "pending": (PendingKeyC, u64), **health.MAP_TYPES}
         for name, index in header["maps"].items():
             if name in types:
                 self._maps[name] = Map(lib, self._fds[index], *types[name], name=name)

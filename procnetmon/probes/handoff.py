@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 KEPT_KINDS = ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
               "anon_inode:[perf_event]", "anon_inode:bpf-link")
 MAP_NAMES = ("counters", "counted", "exited", "execed", "lost", "target_pids", "target_ifaces", "target_cgroups",
-             "owners", "early_owners", "pending", "sockets", "excluded_cgroups")
+             "owners", "early_owners", "pending", "sockets", "excluded_cgroups",
+             "health", "health_latency_max", "health_owners", "health_drops", "health_socks")
 MAX_FDS_PER_MESSAGE = 250  # the kernel takes at most SCM_MAX_FD (253) per message
 
 

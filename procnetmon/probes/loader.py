@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
-from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes
+from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes, health
 from procnetmon.probes.reader import MapReader
 from procnetmon.probes.spec import ProbeSpec
 
@@ -144,6 +144,8 @@ class BccProbe(MapReader):
             except BTFError as e:
                 raise ProbeError(f"kernel struct layout for the cgroup filter unavailable: {e}") from e
         flags += backend_cflags(self.backend, facts)
+        if self.spec.tcp_health:
+            flags += self.health_facts().cflags()
         return bpf_source(self.source), flags, header_dir
 
     def attach(self) -> None:
@@ -186,6 +188,9 @@ class BccProbe(MapReader):
                     self.spec.interfaces is not None or not self.spec.include_loopback):
                 self._attach_udp_kprobe()
             self._attach_more()
+            if self.spec.tcp_health:
+                health.check_sizes(lambda name: self.bpf[name].map_fd)
+                self._typed_fds += health.attach(self.bpf, self.health_facts())
         except ProbeError:
             self.close()
             raise

@@ -18,7 +18,7 @@ from typing import Optional
 
 from procnetmon import cgroups as cgroupfs
 from procnetmon.interfaces import LOOPBACK_IFINDEX
-from procnetmon.probes import DIRECTIONS, PROTOCOL_CLASSES, PROTOCOLS, CounterKey, Snapshot
+from procnetmon.probes import DIRECTIONS, PROTOCOL_CLASSES, PROTOCOLS, CounterKey, ProbeError, Snapshot, health
 from procnetmon.probes.spec import ProbeSpec
 
 # The slots of a process's entry in the counters map: struct counts's
@@ -49,6 +49,24 @@ class MapReader:
         self._claimed: dict[CounterKey, int] = {}  # wire mode: bytes whose owner was learnt late
         self._exited_names: dict[int, str] = {}
         self._exited_cgroups: dict[int, int] = {}
+        self._health_facts: Optional[health.HealthFacts] = None
+
+    def health_facts(self) -> health.HealthFacts:
+        """What this kernel offers for --tcp-health (read from BTF once);
+        ProbeError when it cannot give it at all."""
+        if self._health_facts is None:
+            from procnetmon.kernel.btf import BTFError
+
+            try:
+                facts = health.health_facts()
+            except BTFError as e:
+                raise ProbeError(f"--tcp-health needs the kernel's BTF: {e}") from e
+            problems = facts.problems()
+            if problems:
+                raise ProbeError(f"--tcp-health cannot run on this kernel: {'; '.join(problems)} "
+                                 "(procnetmon --check lists what it offers)")
+            self._health_facts = facts
+        return self._health_facts
 
     def _table(self, name: str):
         raise NotImplementedError
@@ -83,7 +101,10 @@ class MapReader:
         if self.mode == "wire":
             self._claim_pending(counters)
         lost = self._table("lost")[ctypes.c_int(0)].value  # a one-slot array
-        return Snapshot(counters=counters, lost_updates=lost)
+        found = None
+        if self.spec.tcp_health:
+            found = health.read(self._table, self.health_facts().reason_name, newly_exited)
+        return Snapshot(counters=counters, lost_updates=lost, health=found)
 
     def _wanted(self, netns: int, ifindex: int) -> bool:
         """The in-kernel interface filter, for bytes whose owner was learnt late."""

@@ -40,6 +40,9 @@ class ProbeSpec:
     follow_children: bool = False  # the kernel adds children of pids at fork
     # Protocol classes counted (--protocol), of probes.PROTOCOL_CLASSES; None: all.
     protocols: Optional[tuple[str, ...]] = None
+    # TCP health per process (--tcp-health): bpf/health.h compiled in and
+    # its programs attached (probes/health.py); nothing of it otherwise.
+    tcp_health: bool = False
     # Compile and attach in a short-lived child and keep only the descriptors
     # (probes/handoff.py): a daemon then holds no compiler.
     handoff: bool = False

@@ -4,8 +4,8 @@ On this machine: the tools (QEMU from apt, virtme-ng in its own venv), then
 each kernel booted with virtme-ng (TCG: nested KVM hangs here). The guest
 sees this machine's root filesystem read-only with throw-away overlays and
 runs ``python -m testbed.vm guest``, which is guest_main: ``procnetmon
---check``, then tests/e2e/test_matrix.py per backend the kernel offers (wire
-mode included). Results come back through a shared directory. The same
+--check``, then tests/e2e/test_matrix.py and test_tcp_health.py per backend
+the kernel offers (wire mode included). Results come back through a shared directory. The same
 guest_main runs natively on this machine's own kernel.
 """
 
@@ -28,7 +28,8 @@ from testbed.vm.kernels import Kernel
 PROGRAMS_LIST = os.path.join(ROOT, "scripts", "programs.txt")
 VIRTME_NG = "virtme-ng"
 BACKENDS = ("tracepoint", "fentry", "kprobe")  # procnetmon's payload backends, as --backend names them
-MATRIX_TESTS = "tests/e2e/test_matrix.py"
+# Each module does one procnetmon run per mode it covers: a guest compiles slowly.
+MATRIX_TESTS = ("tests/e2e/test_matrix.py", "tests/e2e/test_tcp_health.py")
 # Hard limits, so that a hung guest or test cannot eat CI's time.
 GUEST_TIMEOUT = 40 * 60  # one boot, all its runs
 RUN_TIMEOUT = 20 * 60  # one pytest run of the matrix module in a guest
@@ -140,7 +141,7 @@ def run_matrix_tests(out: str, label: str, backend: Optional[str], timeout: floa
         env["PROCNETMON_BACKEND"] = backend
     junit, log = f"{out}/{label}.xml", f"{out}/{label}.log"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "-rA", f"--junitxml={junit}",
-           MATRIX_TESTS]
+           *MATRIX_TESTS]
     started = time.monotonic()
     returncode = run_logged(cmd, env, log, timeout)
     return {"label": label, "backend": backend or "auto", "returncode": returncode,

@@ -85,6 +85,50 @@ class Peer:
         sh("ip", "netns", "del", self.netns, check=False)
 
 
+@dataclass
+class NetnsPair:
+    """Two namespace hosts joined by their own veth pair, apart from this host's
+    network: a test whose processes are the only ones in a namespace can take
+    that namespace's own counters (nstat) as the kernel's truth."""
+
+    client_ns: str
+    server_ns: str
+    client_if: str
+    server_if: str
+    client_v4: str
+    server_v4: str
+    client_v6: str
+    server_v6: str
+
+    @classmethod
+    def create(cls, index: int) -> "NetnsPair":
+        tag = f"{os.getpid() % 100000}y{index}"
+        net = free_subnet(V4_POOL)
+        v6 = f"{V6_PREFIX}:{os.getpid() % 0xffff:x}:{0x100 + index:x}"
+        pair = cls(f"pnmc{tag}", f"pnms{tag}", f"pnmc{tag}", f"pnms{tag}", str(net[1]), str(net[2]),
+                   str(ipaddress.ip_address(f"{v6}::1")), str(ipaddress.ip_address(f"{v6}::2")))
+        try:
+            for ns in (pair.client_ns, pair.server_ns):
+                sh("ip", "netns", "add", ns)
+            sh("ip", "link", "add", pair.client_if, "netns", pair.client_ns, "type", "veth",
+               "peer", "name", pair.server_if, "netns", pair.server_ns)
+            for ns, dev, addr, addr6 in ((pair.client_ns, pair.client_if, pair.client_v4, pair.client_v6),
+                                         (pair.server_ns, pair.server_if, pair.server_v4, pair.server_v6)):
+                sh("ip", "-n", ns, "link", "set", "dev", dev, "addrgenmode", "none")
+                sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", dev)
+                sh("ip", "-n", ns, "-6", "addr", "add", f"{addr6}/64", "dev", dev, "nodad")
+                sh("ip", "-n", ns, "link", "set", dev, "up")
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+        except Exception:
+            pair.destroy()
+            raise
+        return pair
+
+    def destroy(self) -> None:
+        for ns in (self.client_ns, self.server_ns):
+            sh("ip", "netns", "del", ns, check=False)
+
+
 class DrainingListener:
     """A loopback TCP listener that reads, in a thread, every byte sent to it, and counts them."""
 

@@ -38,6 +38,17 @@ def test_every_map_the_daemon_reads_has_the_sizes_of_its_reader(mode):
         assert ("owners" in probe._maps) == (mode == "wire")
 
 
+def test_the_tcp_health_maps_reach_the_daemon_with_the_sizes_of_its_reader():
+    from procnetmon.probes import health
+
+    probe = FdProbe(ProbeSpec(mode="payload", handoff=True, tcp_health=True))
+    with probe:
+        for name in health.MAP_TYPES:
+            m = probe._maps[name]
+            assert bpfsys.map_sizes(m.fd) == (ctypes.sizeof(m.Key), ctypes.sizeof(m.Value)), name
+        assert probe.read().health is not None
+
+
 def test_a_map_of_other_sizes_is_refused():
     class OldOwnerC(ctypes.Structure):  # an old main's: tgid and netns, without ino and class
         _fields_ = [("tgid", ctypes.c_uint32), ("netns", ctypes.c_uint32)]

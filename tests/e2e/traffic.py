@@ -41,6 +41,18 @@ Roles:
                            IFACE@MAC, the peer's MAC). Reports "in" and "out": what
                            its calls returned
 
+TCP health (test_tcp_health.py):
+  tcp-sink ADDR            accept one connection, send one byte ("accepted"), read to EOF,
+                           answer one byte, hold the connection until ``exit``
+  tcp-bulk ADDR PORT       connect, wait for the sink's byte, send --send bytes, shut down
+                           writing, wait for the answer (every byte arrived); report the
+                           connection's own tcp_info (retransmitted segments, srtt) and hold it
+  connects ADDR            one connect() to each of --ports (comma-separated, 0: skipped),
+                           with TCP_SYNCNT 1 (a blackholed one times out in 3 s); report each
+                           outcome (errno name, or "ok" with the seconds it took)
+  udp-sink ADDR            a UDP socket with the smallest receive buffer, never read
+  udp-flood ADDR PORT      send --count datagrams of --size bytes, read nothing
+
 With --hold, TCP sockets stay open until ``exit``, so that they are live
 connections when procnetmon looks.
 
@@ -622,6 +634,83 @@ def _is_echo_reply(data: bytes, family: int) -> bool:
     return len(data) > 20 and data[(data[0] & 0xF) * 4] == 0
 
 
+TCP_INFO_TOTAL_RETRANS = 100  # struct tcp_info: tcpi_total_retrans (u32)
+TCP_INFO_RTT = 68  # tcpi_rtt, microseconds (u32)
+
+
+def tcp_info_figures(sock: socket.socket) -> dict:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    (total_retrans,) = struct.unpack_from("I", info, TCP_INFO_TOTAL_RETRANS)
+    (rtt,) = struct.unpack_from("I", info, TCP_INFO_RTT)
+    return {"total_retrans": total_retrans, "rtt_us": rtt}
+
+
+def tcp_sink(args, result: dict, held: list) -> None:
+    srv = socket.socket(family_of(args.addr), socket.SOCK_STREAM)
+    srv.bind((args.addr, 0))
+    srv.listen(1)
+    announce(srv.getsockname()[1])
+    wait_for("go")
+    conn, _ = srv.accept()
+    conn.sendall(b"a")  # accepted: its owner is known before a data segment arrives
+    got = 0
+    while chunk := conn.recv(1 << 16):
+        got += len(chunk)
+    conn.sendall(b"d")
+    result.update(tcp_in=got, tcp_out=2)
+    held.extend([srv, conn])
+
+
+def tcp_bulk(args, result: dict, held: list) -> None:
+    wait_for("go", announce_first=True)
+    s = socket.socket(family_of(args.addr), socket.SOCK_STREAM)
+    s.connect((args.addr, args.port))
+    recv_exactly(s, 1)
+    sent = send_all(s, args.send)
+    s.shutdown(socket.SHUT_WR)
+    recv_exactly(s, 1)
+    result.update(tcp_out=sent, tcp_in=2, local_port=s.getsockname()[1], **tcp_info_figures(s))
+    held.append(s)
+
+
+def connects(args, result: dict, held: list) -> None:
+    wait_for("go", announce_first=True)
+    outcomes = []
+    for port in (int(p) for p in args.ports.split(",")):
+        if not port:
+            continue
+        s = socket.socket(family_of(args.addr), socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)
+        started = time.perf_counter()
+        try:
+            s.connect((args.addr, port))
+            outcomes.append(["ok", time.perf_counter() - started])
+            held.append(s)
+        except OSError as e:
+            outcomes.append([errno.errorcode.get(e.errno, str(e.errno)), time.perf_counter() - started])
+            s.close()
+    result["outcomes"] = outcomes
+
+
+def udp_sink(args, result: dict, held: list) -> None:
+    s = socket.socket(family_of(args.addr), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+    s.bind((args.addr, 0))
+    announce(s.getsockname()[1])
+    wait_for("go")
+    held.append(s)
+
+
+def udp_flood(args, result: dict, held: list) -> None:
+    wait_for("go", announce_first=True)
+    s = socket.socket(family_of(args.addr), socket.SOCK_DGRAM)
+    sent = 0
+    for _ in range(args.count):
+        sent += s.sendto(b"u" * args.size, (args.addr, args.port))
+    result.update(udp_out=sent)
+    s.close()
+
+
 def announce(port: int = 0) -> None:
     print(f"ready {port}", flush=True)
 
@@ -637,7 +726,9 @@ def wait_for(word: str, announce_first: bool = False) -> None:
 ROLES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
          "udp-server": udp_server, "udp-client": udp_client, "fail": fail,
          "tcp-serve-many": tcp_serve_many, "many-clients": many_clients,
-         "proto-server": proto_server, "proto-client": proto_client}
+         "proto-server": proto_server, "proto-client": proto_client,
+         "tcp-sink": tcp_sink, "tcp-bulk": tcp_bulk, "connects": connects, "udp-sink": udp_sink,
+         "udp-flood": udp_flood}
 
 
 CLONE_NEWNET = 0x40000000
@@ -728,6 +819,7 @@ def main(argv=None) -> None:
     p.add_argument("--protocol", choices=("tcp", "udp"), default="tcp", help="many-clients: which sockets")
     p.add_argument("--same-port", action="store_true", help="many-clients: one local port for every UDP socket")
     p.add_argument("--kind", default="", help="proto-*: which protocol (see the roles above)")
+    p.add_argument("--ports", default="", help="connects: the ports to connect to, comma-separated")
     args = p.parse_args(argv)
     if args.name:
         set_name(args.name)

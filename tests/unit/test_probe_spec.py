@@ -36,6 +36,7 @@ NON_DEFAULT = {
     "protocols": ("udp", "icmp"),
     "exclude_cgroups": ("/system.slice/backup.service",),
     "exclude_pid": 4242,
+    "tcp_health": True,
 }
 
 
