@@ -316,3 +316,33 @@ def test_check_says_which_figures_are_missing_and_why():
     missing = facts(missing_fields=("tcp_sock.srtt_us",), tracepoints={"tcp_retransmit_skb": 2})
     assert "no tcp_sock.srtt_us in this kernel's BTF" in missing.problems()
     assert "no tracepoint inet_sock_set_state" in missing.problems()
+
+
+class ExitingProbe(QuietProbe):
+    """Pid 10 moves bytes and retransmits, then exits after the second read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self) -> Snapshot:
+        self.reads += 1
+        if self.reads > 2:
+            return Snapshot(counters={}, health=snapshot())
+        return Snapshot(counters={CounterKey(10, "tcp", "out"): 100 * self.reads},
+                        health=snapshot({10: HealthCounts(retrans_segs=3 * self.reads)}))
+
+    def exited(self) -> dict:
+        return {10: "nginx"} if self.reads == 2 else {}
+
+
+def test_a_process_that_exits_keeps_its_health_in_the_summary():
+    clock = FakeClock()
+    sampler = Sampler(ExitingProbe(), Options(count=4, emit_intervals=True, tcp_health=True),
+                      stop=FakeStop(clock), monotonic=clock,
+                      processes=FakeProcesses({10: ident(10, "nginx")}, alive=()),
+                      socket_owners=lambda inodes, pids: {})
+    final, intervals = collect(sampler)
+    assert [p.tcp_health.retrans_segs for r in intervals[:2] for p in r.processes] == [3, 3]
+    assert not intervals[3].processes  # gone, and nothing new
+    row = {p.pid: p for p in final.processes}[10]
+    assert not row.alive and row.tcp_health.retrans_segs == 6 and row.bytes_out == 200
