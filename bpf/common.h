@@ -27,7 +27,9 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define AF_PACKET 17
+#define SOCK_STREAM 1
 #define SOCK_RAW 3
+#define TCP_ESTABLISHED 1 /* also a connected UDP socket's state */
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17

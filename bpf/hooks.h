@@ -58,7 +58,13 @@ static __always_inline const void *socket_sk(const void *sock)
  * does not pass here: its interface stays unknown. */
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
-    note_dgram_in((const void *)ctx->args[0]);
+    const void *skb = (const void *)ctx->args[0];
+    /* A stream socket's segments (TCP's, many per read) say nothing it needs:
+     * one read of the owner spares them the note. */
+    const void *sk = read_ptr(skb, OFF_SKB_SK);
+    if (sk && read_u16(sk, OFF_SK_TYPE) == SOCK_STREAM)
+        return 0;
+    note_dgram_in(skb);
     return 0;
 }
 

@@ -26,6 +26,7 @@ FIELDS = {
     "SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
     "SK_PROTOCOL": ("sock", "sk_protocol"),
     "SK_TYPE": ("sock", "sk_type"),  # SOCK_RAW tells a raw socket from a ping socket
+    "SK_STATE": ("sock", "__sk_common.skc_state"),  # a connected UDP socket is ESTABLISHED
     "SK_DST_CACHE": ("sock", "sk_dst_cache"),
     "SK_RX_DST_IFINDEX": ("sock", "sk_rx_dst_ifindex"),
     "SK_RECEIVE_QUEUE": ("sock", "sk_receive_queue"),
@@ -95,7 +96,6 @@ HEALTH_FIELDS = {
     "TP_SRTT_US": ("tcp_sock", "srtt_us"),  # smoothed RTT << 3, in microseconds
     "TP_MDEV_US": ("tcp_sock", "mdev_us"),  # its mean deviation << 2
     "SK_ERR": ("sock", "sk_err"),  # why a connect failed (ECONNREFUSED, ETIMEDOUT...)
-    "SK_STATE": ("sock", "__sk_common.skc_state"),
     "SKB_CB": ("sk_buff", "cb"),  # TCP_SKB_CB(skb)
     "TCP_SKB_CB_GSO_SEGS": ("tcp_skb_cb", "tcp_gso_segs"),  # tcp_skb_pcount()
 }
