@@ -277,7 +277,7 @@ def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[S
                                    s.remote_addr, s.remote_port, s.sock_id))
     # The socket tables list TCP and UDP only: a ping, raw or packet socket
     # still held is told from a closed one by the process's descriptors.
-    held = sockettable.socket_inodes(pid) if any(s.protocol not in ("tcp", "udp") for s in closed) else set()
+    held = _held_inodes(pid) if any(s.protocol not in ("tcp", "udp") for s in closed) else set()
     for gone in closed:
         b_in, b_out = socket_window(kind, gone, socket_totals)
         if b_in or b_out:
@@ -295,6 +295,14 @@ def connections(kind: str, pid: int, live: list[procinfo.Socket], kernel: list[S
             out.append(Connection("tcp", h.family, _endpoint(h.local_addr, h.local_port), remote, "CLOSED",
                                   0, 0, healthtally.connection_health(h)))
     return out
+
+
+def _held_inodes(pid: int) -> set[int]:
+    """The socket inodes ``pid`` holds; none once it is gone (or unreadable)."""
+    try:
+        return sockettable.socket_inodes(pid)
+    except OSError:  # exited since the read (no /proc/PID/fd), or not ours to read
+        return set()
 
 
 def _local_of(s: SocketBytes) -> str:
