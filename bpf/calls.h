@@ -132,20 +132,9 @@ static __always_inline const void *udp_queue_head(const void *sk)
     return next && next != queue ? next : 0;
 }
 
-/* A connected UDP socket keeps the device its datagrams come in by, as TCP
- * does (early demux sets sk_rx_dst_ifindex): no note of its queue is needed. */
-static __always_inline u32 udp_connected_ifindex(int how, const void *sk)
-{
-    u8 state = 0;
-    bpf_probe_read_kernel(&state, 1, (const char *)sk + OFF_SK_STATE);
-    return state == TCP_ESTABLISHED ? load_u32(how, sk, OFF_SK_RX_DST_IFINDEX) : UNKNOWN_IFINDEX;
-}
-
 /* A datagram arrived: note the head if it is not noted yet. */
 static __always_inline void udp_rx_arrived(const void *sk)
 {
-    if (udp_connected_ifindex(READ_PROBE, sk))
-        return;
     const void *head = udp_queue_head(sk);
     if (!head)
         return; /* taken already by a reader on another CPU */
@@ -277,12 +266,8 @@ static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 di
 #ifdef NEED_DGRAM_IFINDEX
 #ifdef UDP_RX_HEAD
     u32 arrived = UNKNOWN_IFINDEX;
-    if (dir == DIR_IN && (cls == PC_UDP || cls == PC_UDPLITE)) {
-        u32 connected = udp_connected_ifindex(how, sk);
-        if (connected)
-            return connected;
+    if (dir == DIR_IN && (cls == PC_UDP || cls == PC_UDPLITE))
         arrived = udp_rx_taken(sk); /* always: it notes the next head */
-    }
 #endif
     ifindex = dgram_ifindex(sk, dir);
 #ifdef UDP_RX_HEAD
