@@ -288,6 +288,7 @@ def _probe_spec(args) -> ProbeSpec:
                      protocols=None if args.protocols is None else tuple(args.protocols),
                      exclude_cgroups=None if excluded is None else tuple(excluded),
                      exclude_pid=os.getpid() if args.exclude_self else None,
+                     **_end_filters(args),
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
@@ -296,6 +297,13 @@ def _probe_spec(args) -> ProbeSpec:
 def _wants_details(args) -> bool:
     """-d; and --live, whose d key shows a process's sockets."""
     return bool(args.details or getattr(args, "live", False))
+
+
+def _end_filters(args) -> dict:
+    """The filters on the remote end and the ports, as ProbeSpec fields (None: not given)."""
+    names = ("remotes", "exclude_remotes", "remote_ports", "exclude_remote_ports", "local_ports",
+             "exclude_local_ports")
+    return {name: None if getattr(args, name, None) is None else tuple(getattr(args, name)) for name in names}
 
 
 def _follows_children(args) -> bool:
