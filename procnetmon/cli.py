@@ -16,11 +16,12 @@ import re
 from typing import Optional
 
 try:
-    from procnetmon import __version__, thresholds
+    from procnetmon import __version__, endpoints, thresholds
     from procnetmon.probes import PROTOCOL_CLASSES
 except ImportError:  # loaded as a lone file by argparse-manpage, package not importable
     __version__ = "unknown"
     thresholds = None  # type: ignore[assignment]  # only the help texts are read then
+    endpoints = None  # type: ignore[assignment]
     # As probes.PROTOCOL_CLASSES (tests/unit/test_cli.py holds them equal).
     PROTOCOL_CLASSES = ("tcp", "udp", "udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp", "packet", "other")
 
@@ -244,34 +245,27 @@ def parse_protocols(text: str) -> Optional[list[str]]:
 
 
 # --remote and --exclude-remote together: the size of the kernel's trie
-# (MAX_REMOTE_CIDRS in bpf/remote.h, endpoints.MAX_REMOTE_CIDRS).
+# (MAX_REMOTE_CIDRS in bpf/remote.h; endpoints.MAX_REMOTE_CIDRS, held equal by a unit test).
 MAX_REMOTE_CIDRS = 1024
-PORT_MAX = 65535
 
 
 def parse_remotes(text: str) -> list[str]:
     """A comma-separated list of CIDRs or addresses, v4 or v6 (--remote,
     --exclude-remote), each normalised (198.18.1.7/24 is 198.18.1.0/24)."""
-    import ipaddress
-
     items = [part.strip() for part in text.split(",")]
     if not any(items):
         raise argparse.ArgumentTypeError(
             f"no address in {_shown(text)}: give a CIDR or an address, e.g. --remote 10.0.0.0/8")
     out: list[str] = []
-    for item in items:
-        if not item:
-            continue
+    for item in filter(None, items):
         try:
-            if "%" in item or not item.isascii() or any(c.isspace() for c in item):
-                raise ValueError
-            network = ipaddress.ip_network(item, strict=False)
+            network = str(endpoints.parse_network(item))
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"invalid address or CIDR {_shown(item)} in {_shown(text)}: write an address or "
                 "ADDRESS/PREFIX, v4 or v6, e.g. 198.51.100.7, 10.0.0.0/8 or 2001:db8::/32") from None
-        if str(network) not in out:
-            out.append(str(network))
+        if network not in out:
+            out.append(network)
     return out
 
 
@@ -281,21 +275,12 @@ def parse_port_ranges(text: str) -> list[tuple[int, int]]:
     if not any(items):
         raise argparse.ArgumentTypeError(f"no port in {_shown(text)}: give a port or a range, e.g. 443 or 8000-8100")
     out: list[tuple[int, int]] = []
-    for item in items:
-        if not item:
-            continue
-        low, sep, high = item.partition("-")
-        parts = (low, high) if sep else (low,)
-        if not all(p.isascii() and p.isdigit() and len(p) <= 6 for p in parts):
+    for item in filter(None, items):
+        try:
+            pair = endpoints.parse_port_range(item)
+        except ValueError as e:
             raise argparse.ArgumentTypeError(
-                f"invalid port {_shown(item)} in {_shown(text)}: write a port or a range P-Q, e.g. 443 or 8000-8100")
-        numbers = [int(p) for p in parts]
-        if any(n > PORT_MAX for n in numbers):
-            raise argparse.ArgumentTypeError(f"invalid port {_shown(item)} in {_shown(text)}: ports are at most {PORT_MAX}")
-        if numbers[0] > numbers[-1]:
-            raise argparse.ArgumentTypeError(
-                f"invalid port range {_shown(item)} in {_shown(text)}: the lower port comes first, e.g. 8000-8100")
-        pair = (numbers[0], numbers[-1])
+                f"invalid port {_shown(item)} in {_shown(text)}: {e}, e.g. 443 or 8000-8100") from None
         if pair not in out:
             out.append(pair)
     return out
