@@ -95,6 +95,7 @@ examples:
   procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
   procnetmon --live                               # a full-screen view, every second, until q
   procnetmon -t 30s --tcp-health -d               # retransmits, drops, connects and RTT too
+  procnetmon -t 60s --remote 10.2.0.0/16 --remote-port 5432   # who talks to that network's PostgreSQL
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
