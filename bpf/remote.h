@@ -129,41 +129,75 @@ static __always_inline int ends_ok(const struct remote_end *remote, u16 lport, i
 #ifdef NEED_DGRAM_REMOTE
 #define SKB_HEADER_UNSET 0xffff
 
+/* sk_buff's head and its two header offsets, in one kernel read where BTF
+ * puts them close together (each helper call costs more than the read). */
+#define SKB_MIN2(a, b) ((a) < (b) ? (a) : (b))
+#define SKB_MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define SKB_HDR_FIRST SKB_MIN2(OFF_SKB_HEAD, SKB_MIN2(OFF_SKB_NETWORK_HEADER, OFF_SKB_TRANSPORT_HEADER))
+#define SKB_HDR_END SKB_MAX2(OFF_SKB_HEAD + 8, SKB_MAX2(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_TRANSPORT_HEADER + 2))
+
+struct skb_headers {
+    const u8 *head;
+    u16 network;
+    u16 transport;
+};
+
+static __always_inline struct skb_headers read_skb_headers(const void *skb)
+{
+    struct skb_headers out = {};
+#if SKB_HDR_END - SKB_HDR_FIRST <= 32
+    u8 window[SKB_HDR_END - SKB_HDR_FIRST] = {};
+    bpf_probe_read_kernel(window, sizeof(window), (const char *)skb + SKB_HDR_FIRST);
+    __builtin_memcpy(&out.head, window + (OFF_SKB_HEAD - SKB_HDR_FIRST), 8);
+    __builtin_memcpy(&out.network, window + (OFF_SKB_NETWORK_HEADER - SKB_HDR_FIRST), 2);
+    __builtin_memcpy(&out.transport, window + (OFF_SKB_TRANSPORT_HEADER - SKB_HDR_FIRST), 2);
+#else
+    out.head = read_ptr(skb, OFF_SKB_HEAD);
+    out.network = read_u16(skb, OFF_SKB_NETWORK_HEADER);
+    out.transport = read_u16(skb, OFF_SKB_TRANSPORT_HEADER);
+#endif
+    return out;
+}
+
 /* The peer of a datagram skb (tracing programs): its source when received,
- * its destination when sent, from the IP and transport headers. */
+ * its destination when sent, from the IP and transport headers, read at
+ * once where the transport header follows the IP header directly (IPv4
+ * without options, IPv6 without extension headers), else in a second read. */
 static __always_inline void skb_remote(const void *skb, u16 dir, struct remote_end *out)
 {
-    const u8 *head = read_ptr(skb, OFF_SKB_HEAD);
-    u16 nh = read_u16(skb, OFF_SKB_NETWORK_HEADER);
-    u16 th = read_u16(skb, OFF_SKB_TRANSPORT_HEADER);
-    if (!head || nh == SKB_HEADER_UNSET)
+    struct skb_headers h = read_skb_headers(skb);
+    if (!h.head || h.network == SKB_HEADER_UNSET)
         return;
-    u8 ip[40] = {};
-    if (bpf_probe_read_kernel(ip, 20, head + nh))
+    u8 ip[44] = {};
+    if (bpf_probe_read_kernel(ip, sizeof(ip), h.head + h.network))
         return;
     u8 proto;
+    u16 gap = h.transport - h.network; /* where the ports are, past the IP header */
     if ((ip[0] >> 4) == 4) {
         u32 a;
         __builtin_memcpy(&a, ip + (dir == DIR_IN ? 12 : 16), 4);
         mapped_v4_addr(out->addr, a);
         proto = ip[9];
     } else if ((ip[0] >> 4) == 6) {
-        if (bpf_probe_read_kernel(ip, 40, head + nh))
-            return;
         __builtin_memcpy(out->addr, ip + (dir == DIR_IN ? 8 : 24), 16);
-        proto = ip[6]; /* extension headers: the transport header says where */
+        proto = ip[6]; /* extension headers: the transport header still says where */
     } else {
         return;
     }
     out->known = 1;
     out->port = 0;
-    if ((proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE || proto == IPPROTO_TCP) && th != SKB_HEADER_UNSET) {
-        u8 ports[4] = {};
-        if (!bpf_probe_read_kernel(ports, 4, head + th)) {
-            const u8 *p = ports + (dir == DIR_IN ? 0 : 2);
-            out->port = ((u16)p[0] << 8) | p[1];
-        }
-    }
+    if ((proto != IPPROTO_UDP && proto != IPPROTO_UDPLITE && proto != IPPROTO_TCP) ||
+        h.transport == SKB_HEADER_UNSET)
+        return;
+    u8 ports[4] = {};
+    if (gap == 20)
+        __builtin_memcpy(ports, ip + 20, 4);
+    else if (gap == 40)
+        __builtin_memcpy(ports, ip + 40, 4);
+    else if (bpf_probe_read_kernel(ports, 4, h.head + h.transport))
+        return;
+    const u8 *p = ports + (dir == DIR_IN ? 0 : 2);
+    out->port = ((u16)p[0] << 8) | p[1];
 }
 #endif
 

@@ -136,3 +136,25 @@ def test_wire_mode_tcp_remote(peer, second_peer):
     # Wire bytes: the payload plus every packet's headers (and the handshake's).
     assert bytes_in > TCP_REPLY and bytes_out > TCP_SEND
     assert _bytes(rows["b"]) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["payload", "wire"])
+def test_unconnected_udp_remote_ports_come_from_each_datagram(peer, second_peer, mode):
+    # The peers' source ports are ephemeral: every port but 0 counts them
+    # all, which only each datagram's own header can tell (the socket has
+    # no remote port); excluding every port counts none.
+    row = _udp_from_both(peer, second_peer, "ipv4", "--mode", mode, "--remote-port", "1-65535")
+    extra = UDP_HEADERS["ipv4"] if mode == "wire" else 0
+    assert _bytes(row) == (2 * UDP_COUNT * (UDP_SIZE + extra), 2 * UDP_COUNT * (UDP_REPLY + extra))
+    row = _udp_from_both(peer, second_peer, "ipv4", "--mode", mode, "--exclude-remote-port", "1-65535")
+    assert _bytes(row) == (0, 0)
+
+
+def test_wire_mode_local_port_and_port_range(peer, second_peer):
+    server = TrafficProcess("tcp-server", "0.0.0.0", expect=TCP_SEND, reply=TCP_REPLY)
+    client = TrafficProcess("tcp-client", peer.host_v4, server.port, netns=peer.netns, send=TCP_SEND,
+                            expect=TCP_REPLY)
+    run, _ = measure_exchange({"s": server, "c": client}, "-t", "3s", "--json", "--mode", "wire",
+                              "--local-port", f"{server.port - 1}-{server.port}", pids=[server.pid])
+    bytes_in, bytes_out = _bytes(by_pid(run.json()).get(server.pid))
+    assert bytes_in > TCP_SEND and bytes_out > TCP_REPLY
