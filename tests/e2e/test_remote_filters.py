@@ -158,3 +158,52 @@ def test_wire_mode_local_port_and_port_range(peer, second_peer):
                               "--local-port", f"{server.port - 1}-{server.port}", pids=[server.pid])
     bytes_in, bytes_out = _bytes(by_pid(run.json()).get(server.pid))
     assert bytes_in > TCP_SEND and bytes_out > TCP_REPLY
+
+
+def test_serve_loads_the_filters_in_its_loader_child(peer, second_peer):
+    """--serve compiles and fills the maps in a short-lived child and keeps
+    only the descriptors (probes/handoff.py): the filters hold there too."""
+    import subprocess
+    import time
+
+    from harness import procnetmon_cmd
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_prometheus import http_get, stop, wait_until
+
+    from testbed.netns import free_port
+
+    servers = [TrafficProcess("tcp-server", p.peer_v4, netns=p.netns, expect=TCP_SEND, reply=TCP_REPLY)
+               for p in (peer, second_peer)]
+    clients = [TrafficProcess("tcp-client", p.peer_v4, s.port, send=TCP_SEND, expect=TCP_REPLY, name=name)
+               for p, s, name in ((peer, servers[0], "pnmrfa"), (second_peer, servers[1], "pnmrfb"))]
+    port = free_port()
+    serve = subprocess.Popen(procnetmon_cmd("--serve", f"127.0.0.1:{port}", "--interval", "500ms",
+                                            "-p", ",".join(str(c.pid) for c in clients),
+                                            "--exclude-remote", second_peer.peer_v4),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "procnetmon_last_sample_timestamp_seconds" in
+                   http_get(f"http://127.0.0.1:{port}/metrics"), 60, "procnetmon --serve")
+        for p in [*servers, *clients]:
+            p.go()
+        for p in [*servers, *clients]:
+            p.result()
+
+        def values():
+            out = {}
+            for f in text_string_to_metric_families(http_get(f"http://127.0.0.1:{port}/metrics")):
+                for s in f.samples:
+                    if s.name == "procnetmon_payload_bytes_total" and s.labels["protocol"] == "tcp":
+                        out[(s.labels["name"], s.labels["direction"])] = s.value
+            return out
+
+        got = wait_until(lambda: (v := values()).get(("pnmrfa", "out"), 0) >= TCP_SEND and v, 20, "a's bytes")
+        time.sleep(1.0)
+        got = values()
+        assert (got[("pnmrfa", "in")], got[("pnmrfa", "out")]) == (TCP_REPLY, TCP_SEND)
+        assert got.get(("pnmrfb", "in"), 0) == got.get(("pnmrfb", "out"), 0) == 0
+    finally:
+        stop(serve)
+        for p in [*servers, *clients]:
+            p.finish()
+    assert serve.returncode == 0, serve.stderr.read()
