@@ -1,6 +1,6 @@
 """What the remote filters cost per socket call: 0, 1 and 100 CIDRs.
 
-    python -m bench.filtercost [--seconds S] [--rounds N]
+    python -m bench.filtercost [--seconds S] [--rounds N] [--kind udp|tcp|both] [--json]
 
 Attaches procnetmon's payload probes in this process (every process, loopback
 left out: the defaults), once with no filter, once with --remote naming the
@@ -140,13 +140,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.filtercost", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kind", choices=("udp", "tcp", "both"), default="both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     peer = Peer.create()
     costs: dict = {}
     try:
         specs = _specs(peer.peer_addr)
-        for kind in ("udp", "tcp"):
+        for kind in ("udp", "tcp") if args.kind == "both" else (args.kind,):
             for _ in range(args.rounds):
                 for label, spec in specs.items():
                     untargeted = _one(peer, spec, kind, args.seconds / 2, target=False)

@@ -493,6 +493,7 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
+    where += _describe_ends(args)
     if args.serve is not None and args.time is None and args.count is None:
         how_long = "until stopped"
     elif args.count is not None:
@@ -506,6 +507,30 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
     if command is not None and (args.count is not None or args.time is not None):
         how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
+
+
+def _describe_ends(args) -> str:
+    """The remote and port filters for the status line, "" without them."""
+    def listed(items, shown=3) -> str:
+        text = ", ".join(items[:shown])
+        return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    def ports(ranges) -> list[str]:
+        return [str(low) if low == high else f"{low}-{high}" for low, high in ranges]
+
+    parts = []
+    for what, inc, exc in (("remote", args.remotes, args.exclude_remotes),
+                           ("remote port", None if args.remote_ports is None else ports(args.remote_ports),
+                            None if args.exclude_remote_ports is None else ports(args.exclude_remote_ports)),
+                           ("local port", None if args.local_ports is None else ports(args.local_ports),
+                            None if args.exclude_local_ports is None else ports(args.exclude_local_ports))):
+        if inc is None and exc is None:
+            continue
+        text = f"{what} " + (listed(inc) if inc is not None else "any")
+        if exc is not None:
+            text += f" but {listed(exc)}"
+        parts.append(text)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _warn_on_unknown_counts(write, err: TextIO):

@@ -227,3 +227,12 @@ def test_the_spec_normalises_what_it_is_given():
     spec = ProbeSpec(remotes=["198.18.1.7/24"], local_ports=[[22, 22]])
     assert spec.remotes == ("198.18.1.0/24",) and spec.local_ports == ((22, 22),)
     assert ProbeSpec.from_json(spec.to_json()) == spec
+
+
+def test_the_status_line_says_which_ends_are_counted():
+    args = parse("--remote", "10.0.0.0/8,fd42::/16,198.18.0.0/15,203.0.113.0/24", "--exclude-remote", "10.1.0.0/16",
+                 "--exclude-local-port", "22,6000-6010")
+    assert session._describe_ends(args) == (" (remote 10.0.0.0/8, fd42::/16, 198.18.0.0/15 and 1 more but "
+                                            "10.1.0.0/16; local port any but 22, 6000-6010)")
+    assert session._describe_ends(parse()) == ""
+    assert session._describe_ends(parse("--remote-port", "443")) == " (remote port 443)"
