@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import pathlib
 import random
 
 import pytest
@@ -54,7 +55,7 @@ def test_the_options_become_spec_fields():
 
 def test_the_cli_limit_is_the_kernels():
     assert cli.MAX_REMOTE_CIDRS == endpoints.MAX_REMOTE_CIDRS
-    with open("bpf/remote.h") as f:
+    with open(pathlib.Path(__file__).resolve().parents[2] / "bpf" / "remote.h") as f:
         assert f"#define MAX_REMOTE_CIDRS {endpoints.MAX_REMOTE_CIDRS}" in f.read()
 
 
