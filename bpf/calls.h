@@ -30,6 +30,9 @@ struct dgram_hint {
     u64 sk;
     u32 ifindex;
     u32 dir;
+#ifdef NEED_DGRAM_REMOTE
+    struct remote_end end; /* the datagram's peer, for the remote filters */
+#endif
 };
 
 /* A sent datagram's note is kept under its socket's address, a received
@@ -46,12 +49,15 @@ static __always_inline u64 dgram_key(const void *sk, u16 dir)
 }
 
 /* sk 0: any socket (a received datagram no longer says which). */
-static __always_inline void note_dgram(const void *sk, u32 ifindex, u16 dir)
+static __always_inline void note_dgram(const void *sk, u32 ifindex, u16 dir, const void *skb)
 {
     u64 task = bpf_get_current_pid_tgid();
     if (!ifindex || !is_target(task >> 32))
         return;
     struct dgram_hint hint = {.sk = (u64)sk, .ifindex = ifindex, .dir = dir};
+#ifdef NEED_DGRAM_REMOTE
+    skb_remote(skb, dir, &hint.end);
+#endif
     u64 key = dgram_key(sk, dir);
     dgram_hints.update(&key, &hint);
 }
@@ -66,7 +72,7 @@ static __always_inline void note_dgram_in(const void *skb)
         void *dev = read_ptr(skb, OFF_SKB_DEV);
         ifindex = dev ? read_u32(dev, OFF_DEV_IFINDEX) : UNKNOWN_IFINDEX;
     }
-    note_dgram(0, ifindex, DIR_IN);
+    note_dgram(0, ifindex, DIR_IN, skb);
 }
 
 /* A packet queued to its device. Only a socket with no cached route
@@ -78,19 +84,24 @@ static __always_inline void note_dgram_out(const void *skb)
         return;
     void *dev = read_ptr(skb, OFF_SKB_DEV);
     if (dev)
-        note_dgram(sk, read_u32(dev, OFF_DEV_IFINDEX), DIR_OUT);
+        note_dgram(sk, read_u32(dev, OFF_DEV_IFINDEX), DIR_OUT, skb);
 }
 
-/* The interface of the datagram this task's call on sk moved, if noted.
- * The note is taken: a later call that noted nothing (a datagram whose
- * copy bypassed the tracepoint) finds none rather than this one. */
-static __always_inline u32 dgram_ifindex(const void *sk, u16 dir)
+/* The interface of the datagram this task's call on sk moved, if noted
+ * (and its peer, into *end if given). The note is taken: a later call that
+ * noted nothing (a datagram whose copy bypassed the tracepoint) finds none
+ * rather than this one. */
+static __always_inline u32 dgram_ifindex(const void *sk, u16 dir, struct remote_end *end)
 {
     u64 key = dgram_key(sk, dir);
     struct dgram_hint *hint = dgram_hints.lookup(&key);
     if (!hint || hint->dir != dir || (hint->sk && hint->sk != (u64)sk))
         return UNKNOWN_IFINDEX;
     u32 ifindex = hint->ifindex;
+#ifdef NEED_DGRAM_REMOTE
+    if (end)
+        *end = hint->end;
+#endif
     dgram_hints.delete(&key);
     return ifindex;
 }
@@ -114,6 +125,10 @@ struct udp_rx_head {
     u64 prev_skb; /* the head before, while a read may still be taking it */
     u32 prev_ifindex;
     u32 pad2;
+#ifdef NEED_DGRAM_REMOTE
+    struct remote_end end; /* the peers of skb and of prev_skb */
+    struct remote_end prev_end;
+#endif
 };
 BPF_TABLE("lru_hash", u64, struct udp_rx_head, udp_rx_heads, MAX_UDP_HEADS);
 
@@ -153,10 +168,17 @@ static __always_inline void udp_rx_arrived(const void *sk)
     note->prev_ifindex = note->ifindex;
     note->ifindex = read_u32(head, OFF_SKB_IIF);
     note->skb = (u64)head;
+#ifdef NEED_DGRAM_REMOTE
+    note->prev_end = note->end;
+    struct remote_end end = {};
+    skb_remote(head, DIR_IN, &end);
+    note->end = end;
+#endif
 }
 
-/* A read returned a datagram: the device of the head it took, and the next noted. */
-static __always_inline u32 udp_rx_taken(const void *sk)
+/* A read returned a datagram: the device of the head it took (and its peer,
+ * into *end), and the next noted. */
+static __always_inline u32 udp_rx_taken(const void *sk, struct remote_end *end)
 {
     u64 key = (u64)sk;
     struct udp_rx_head *note = udp_rx_heads.lookup(&key);
@@ -164,14 +186,27 @@ static __always_inline u32 udp_rx_taken(const void *sk)
         return UNKNOWN_IFINDEX;
     const void *head = udp_queue_head(sk);
     u32 ifindex = UNKNOWN_IFINDEX;
-    if (note->skb && note->skb != (u64)head)
+    if (note->skb && note->skb != (u64)head) {
         ifindex = note->ifindex;
-    else if (note->prev_skb && note->prev_skb != (u64)head)
+#ifdef NEED_DGRAM_REMOTE
+        *end = note->end;
+#endif
+    } else if (note->prev_skb && note->prev_skb != (u64)head) {
         ifindex = note->prev_ifindex;
+#ifdef NEED_DGRAM_REMOTE
+        *end = note->prev_end;
+#endif
+    }
     note->prev_skb = 0;
     note->prev_ifindex = 0;
     note->skb = (u64)head;
     note->ifindex = head ? read_u32(head, OFF_SKB_IIF) : UNKNOWN_IFINDEX;
+#ifdef NEED_DGRAM_REMOTE
+    struct remote_end next = {};
+    if (head)
+        skb_remote(head, DIR_IN, &next);
+    note->end = next;
+#endif
     return ifindex;
 }
 #endif
@@ -230,14 +265,17 @@ static __always_inline u32 packet_bound_ifindex(const void *sk)
 #endif
 }
 
-/* The interface of a call's bytes on sk of class cls, so far as it is known. */
-static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 dir, void *dst)
+/* The interface of a call's bytes on sk of class cls, so far as it is
+ * known; and, where a datagram's note tells it, the datagram's peer into
+ * *end (when given: the remote filters of an unconnected socket). */
+static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 dir, void *dst,
+                                        struct remote_end *end)
 {
     u32 ifindex = UNKNOWN_IFINDEX;
     if (cls == PC_PACKET) {
 #ifdef NEED_DGRAM_IFINDEX
         if (dir == DIR_IN)
-            ifindex = dgram_ifindex(sk, DIR_IN);
+            ifindex = dgram_ifindex(sk, DIR_IN, 0);
 #endif
         return ifindex ? ifindex : packet_bound_ifindex(sk);
     }
@@ -266,13 +304,17 @@ static __always_inline u32 call_ifindex(int how, const void *sk, int cls, u16 di
 #ifdef NEED_DGRAM_IFINDEX
 #ifdef UDP_RX_HEAD
     u32 arrived = UNKNOWN_IFINDEX;
+    struct remote_end arrived_end = {};
     if (dir == DIR_IN && (cls == PC_UDP || cls == PC_UDPLITE))
-        arrived = udp_rx_taken(sk); /* always: it notes the next head */
+        arrived = udp_rx_taken(sk, &arrived_end); /* always: it notes the next head */
 #endif
-    ifindex = dgram_ifindex(sk, dir);
+    ifindex = dgram_ifindex(sk, dir, end);
 #ifdef UDP_RX_HEAD
-    if (!ifindex)
+    if (!ifindex) {
         ifindex = arrived;
+        if (end)
+            *end = arrived_end;
+    }
 #endif
 #endif
     return ifindex;

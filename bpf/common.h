@@ -18,6 +18,8 @@
  *   EXCLUDE_LOOPBACK  without FILTER_IFACES: leave loopback out
  *   COUNT_CLASSES     bit mask of the protocol classes counted (PC_*, --protocol);
  *                     every class when not given
+ *   FILTER_REMOTE, FILTER_RPORT, FILTER_LPORT   filters on the ends of the
+ *                     traffic (remote.h)
  *   MAX_COUNTERS, MAX_PIDS, MAX_SOCKETS, MAX_EXITED   map sizes
  */
 
@@ -445,6 +447,8 @@ RAW_TRACEPOINT_PROBE(cgroup_mkdir)
     return 0;
 }
 #endif
+
+#include "remote.h"
 
 /* TCP health (--tcp-health): its own maps and programs, none without the flag. */
 #ifdef TCP_HEALTH

@@ -13,6 +13,8 @@
  *
  * Options (-D), besides those of common.h and hooks.h:
  *   DETAILS           also keep bytes per socket with its addresses
+ * With a filter on the ends (remote.h), a call is counted only if its
+ * socket's (or, unconnected, its datagram's) remote address and ports pass.
  */
 
 #include "common.h"
@@ -21,7 +23,7 @@
 
 /* The interface of a call only matters to the filters: without them (every
  * interface, loopback included) no hook learns a datagram's interface. */
-#if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK)
+#if defined(FILTER_IFACES) || defined(EXCLUDE_LOOPBACK) || defined(NEED_DGRAM_REMOTE)
 #define NEED_DGRAM_IFINDEX 1
 #define DGRAM_INET 1 /* inet datagrams too, not only AF_PACKET's */
 #endif
@@ -83,6 +85,39 @@ count:
 }
 #endif
 
+#ifdef FILTER_ENDS
+/* Whether the remote filters (remote.h) count this call: the ends from the
+ * socket once it is connected, else from the datagram's note (`noted`).
+ * AF_PACKET has no addresses: a filter on the ends leaves it out. */
+static __always_inline int call_ends_ok(int how, const void *sk, u16 family, int cls,
+                                        const struct remote_end *noted)
+{
+    if (family == AF_PACKET)
+        return 0;
+    struct remote_end end = {};
+    u16 lport = load_u16(how, sk, OFF_SK_NUM);
+    u16 rport = __builtin_bswap16(load_u16(how, sk, OFF_SK_DPORT));
+    int connected;
+    if (family == AF_INET) {
+        u32 daddr = load_u32(how, sk, OFF_SK_DADDR);
+        mapped_v4_addr(end.addr, daddr);
+        connected = daddr != 0;
+    } else {
+        bpf_probe_read_kernel(end.addr, 16, (const char *)sk + OFF_SK_V6_DADDR);
+        u64 hi, lo;
+        __builtin_memcpy(&hi, end.addr, 8);
+        __builtin_memcpy(&lo, end.addr + 8, 8);
+        connected = (hi | lo) != 0;
+    }
+    if (connected) {
+        end.port = rport;
+        end.known = 1;
+        return ends_ok(&end, lport, class_has_ports(cls));
+    }
+    return ends_ok(noted, lport, class_has_ports(cls));
+}
+#endif
+
 /* Called by the backend's hooks (hooks.h) once per socket call that
  * returned, reading sk the hook's way (`how`, common.h). */
 static __always_inline int on_socket_call(const void *sk, long ret, int flags, u16 dir, int how)
@@ -101,7 +136,14 @@ static __always_inline int on_socket_call(const void *sk, long ret, int flags, u
     int cls = proto_class(family, cs.type, cs.protocol);
     if (cls == PC_NONE)
         return 0;
-    u32 ifindex = call_ifindex(how, sk, cls, dir, cs.dst);
+#ifdef FILTER_ENDS
+    struct remote_end noted = {};
+    u32 ifindex = call_ifindex(how, sk, cls, dir, cs.dst, &noted);
+    if (!call_ends_ok(how, sk, family, cls, &noted))
+        return 0;
+#else
+    u32 ifindex = call_ifindex(how, sk, cls, dir, cs.dst, 0);
+#endif
 #ifdef FILTER_IFACES
     if (!iface_ok(netns_of(how, sk), ifindex))
 #else

@@ -191,7 +191,10 @@ static __always_inline void count_packet_call(const void *sk, long ret, int flag
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid) || !((COUNT_CLASSES >> PC_PACKET) & 1))
         return;
-    u32 ifindex = call_ifindex(how, sk, PC_PACKET, dir, 0);
+#ifdef FILTER_ENDS
+    return; /* no addresses: a filter on the ends leaves AF_PACKET out */
+#endif
+    u32 ifindex = call_ifindex(how, sk, PC_PACKET, dir, 0, 0);
 #ifdef FILTER_IFACES
     if (!iface_ok(netns_of(how, sk), ifindex))
 #else
@@ -388,11 +391,56 @@ static __always_inline void claim_handshake(struct bpf_sock *sk, u64 cookie)
         hold_for_owner(sk, cookie, seen.ifindex_out, PC_TCP, DIR_OUT, seen.bytes_out);
 }
 
+#ifdef FILTER_ENDS
+/* Whether the remote filters (remote.h) count this packet, by its own
+ * headers: exact per packet, for unconnected sockets too. */
+static __always_inline int packet_ends_ok(struct __sk_buff *skb, u16 dir)
+{
+    u8 ip[40] = {};
+    u8 proto;
+    u32 l4;
+    struct remote_end end = {.known = 1};
+    if (skb->protocol == bpf_htons(ETH_P_IP)) {
+        if (bpf_skb_load_bytes(skb, 0, ip, 20))
+            return 0;
+        u32 a;
+        __builtin_memcpy(&a, ip + (dir == DIR_IN ? 12 : 16), 4);
+        mapped_v4_addr(end.addr, a);
+        proto = ip[9];
+        l4 = (ip[0] & 0xf) * 4; /* cgroup_skb sees packets whole: before fragmenting, after reassembly */
+    } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+        if (bpf_skb_load_bytes(skb, 0, ip, 40))
+            return 0;
+        __builtin_memcpy(end.addr, ip + (dir == DIR_IN ? 8 : 24), 16);
+        proto = ip[6]; /* ports only where the transport header follows at once */
+        l4 = 40;
+    } else {
+        return 0;
+    }
+    u16 lport = 0;
+    int has_ports = proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_UDPLITE ||
+                    proto == IPPROTO_SCTP;
+    if (has_ports) {
+        u8 ports[4] = {};
+        if (bpf_skb_load_bytes(skb, l4, ports, 4))
+            return 0;
+        u16 sport = ((u16)ports[0] << 8) | ports[1], dport = ((u16)ports[2] << 8) | ports[3];
+        end.port = dir == DIR_IN ? sport : dport;
+        lport = dir == DIR_IN ? dport : sport;
+    }
+    return ends_ok(&end, lport, has_ports);
+}
+#endif
+
 static __always_inline void count_packet(struct __sk_buff *skb, u16 dir)
 {
     struct bpf_sock *sk = skb->sk;
     if (!sk)
         return;
+#ifdef FILTER_ENDS
+    if (!packet_ends_ok(skb, dir))
+        return;
+#endif
     if (sk->state == TCP_LISTEN || sk->state == TCP_NEW_SYN_RECV) {
         note_handshake(skb, dir);
         return;

@@ -16,11 +16,12 @@ import re
 from typing import Optional
 
 try:
-    from procnetmon import __version__, thresholds
+    from procnetmon import __version__, endpoints, thresholds
     from procnetmon.probes import PROTOCOL_CLASSES
 except ImportError:  # loaded as a lone file by argparse-manpage, package not importable
     __version__ = "unknown"
     thresholds = None  # type: ignore[assignment]  # only the help texts are read then
+    endpoints = None  # type: ignore[assignment]
     # As probes.PROTOCOL_CLASSES (tests/unit/test_cli.py holds them equal).
     PROTOCOL_CLASSES = ("tcp", "udp", "udplite", "icmp", "icmpv6", "raw", "sctp", "mptcp", "packet", "other")
 
@@ -94,6 +95,7 @@ examples:
   procnetmon -t 60s --exclude-name 'backup*'      # every process but the backup agent
   procnetmon --live                               # a full-screen view, every second, until q
   procnetmon -t 30s --tcp-health -d               # retransmits, drops, connects and RTT too
+  procnetmon -t 60s --remote 10.2.0.0/16 --remote-port 5432   # who talks to that network's PostgreSQL
   procnetmon --check                              # what this kernel offers"""
 
 MAN_SHORT_DESCRIPTION = "per-process network bytes, rates and connections from eBPF probes"
@@ -241,6 +243,48 @@ def parse_protocols(text: str) -> Optional[list[str]]:
         if item not in wanted:
             wanted.append(item)
     return wanted
+
+
+# --remote and --exclude-remote together: the size of the kernel's trie
+# (MAX_REMOTE_CIDRS in bpf/remote.h; endpoints.MAX_REMOTE_CIDRS, held equal by a unit test).
+MAX_REMOTE_CIDRS = 1024
+
+
+def parse_remotes(text: str) -> list[str]:
+    """A comma-separated list of CIDRs or addresses, v4 or v6 (--remote,
+    --exclude-remote), each normalised (198.18.1.7/24 is 198.18.1.0/24)."""
+    items = [part.strip() for part in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(
+            f"no address in {_shown(text)}: give a CIDR or an address, e.g. --remote 10.0.0.0/8")
+    out: list[str] = []
+    for item in filter(None, items):
+        try:
+            network = str(endpoints.parse_network(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid address or CIDR {_shown(item)} in {_shown(text)}: write an address or "
+                "ADDRESS/PREFIX, v4 or v6, e.g. 198.51.100.7, 10.0.0.0/8 or 2001:db8::/32") from None
+        if network not in out:
+            out.append(network)
+    return out
+
+
+def parse_port_ranges(text: str) -> list[tuple[int, int]]:
+    """A comma-separated list of ports and ranges P-Q, 0 to 65535 (the port options)."""
+    items = [part.strip() for part in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"no port in {_shown(text)}: give a port or a range, e.g. 443 or 8000-8100")
+    out: list[tuple[int, int]] = []
+    for item in filter(None, items):
+        try:
+            pair = endpoints.parse_port_range(item)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"invalid port {_shown(item)} in {_shown(text)}: {e}, e.g. 443 or 8000-8100") from None
+        if pair not in out:
+            out.append(pair)
+    return out
 
 
 def _ifname_problem(name: str) -> Optional[str]:
@@ -462,6 +506,7 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="leave out procnetmon's own traffic (every thread of it: the metrics of --serve), "
         "decided in the kernel, and any process procnetmon started other than -- COMMAND",
     )
+    _add_end_filter_options(parser)
     group.add_argument(
         "--mode", choices=MODES, default="payload",
         help="payload: bytes the process's socket calls sent and received; "
@@ -477,6 +522,46 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
         "of its connections; per connection too with -d. Follows -p, --children and --cgroup, "
         "on every interface (-i does not narrow it). Its hooks fire on retransmits, drops, "
         "resets and TCP state changes, never per packet; without this flag none is attached",
+    )
+
+
+def _add_end_filter_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "whom it talks to",
+        "Filters on the remote end and the ports, decided in the kernel for every socket call "
+        "(payload mode: the socket's addresses once connected, else each datagram's) or packet "
+        "(wire mode: its own headers). Each takes a comma-separated list and can be repeated; "
+        "the includes of one kind add up, then its excludes subtract, and the kinds must all pass. "
+        "Traffic whose remote end is not known (AF_PACKET sockets) is left out by a remote filter, "
+        "and protocols without ports (ICMP, raw IP) by a port filter.",
+    )
+    cidr_help = ("v4 or v6, an address or ADDRESS/PREFIX (IPv4 is also matched by an IPv6 prefix of "
+                 "::ffff:0:0/96, and so by ::/0); at most 1024 in all")
+    group.add_argument(
+        "--remote", metavar="CIDRS", action="extend", dest="remotes", default=None, type=parse_remotes,
+        help=f"count only traffic with these remote hosts or networks, {cidr_help}",
+    )
+    group.add_argument(
+        "--exclude-remote", metavar="CIDRS", action="extend", dest="exclude_remotes", default=None,
+        type=parse_remotes, help="leave out traffic with these remote hosts or networks",
+    )
+    group.add_argument(
+        "--remote-port", metavar="PORTS", action="extend", dest="remote_ports", default=None,
+        type=parse_port_ranges, help="count only traffic with these remote ports or ranges P-Q, e.g. 443,8000-8100",
+    )
+    group.add_argument(
+        "--exclude-remote-port", metavar="PORTS", action="extend", dest="exclude_remote_ports", default=None,
+        type=parse_port_ranges, help="leave out traffic with these remote ports or ranges",
+    )
+    group.add_argument(
+        "--local-port", metavar="PORTS", action="extend", dest="local_ports", default=None,
+        type=parse_port_ranges,
+        help="count only traffic of sockets on these local ports or ranges (a service's listener: "
+        "the connections it accepted)",
+    )
+    group.add_argument(
+        "--exclude-local-port", metavar="PORTS", action="extend", dest="exclude_local_ports", default=None,
+        type=parse_port_ranges, help="leave out traffic of sockets on these local ports or ranges",
     )
 
 
@@ -713,6 +798,9 @@ def _violations(args: argparse.Namespace):
                           ("--exit-over", args.exit_over)):
         if given is not None and len(given) > MAX_EXCLUDES:
             yield f"too many {option} options: at most {MAX_EXCLUDES}"
+    cidrs = len(args.remotes or ()) + len(args.exclude_remotes or ())
+    if cidrs > MAX_REMOTE_CIDRS:
+        yield f"too many CIDRs in --remote and --exclude-remote: {cidrs}, at most {MAX_REMOTE_CIDRS}"
     if args.top is not None and args.format != "text":
         yield f"--top limits the text table; drop --top, or drop --{args.format}"
 

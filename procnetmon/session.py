@@ -288,6 +288,7 @@ def _probe_spec(args) -> ProbeSpec:
                      protocols=None if args.protocols is None else tuple(args.protocols),
                      exclude_cgroups=None if excluded is None else tuple(excluded),
                      exclude_pid=os.getpid() if args.exclude_self else None,
+                     **_end_filters(args),
                      # A daemon keeps no compiler: the probes are loaded by a
                      # child process and read here through libbpf (probes/handoff.py).
                      handoff=args.serve is not None and not args.ebpf and not args.details and not follow)
@@ -296,6 +297,13 @@ def _probe_spec(args) -> ProbeSpec:
 def _wants_details(args) -> bool:
     """-d; and --live, whose d key shows a process's sockets."""
     return bool(args.details or getattr(args, "live", False))
+
+
+def _end_filters(args) -> dict:
+    """The filters on the remote end and the ports, as ProbeSpec fields (None: not given)."""
+    names = ("remotes", "exclude_remotes", "remote_ports", "exclude_remote_ports", "local_ports",
+             "exclude_local_ports")
+    return {name: None if getattr(args, name, None) is None else tuple(getattr(args, name)) for name in names}
 
 
 def _follows_children(args) -> bool:
@@ -485,6 +493,7 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
         where = ", ".join(args.interfaces)
     else:
         where = "all interfaces" + ("" if args.include_loopback else " but lo")
+    where += _describe_ends(args)
     if args.serve is not None and args.time is None and args.count is None:
         how_long = "until stopped"
     elif args.count is not None:
@@ -498,6 +507,30 @@ def _describe_scope(args, command: Optional[launch.Command] = None) -> str:
     if command is not None and (args.count is not None or args.time is not None):
         how_long = f"until it ends or {how_long[4:]}"
     return f"{who}, {where}, {how_long}"
+
+
+def _describe_ends(args) -> str:
+    """The remote and port filters for the status line, "" without them."""
+    def listed(items, shown=3) -> str:
+        text = ", ".join(items[:shown])
+        return text + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    def ports(ranges) -> list[str]:
+        return [str(low) if low == high else f"{low}-{high}" for low, high in ranges]
+
+    parts = []
+    for what, inc, exc in (("remote", args.remotes, args.exclude_remotes),
+                           ("remote port", None if args.remote_ports is None else ports(args.remote_ports),
+                            None if args.exclude_remote_ports is None else ports(args.exclude_remote_ports)),
+                           ("local port", None if args.local_ports is None else ports(args.local_ports),
+                            None if args.exclude_local_ports is None else ports(args.exclude_local_ports))):
+        if inc is None and exc is None:
+            continue
+        text = f"{what} " + (listed(inc) if inc is not None else "any")
+        if exc is not None:
+            text += f" but {listed(exc)}"
+        parts.append(text)
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _warn_on_unknown_counts(write, err: TextIO):

@@ -36,6 +36,11 @@ FIELDS = {
     "SKB_SK": ("sk_buff", "sk"),
     "SKB_DEV": ("sk_buff", "dev"),
     "SKB_LEN": ("sk_buff", "len"),
+    # A datagram's own addresses (the remote filters of an unconnected socket):
+    # its IP and transport headers, as offsets from its head.
+    "SKB_HEAD": ("sk_buff", "head"),
+    "SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    "SKB_TRANSPORT_HEADER": ("sk_buff", "transport_header"),
     "DST_DEV": ("dst_entry", "dev"),
     "DEV_IFINDEX": ("net_device", "ifindex"),
     "NET_NS_INUM": ("net", "ns.inum"),

@@ -8,7 +8,9 @@ process, which compiles and attaches the probes of the ``ProbeSpec`` it
 reads on its standard input as any run does, then sends every BPF program,
 map, link and perf-event descriptor it holds back over a Unix socket
 (SCM_RIGHTS), with the names of the maps, and exits. The parent reads the maps through libbpf
-(``procnetmon.probes.fdprobe``) and never imports bcc.
+(``procnetmon.probes.fdprobe``) and never imports bcc. Filters that never
+change after start-up (the remote and port filters of bpf/remote.h) are
+filled by the child, and kept alive by the descriptors of their maps.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import os
 import socket
 from typing import Any, Optional
 
+from procnetmon import endpoints
 from procnetmon.kernel import backends, bpfsys, cgroup_layout, headers, layout
 from procnetmon.kernel.btf import BTFError
 from procnetmon.probes import PROTOCOLS, ProbeError, SocketBytes, bpf_source, compilelog, expand_includes, health
@@ -74,6 +75,15 @@ def build_cflags(offsets: dict, spec: ProbeSpec) -> list[str]:
         flags.append("-DEXCLUDE_CGROUPS")
     if spec.exclude_pid is not None:
         flags.append(f"-DEXCLUDE_TGID={int(spec.exclude_pid)}")
+    if spec.remotes is not None or spec.exclude_remotes is not None:
+        flags.append("-DFILTER_REMOTE")
+        flags.append(f"-DMAX_REMOTE_CIDRS={endpoints.MAX_REMOTE_CIDRS}")
+        if spec.remotes is not None:
+            flags.append("-DREMOTE_INCLUDES")
+    if spec.remote_ports is not None or spec.exclude_remote_ports is not None:
+        flags.append("-DFILTER_RPORT")
+    if spec.local_ports is not None or spec.exclude_local_ports is not None:
+        flags.append("-DFILTER_LPORT")
     return flags
 
 
@@ -185,7 +195,8 @@ class BccProbe(MapReader):
             if self.planned.name == "kprobe":
                 self._attach_kprobes()
             if self.planned.udp_rx == "kprobe" and self.mode == "payload" and (
-                    self.spec.interfaces is not None or not self.spec.include_loopback):
+                    self.spec.interfaces is not None or not self.spec.include_loopback
+                    or self.spec.filters_remote()):
                 self._attach_udp_kprobe()
             self._attach_more()
             if self.spec.tcp_health:
@@ -239,7 +250,26 @@ class BccProbe(MapReader):
                 k = table.Key()
                 k.netns, k.ifindex = int(key.netns), int(key.ifindex)
                 table[k] = table.Leaf(1)
+        self._fill_end_filters()
         self._refresh_cgroups()
+
+    def _fill_end_filters(self) -> None:
+        """The remote CIDR trie and the port bitmaps (bpf/remote.h), folded by procnetmon/endpoints.py."""
+        spec = self.spec
+        if spec.remotes is not None or spec.exclude_remotes is not None:
+            trie = self.bpf["remote_cidrs"]
+            for prefixlen, addr, value in endpoints.trie_entries(spec.remotes, spec.exclude_remotes):
+                k = trie.Key()
+                k.prefixlen = prefixlen
+                k.addr = (type(k.addr))(*addr)
+                trie[k] = trie.Leaf(value)
+        for name, includes, excludes in (("rport_bits", spec.remote_ports, spec.exclude_remote_ports),
+                                         ("lport_bits", spec.local_ports, spec.exclude_local_ports)):
+            if includes is None and excludes is None:
+                continue
+            table = self.bpf[name]
+            for i, word in enumerate(endpoints.port_words(includes, excludes)):
+                table[table.Key(i)] = table.Leaf(word)
 
     def _attach_more(self) -> None:
         """Programs BCC does not attach by itself (none for tracepoint-only backends)."""

@@ -52,6 +52,15 @@ class ProbeSpec:
     # procnetmon's own PID, also when a loader child compiles the probes).
     exclude_cgroups: Optional[tuple[str, ...]] = None
     exclude_pid: Optional[int] = None
+    # Filters on the ends of the traffic, in the kernel (bpf/remote.h,
+    # procnetmon/endpoints.py): remote CIDRs (normalised text) and port
+    # ranges (low, high), each with its exclude form; None: not filtered.
+    remotes: Optional[tuple[str, ...]] = None
+    exclude_remotes: Optional[tuple[str, ...]] = None
+    remote_ports: Optional[tuple[tuple[int, int], ...]] = None
+    exclude_remote_ports: Optional[tuple[tuple[int, int], ...]] = None
+    local_ports: Optional[tuple[tuple[int, int], ...]] = None
+    exclude_local_ports: Optional[tuple[tuple[int, int], ...]] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -72,6 +81,7 @@ class ProbeSpec:
             if pid <= 0:
                 raise ValueError(f"not a PID to leave out: {self.exclude_pid!r}")
             object.__setattr__(self, "exclude_pid", pid)
+        self._normalise_ends()
         if self.protocols is not None:
             from procnetmon.probes import PROTOCOL_CLASSES
 
@@ -80,6 +90,42 @@ class ProbeSpec:
                 raise ValueError(f"unknown protocols {sorted(unknown)}")
             # In PROTOCOL_CLASSES's order: equal selections are equal specs.
             object.__setattr__(self, "protocols", tuple(p for p in PROTOCOL_CLASSES if p in self.protocols))
+
+    def _normalise_ends(self) -> None:
+        """The end filters checked (a spec may come from JSON) and made tuples."""
+        from procnetmon import endpoints
+
+        cidrs = 0
+        for name in ("remotes", "exclude_remotes"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not value:
+                    raise ValueError(f"{name}: a non-empty list of CIDRs")
+                object.__setattr__(self, name, tuple(str(endpoints.parse_network(str(t))) for t in value))
+                cidrs += len(value)
+        if cidrs > endpoints.MAX_REMOTE_CIDRS:
+            raise ValueError(f"at most {endpoints.MAX_REMOTE_CIDRS} remote CIDRs, not {cidrs}")
+        for name in ("remote_ports", "exclude_remote_ports", "local_ports", "exclude_local_ports"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, str) or not value:
+                    raise ValueError(f"{name}: a non-empty list of port ranges")
+                ranges = []
+                for pair in value:
+                    low, high = (int(n) for n in pair)
+                    if not 0 <= low <= high <= endpoints.PORT_MAX:
+                        raise ValueError(f"{name}: not a port range: {pair!r}")
+                    ranges.append((low, high))
+                object.__setattr__(self, name, tuple(ranges))
+
+    def filters_remote(self) -> bool:
+        """Whether a remote address or remote port filter is set (these need each datagram's peer)."""
+        return any(v is not None for v in (self.remotes, self.exclude_remotes, self.remote_ports,
+                                           self.exclude_remote_ports))
+
+    def filters_ends(self) -> bool:
+        """Whether any filter on the ends (remote address, remote port, local port) is set."""
+        return self.filters_remote() or self.local_ports is not None or self.exclude_local_ports is not None
 
     def class_mask(self) -> Optional[int]:
         """The bit mask of counted classes (-DCOUNT_CLASSES), None for all."""

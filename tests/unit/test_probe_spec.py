@@ -37,6 +37,12 @@ NON_DEFAULT = {
     "exclude_cgroups": ("/system.slice/backup.service",),
     "exclude_pid": 4242,
     "tcp_health": True,
+    "remotes": ("198.18.0.0/15", "fd42::/16"),
+    "exclude_remotes": ("198.18.7.0/24",),
+    "remote_ports": ((443, 443), (8000, 8100)),
+    "exclude_remote_ports": ((8080, 8080),),
+    "local_ports": ((5432, 5432),),
+    "exclude_local_ports": ((22, 22),),
 }
 
 
