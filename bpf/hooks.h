@@ -230,6 +230,14 @@ KRETFUNC_PROBE(inet_sendpage, void *sock, void *page, int offset, size_t size, i
 }
 #endif
 
+/* IPv6 raw and ping sockets (inet6_sockraw_ops) receive through it. */
+#ifdef HAVE_SOCK_COMMON_RECVMSG
+KRETFUNC_PROBE(sock_common_recvmsg, void *sock, void *msg, size_t size, int flags, int ret)
+{
+    return on_socket_call(socket_sk(sock), ret, flags, DIR_IN, READ_PROBE);
+}
+#endif
+
 #ifdef HAVE_PACKET_SENDMSG
 KRETFUNC_PROBE(packet_sendmsg, void *sock, void *msg, size_t len, int ret)
 {
@@ -293,7 +301,7 @@ int pnm_enter_send(struct pt_regs *ctx)
     return enter(ctx, 0, DIR_OUT);
 }
 
-/* inet_recvmsg, inet6_recvmsg, packet_recvmsg (sock, msg, size, flags) */
+/* inet_recvmsg, inet6_recvmsg, sock_common_recvmsg, packet_recvmsg (sock, msg, size, flags) */
 int pnm_enter_recv(struct pt_regs *ctx)
 {
     return enter(ctx, (u32)reg(ctx, OFF_REGS_PARM4), DIR_IN);

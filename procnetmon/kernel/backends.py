@@ -35,7 +35,8 @@ KALLSYMS = "/proc/kallsyms"
 # The functions the fentry and kprobe backends hook, and what each one is.
 # Required ones must exist; the others are hooked where the kernel has them.
 SEND = ("inet_sendmsg", "inet6_sendmsg")
-RECV = ("inet_recvmsg", "inet6_recvmsg")
+# IPv6 raw and ping sockets receive through sock_common_recvmsg (inet6_sockraw_ops).
+RECV = ("inet_recvmsg", "inet6_recvmsg", "sock_common_recvmsg")
 SENDPAGE = ("inet_sendpage",)  # sendfile/splice into a socket before Linux 6.5
 SPLICE_READ = ("tcp_splice_read",)  # splice out of a TCP socket
 PACKET = ("packet_sendmsg", "packet_recvmsg")  # AF_PACKET (static in af_packet.c)

@@ -25,7 +25,7 @@ from procnetmon.probes.spec import ProbeSpec
 # that keeps the call's arguments, and the return probe (bpf/hooks.h).
 KPROBE_ENTRIES = {
     "inet_sendmsg": "pnm_enter_send", "inet6_sendmsg": "pnm_enter_send", "inet_sendpage": "pnm_enter_send",
-    "inet_recvmsg": "pnm_enter_recv", "inet6_recvmsg": "pnm_enter_recv",
+    "inet_recvmsg": "pnm_enter_recv", "inet6_recvmsg": "pnm_enter_recv", "sock_common_recvmsg": "pnm_enter_recv",
     "tcp_splice_read": "pnm_enter_splice_read",
     "packet_sendmsg": "pnm_enter_send", "packet_recvmsg": "pnm_enter_recv",
 }

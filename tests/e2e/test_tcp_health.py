@@ -265,7 +265,10 @@ def test_connect_latency_of_the_successful_connect(run):
     assert latency["mean_us"] == latency["max_us"]
     assert sum(latency["log2_us"]) == 1
     if run.netem:
-        assert abs(latency["max_us"] - NETEM_DELAY_MS * 1000) <= 1000
+        # The delay, plus what the path itself takes: a millisecond here, a
+        # few under an emulated CPU (a guest without KVM), where the
+        # process's own timing of connect() is the bound above.
+        assert NETEM_DELAY_MS * 1000 <= latency["max_us"] <= max(NETEM_DELAY_MS * 1000 + 1000, took_us)
 
 
 def test_srtt_shows_the_netem_delay(run):
@@ -273,7 +276,12 @@ def test_srtt_shows_the_netem_delay(run):
         pytest.skip("needs the netem qdisc (CONFIG_NET_SCH_NETEM) for a delay: tbf only queues")
     rtt = run.health_of("bulk")["rtt"]
     assert rtt["connections"] >= 1
-    assert abs(rtt["srtt_mean_us"] - NETEM_DELAY_MS * 1000) <= NETEM_DELAY_MS * 100
+    # Within 10 % of the delay, plus the path's own round trip, which under an
+    # emulated CPU (a guest without KVM) is a few milliseconds: the handshake's
+    # time as the process saw it bounds it.
+    took_us = run.truth["connects"]["outcomes"][3][1] * 1e6
+    base_us = max(0.0, took_us - NETEM_DELAY_MS * 1000)
+    assert NETEM_DELAY_MS * 900 <= rtt["srtt_mean_us"] <= NETEM_DELAY_MS * 1100 + 2 * base_us
 
 
 def test_rtt_per_process_spans_its_connections(run):
