@@ -823,7 +823,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.name:
         set_name(args.name)
-    result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0, "in": 0, "out": 0}
+    result: dict = {"tcp_in": 0, "tcp_out": 0, "udp_in": 0, "udp_out": 0}
+    if args.role.startswith("proto-"):
+        result.update({"in": 0, "out": 0})  # what the calls of another protocol returned
     held: list = []  # sockets kept open with --hold
     ROLES[args.role](args, result, held)
     print(json.dumps(result), flush=True)
