@@ -34,6 +34,7 @@ class Pane:
 
     def __init__(self, tmp_path, command: list[str], width: int = 100, height: int = 30, shell_setup: str = ""):
         self.socket = f"pnmlive{os.getpid()}"
+        self._started: list[psutil.Process] = []  # the pane's shell and procnetmon, once seen
         self.tmp = tmp_path
         self.err = tmp_path / "stderr.txt"
         before, after, status = tmp_path / "stty-before", tmp_path / "stty-after", tmp_path / "status"
@@ -71,13 +72,19 @@ class Pane:
 
     def procnetmon(self) -> psutil.Process:
         shell = psutil.Process(int(self.tmux("display", "-p", "-t", "live", "#{pane_pid}").strip()))
-        return wait_for(lambda: next((p for p in shell.children() if "procnetmon" in " ".join(p.cmdline())), None),
-                        10, "procnetmon in the pane")
+        found = wait_for(lambda: next((p for p in shell.children() if "procnetmon" in " ".join(p.cmdline())), None),
+                         10, "procnetmon in the pane")
+        self._started += [shell, found]
+        return found
 
     def wait_ready(self) -> None:
         def ready():
             return self.err.exists() and any(is_ready(line) for line in self.err.read_text().splitlines())
         wait_for(ready, 60, "procnetmon's probes attached")
+        try:
+            self.procnetmon()  # noted, for reap()
+        except (AssertionError, psutil.Error, subprocess.SubprocessError):
+            pass  # done already
 
     def terminal_settings(self, which) -> str:
         """``stty -a`` as taken in the pane, without the size (a test resizes the pane)."""
@@ -95,6 +102,17 @@ class Pane:
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
 
+    def reap(self) -> None:
+        """Kill what the pane started and still runs, even a procnetmon that a
+        failed test left ignoring the hangup: a stray one would count on."""
+        left = [p for p in self._started if p.is_running()]
+        _gone, alive = psutil.wait_procs(left, timeout=2)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
 
 @pytest.fixture
 def pane_factory(tmp_path):
@@ -108,6 +126,7 @@ def pane_factory(tmp_path):
     yield make
     for pane in panes:
         pane.close()
+        pane.reap()
 
 
 def row_of(lines: list[str], pid: int) -> list[str]:
