@@ -151,8 +151,9 @@ def test_the_guest_runs_the_first_offered_backend_and_says_why_the_others_are_mi
     from procnetmon.kernel import mounts
     monkeypatch.setattr(mounts, "prepare", lambda: None)
 
-    def run_matrix_tests(out, label, backend, timeout, cache_dir):
+    def run_matrix_tests(out, label, backend, timeout, cache_dir, tests=guest.MATRIX_TESTS):
         runs.append((label, backend))
+        assert tests == guest.MATRIX_TESTS  # the CI subset: the health module only with --all
         return {"label": label, "backend": backend, "returncode": 0, "seconds": 1.0, "log": f"{out}/{label}.log"}
 
     monkeypatch.setattr(guest, "run_matrix_tests", run_matrix_tests)
