@@ -448,6 +448,32 @@ RAW_TRACEPOINT_PROBE(cgroup_mkdir)
 }
 #endif
 
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The TCP socket behind file descriptor fd of the current task, or 0: what
+ * splice(2) reads from (hooks.h) and what accept(2) returned (health.h). */
+static __always_inline const void *tcp_socket_of_fd(long fd)
+{
+    if (fd < 0)
+        return 0;
+    void *task = (void *)bpf_get_current_task();
+    void *files = read_ptr(task, OFF_TASK_FILES);
+    void *fdt = files ? read_ptr(files, OFF_FILES_FDT) : 0;
+    if (!fdt || (u32)fd >= read_u32(fdt, OFF_FDT_MAX_FDS))
+        return 0;
+    void **fds = read_ptr(fdt, OFF_FDT_FD);
+    void *file = fds ? read_ptr(fds, fd * (long)sizeof(void *)) : 0;
+    void *inode = file ? read_ptr(file, OFF_FILE_INODE) : 0;
+    if (!inode || (read_u16(inode, OFF_INODE_MODE) & S_IFMT) != S_IFSOCK)
+        return 0; /* not a socket */
+    void *sock = read_ptr(file, OFF_FILE_PRIVATE_DATA);
+    const void *sk = sock ? read_ptr(sock, OFF_SOCKET_SK) : 0;
+    if (!sk || read_u16(sk, OFF_SK_PROTOCOL) != IPPROTO_TCP)
+        return 0;
+    return sk;
+}
+
 #include "remote.h"
 
 /* TCP health (--tcp-health): its own maps and programs, none without the flag. */

@@ -455,28 +455,6 @@ int pnm_health_tcp_drop(struct pt_regs *ctx)
 }
 #endif
 
-/* The TCP socket behind file descriptor fd of the current task, or 0. */
-static __always_inline const void *health_tcp_sk_of_fd(long fd)
-{
-    if (fd < 0)
-        return 0;
-    void *task = (void *)bpf_get_current_task();
-    void *files = read_ptr(task, OFF_TASK_FILES);
-    void *fdt = files ? read_ptr(files, OFF_FILES_FDT) : 0;
-    if (!fdt || (u32)fd >= read_u32(fdt, OFF_FDT_MAX_FDS))
-        return 0;
-    void **fds = read_ptr(fdt, OFF_FDT_FD);
-    void *file = fds ? read_ptr(fds, fd * (long)sizeof(void *)) : 0;
-    void *inode = file ? read_ptr(file, OFF_FILE_INODE) : 0;
-    if (!inode || (read_u16(inode, OFF_INODE_MODE) & 00170000) != 0140000)
-        return 0; /* not a socket */
-    void *sock = read_ptr(file, OFF_FILE_PRIVATE_DATA);
-    const void *sk = sock ? read_ptr(sock, OFF_SOCKET_SK) : 0;
-    if (!sk || read_u16(sk, OFF_SK_PROTOCOL) != IPPROTO_TCP)
-        return 0;
-    return sk;
-}
-
 /* syscalls:sys_exit_accept4 and sys_exit_accept: the common fields (8
  * bytes), the syscall number, then the result (the new descriptor). */
 struct health_sys_exit {
@@ -492,7 +470,7 @@ int pnm_health_accept(struct health_sys_exit *args)
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (fd < 0 || !is_target(tgid))
         return 0;
-    const void *sk = health_tcp_sk_of_fd(fd);
+    const void *sk = tcp_socket_of_fd(fd);
     if (sk)
         health_note_owner(sk, tgid, 0);
     return 0;

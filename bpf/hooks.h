@@ -143,38 +143,15 @@ SOCKET_TRACEPOINT(sock_recv_length)
 /* splice(2) out of a TCP socket: the TCP socket behind fd_in, noted at
  * entry, counted with the syscall's result. Kernel threads and io_uring's
  * splice do not pass here. */
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-
 /* Per task; LRU, since a task killed inside splice never reaches the exit. */
 BPF_TABLE("lru_hash", u64, u64, splicing, MAX_PIDS);
-
-static __always_inline const void *tcp_socket_of_fd(int fd)
-{
-    if (fd < 0)
-        return 0;
-    void *task = (void *)bpf_get_current_task();
-    void *files = read_ptr(task, OFF_TASK_FILES);
-    void *fdt = files ? read_ptr(files, OFF_FILES_FDT) : 0;
-    if (!fdt || (u32)fd >= read_u32(fdt, OFF_FDT_MAX_FDS))
-        return 0;
-    void **fds = read_ptr(fdt, OFF_FDT_FD);
-    void *file = fds ? read_ptr(fds, (long)fd * sizeof(void *)) : 0;
-    void *inode = file ? read_ptr(file, OFF_FILE_INODE) : 0;
-    if (!inode || (read_u16(inode, OFF_INODE_MODE) & S_IFMT) != S_IFSOCK)
-        return 0;
-    const void *sk = socket_sk(read_ptr(file, OFF_FILE_PRIVATE_DATA));
-    if (!sk || read_u16(sk, OFF_SK_PROTOCOL) != IPPROTO_TCP)
-        return 0; /* UDP data spliced out is read through recvmsg: counted there */
-    return sk;
-}
 
 TRACEPOINT_PROBE(syscalls, sys_enter_splice)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     if (!is_target(tgid))
         return 0;
-    const void *sk = tcp_socket_of_fd((int)args->fd_in);
+    const void *sk = tcp_socket_of_fd(args->fd_in); /* UDP data spliced out is read through recvmsg */
     if (!sk)
         return 0;
     u64 task = bpf_get_current_pid_tgid();
