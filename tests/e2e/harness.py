@@ -346,6 +346,22 @@ def wait_for(condition: Callable[[], object], timeout: float = 15, what: str = "
         time.sleep(0.05)
 
 
+def when_silent(read: Callable[[], object], what: str = "the veth to fall silent") -> object:
+    """What ``read`` (an interface's counters) gives once two reads 0.2 s
+    apart agree: nothing is crossing any more (a connection's teardown)."""
+    previous: dict = {}
+
+    def settled():
+        now = read()
+        done = now == previous.get("stats")
+        previous["stats"] = now
+        time.sleep(0.2)
+        return done
+
+    wait_for(settled, what=what)
+    return previous["stats"]
+
+
 def json_lines_of(path) -> list:
     """The complete JSON lines written to ``path`` so far."""
     try:

@@ -9,10 +9,9 @@ in payload and in wire mode.
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, run_procnetmon, wait_for
+from harness import TrafficProcess, by_pid, ip_bytes, run_procnetmon, when_silent
 
 from testbed.netns import link_stats
 
@@ -41,17 +40,7 @@ def _mixed(peer, *args: str):
         lo.result()
         veth.result()
         got["truth"] = server.result()
-        previous: dict = {}
-
-        def settled():
-            now = link_stats(peer.host_if)
-            done = now == previous.get("stats")
-            previous["stats"] = now
-            time.sleep(0.2)
-            return done
-
-        wait_for(settled, what="the veth to fall silent")
-        got["after"] = previous["stats"]
+        got["after"] = when_silent(lambda: link_stats(peer.host_if))
 
     try:
         run = run_procnetmon("-p", str(server.pid), "-t", "120s", "--json", *args,

@@ -14,10 +14,9 @@ import errno
 import os
 import signal
 import socket
-import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, mac_of, run_procnetmon, wait_for
+from harness import TrafficProcess, by_pid, ip_bytes, mac_of, run_procnetmon, when_silent
 
 from testbed.netns import link_stats, sh
 
@@ -97,17 +96,7 @@ def _exchange(kind: str, family: str, peer, *args: str):
         got["truth"] = client.result()
         if server:
             server.result()
-        previous: dict = {}
-
-        def settled():
-            now = link_stats(peer.host_if)
-            done = now == previous.get("stats")
-            previous["stats"] = now
-            time.sleep(0.2)
-            return done
-
-        wait_for(settled, what="the veth to fall silent")
-        got["after"] = previous["stats"]
+        got["after"] = when_silent(lambda: link_stats(peer.host_if))
 
     try:
         run = run_procnetmon("-p", str(client.pid), "-t", "120s", "--json", *args,

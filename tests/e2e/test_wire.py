@@ -9,10 +9,9 @@ packet): within 1%. Wire bytes also include every payload byte.
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
-from harness import TrafficProcess, by_pid, ip_bytes, measure_exchange, run_procnetmon, wait_for
+from harness import TrafficProcess, by_pid, ip_bytes, measure_exchange, run_procnetmon, when_silent
 
 from testbed.netns import link_stats
 
@@ -32,17 +31,8 @@ def reconcile(peer, server, client, truth_out):
         truth_out["server"] = server.result()
         truth_out["client"] = client.result()
         # Connection teardown: until neither veth counts another packet.
-        previous = {}
-
-        def settled():
-            now = (link_stats(peer.host_if), link_stats(peer.peer_if, peer.netns))
-            done = now == previous.get("stats")
-            previous["stats"] = now
-            time.sleep(0.2)
-            return done
-
-        wait_for(settled, what="the veths to fall silent")
-        stats["host1"], stats["peer1"] = previous["stats"]
+        stats["host1"], stats["peer1"] = when_silent(
+            lambda: (link_stats(peer.host_if), link_stats(peer.peer_if, peer.netns)), "the veths to fall silent")
 
     try:
         # Stopped once the exchange is over, not after a guessed time.
