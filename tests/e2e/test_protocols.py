@@ -141,7 +141,8 @@ def test_wire_counts_each_protocol_as_the_veth_did(peer, ping_sockets, kind, fam
     # (SOCK_DGRAM writes only the payload, the kernel adds the link header).
     if kind == "packet-raw":
         assert counted == {"bytes_in": truth["in"], "bytes_out": truth["out"]}
-        assert counted["bytes_out"] == frames["out"]
+        # The veth's frames may include one of the kernel's own (an MLD report).
+        assert counted["bytes_out"] <= frames["out"] <= counted["bytes_out"] + STRAY, (counted, frames)
         veth_in = frames["in"]
     elif kind == "packet-dgram":
         assert counted == {"bytes_in": truth["in"], "bytes_out": truth["out"]}

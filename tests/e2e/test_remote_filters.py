@@ -12,7 +12,9 @@ from __future__ import annotations
 import signal
 
 import pytest
-from harness import TrafficProcess, by_pid, measure_exchange, run_procnetmon
+from harness import TrafficProcess, by_pid, measure_exchange, run_procnetmon, when_silent
+
+from testbed.netns import link_stats
 
 TCP_SEND, TCP_REPLY = 300_000, 70_000
 UDP_COUNT, UDP_SIZE, UDP_REPLY = 20, 900, 120
@@ -105,6 +107,10 @@ def _udp_from_both(peer, second_peer, family: str, *args: str):
         for c in clients:
             c.result()
         got["truth"] = server.result()
+        # Wire mode counts a reply as it crosses the veth, which on a busy
+        # machine can be a few milliseconds after sendto() returned: stop
+        # once the veths are silent, not as soon as the server says it is done.
+        when_silent(lambda: [link_stats(p.host_if) for p in (peer, second_peer)])
 
     try:
         run = run_procnetmon("-p", str(server.pid), "-t", "120s", "--json", *args,
