@@ -107,9 +107,9 @@ def _udp_from_both(peer, second_peer, family: str, *args: str):
         for c in clients:
             c.result()
         got["truth"] = server.result()
-        # Wire mode counts a reply as it crosses the veth, which on a busy
-        # machine can be a few milliseconds after sendto() returned: stop
-        # once the veths are silent, not as soon as the server says it is done.
+        # On a busy machine wire mode's count of the last replies was seen to
+        # land a few milliseconds after the server said its sendto() calls were
+        # done (why is not known yet): stop once the veths are silent.
         when_silent(lambda: [link_stats(p.host_if) for p in (peer, second_peer)])
 
     try:
